@@ -71,4 +71,5 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1
     output_dir: str = "runs"
-    method: str = ""  # preset name, informational (tables group by it)
+    method: str = ""  # preset name (tables group rows by it)
+    description: str = ""  # one line shown by `tailprompt list`

@@ -1,0 +1,39 @@
+"""`tailprompt list`: presets, learners, objectives, datasets, protocols."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list method presets, learners, objectives, datasets and protocols")
+    p.add_argument("what", nargs="?", default="all",
+                   choices=["all", "presets", "learners", "objectives", "datasets", "protocols"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import tailprompt.data  # noqa: F401  (registers datasets)
+    from tailprompt.data.registry import DATASETS
+    from tailprompt.engine.protocols import PROTOCOLS
+    from tailprompt.engine.resolve import list_presets, preset_path
+    from tailprompt.config import load_yaml
+    from tailprompt.objectives import OBJECTIVES
+    from tailprompt.prompts import LEARNERS
+
+    sections = {
+        "learners": LEARNERS.names(),
+        "objectives": OBJECTIVES.names(),
+        "datasets": DATASETS.names(),
+        "protocols": PROTOCOLS.names(),
+    }
+    if args.what in ("all", "presets"):
+        print("presets:")
+        for name in list_presets():
+            data = load_yaml(preset_path(name))
+            objs = " + ".join(o["name"] for o in data.get("objectives", []))
+            print(f"  {name:<18} {data.get('learner', {}).get('name', '?'):<9} {objs}  {data.get('description', '')}")
+    for key, names in sections.items():
+        if args.what in ("all", key):
+            print(f"{key}: {', '.join(names)}")
+    return 0

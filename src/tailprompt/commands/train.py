@@ -1,0 +1,48 @@
+"""`tailprompt train`: resolve a config, run it, write runs/<run_id>/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tailprompt.cli import UserError
+from tailprompt.config import ConfigError
+from tailprompt.utils import configure_threads
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one run (learner + objectives + protocol) and write runs/<run_id>/",
+        description="Resolve defaults <- preset/file <- --set overrides, train, evaluate, and write "
+        "config.yaml, result.json, prompts.safetensors and features.safetensors under OUTPUT_DIR/<run_id>/. "
+        "An existing complete run is not redone (use --force).",
+    )
+    p.add_argument("--config", default="coop", help="a method preset (see `tailprompt list`) or a YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set data.tau=0.06 (repeatable)")
+    p.add_argument("--force", action="store_true", help="redo the run even if its result exists")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tailprompt.config import dump_yaml
+    from tailprompt.engine.resolve import resolve_config
+    from tailprompt.engine.run import execute_run
+
+    try:
+        cfg = resolve_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_yaml(cfg), end="")
+            return 0
+        configure_threads()
+        outcome = execute_run(cfg, progress=True, force=args.force)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+        raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
+    r = outcome.result
+    summary = {"run_dir": str(outcome.run_dir), "skipped": outcome.skipped, "hm": r.get("hm"),
+               **{f"{name}_acc": s["accuracy"] for name, s in r["splits"].items()},
+               **{f"{name}_ece": s["ece"] for name, s in r["splits"].items()}}
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,69 @@
+"""The one evaluation routine: logits of a split, text features computed once per evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.engine.inputs import ImageInputs
+from tailprompt.engine.steps import autocast_for, normalized, scaled_logits
+from tailprompt.prompts import LearnerSpec
+
+
+@dataclass
+class SplitOutputs:
+    logits: Tensor  # [N, K] scaled
+    labels: Tensor  # [N]
+    image_feats: Tensor  # [N, D] the learner's image features (normalised)
+    text_feats: Tensor  # [K, D] class features (for instance-conditioned learners: mean over images)
+
+
+def frozen_text_features(backbone: nn.Module, classnames: Sequence[str], template: str) -> Tensor:
+    """[K, D] normalised features of the dataset's hand template (the `g_hat` of CPT, KgCoOp, TCPT)."""
+    prompts = [template.format(name.replace("_", " ")) for name in classnames]
+    with torch.no_grad():
+        return normalized(backbone.encode_text(backbone.tokenize(prompts).to(backbone.device)))
+
+
+@torch.no_grad()
+def split_outputs(
+    learner: nn.Module,
+    spec: LearnerSpec,
+    dataset: DatasetSplits,
+    items: Sequence[Item],
+    inputs: ImageInputs,
+) -> SplitOutputs:
+    """Logits of `items` against the learner's current label space."""
+    learner.eval()
+    device = inputs.device
+    scale = float(inputs.backbone.logit_scale)
+    labels = torch.tensor([it.label for it in items], device=device, dtype=torch.long)
+    with autocast_for(device):
+        text = None if spec.instance_conditioned else learner.text_features(None).float()
+    if spec.uses_image_tower:
+        chunks = []
+        for start in range(0, len(items), inputs.batch_size):
+            images = inputs.images(dataset, items[start : start + inputs.batch_size], train=False)
+            with autocast_for(device):
+                chunks.append(learner.image_features(images).float())
+        image_feats = torch.cat(chunks) if chunks else torch.zeros(0, inputs.backbone.embed_dim, device=device)
+    else:
+        image_feats = inputs.features(dataset, items, view=0)
+    if text is not None:
+        return SplitOutputs(scaled_logits(image_feats, text, scale), labels, image_feats, text)
+    # Instance-conditioned (CoCoOp): text per image; chunk so B*K prompts stay bounded.
+    k = dataset.num_classes
+    chunk = max(1, 4096 // max(1, k))
+    logits, text_sum = [], 0
+    for start in range(0, len(items), chunk):
+        img = image_feats[start : start + chunk]
+        with autocast_for(device):
+            txt = learner.text_features(img).float()  # [b, K, D]
+        logits.append(scaled_logits(img, txt, scale))
+        text_sum = text_sum + txt.sum(0)
+    mean_text = normalized(text_sum) if len(items) else torch.zeros(k, inputs.backbone.embed_dim)
+    return SplitOutputs(torch.cat(logits), labels, image_feats, mean_text)

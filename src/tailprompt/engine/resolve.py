@@ -1,0 +1,124 @@
+"""Config resolution: dataclass defaults <- method preset <- user file <- `--set` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tailprompt.config import ConfigError, from_dict, load_yaml, merge, parse_override, set_path, to_dict
+from tailprompt.engine.config import RunConfig
+from tailprompt.utils import stable_hash
+
+PRESET_PACKAGE = "tailprompt.configs.methods"
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("tailprompt") / "configs" / "methods"))
+
+
+def list_presets() -> list[str]:
+    """Names of the method presets shipped with the package (file stems)."""
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = preset_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    return path
+
+
+def config_source(file_or_preset: str) -> tuple[dict[str, Any], str]:
+    """Plain data of a config file or preset name, and the method name it stands for.
+
+    A user file may name a preset under `preset:`; its other keys override that preset.
+    """
+    path = Path(file_or_preset)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        data = load_yaml(path)
+        base_name = data.pop("preset", None)
+        if base_name is not None:
+            base, method = config_source(str(base_name))
+            data = merge(base, data)
+            data.setdefault("method", method)
+        return data, str(data.get("method") or path.stem)
+    data = load_yaml(preset_path(file_or_preset))
+    data.setdefault("method", file_or_preset)
+    return data, file_or_preset
+
+
+def resolve_config(file_or_preset: str | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Resolve a run config; unknown keys anywhere are a `ConfigError` naming the key."""
+    data: dict[str, Any] = {}
+    if file_or_preset:
+        data, _ = config_source(file_or_preset)
+    data = to_dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        set_path(data, path, value)
+    cfg = from_dict(RunConfig, data)
+    validate_components(cfg)
+    return cfg
+
+
+def validate_components(cfg: RunConfig) -> None:
+    """Check the learner and objective sections against their registered config dataclasses."""
+    from tailprompt.objectives import OBJECTIVES
+    from tailprompt.prompts import LEARNERS
+
+    learner_config(cfg)  # raises on bad keys
+    for i, entry in enumerate(cfg.objectives):
+        where = f"objectives[{i}]"
+        if "name" not in entry:
+            raise ConfigError(f"{where}: missing 'name'; available: {', '.join(OBJECTIVES.names())}")
+        objective_parts(entry, where)
+    if cfg.learner.get("name") not in LEARNERS:
+        raise ConfigError(f"learner.name: unknown learner {cfg.learner.get('name')!r}; "
+                          f"available: {', '.join(LEARNERS.names())}")
+
+
+def learner_config(cfg: RunConfig) -> Any:
+    """The learner's typed config built from `cfg.learner` (minus `name`)."""
+    from tailprompt.prompts import LEARNERS
+
+    name = cfg.learner.get("name")
+    try:
+        spec = LEARNERS.get(str(name))
+    except KeyError as e:
+        raise ConfigError(f"learner.name: {e.args[0]}") from None
+    rest = {k: v for k, v in cfg.learner.items() if k != "name"}
+    return from_dict(spec.config_cls, rest, "learner")
+
+
+def objective_parts(entry: dict[str, Any], where: str) -> tuple[Any, Any, dict[str, float]]:
+    """(spec, typed config, per-term weights) of one objective entry."""
+    from tailprompt.objectives import OBJECTIVES
+
+    try:
+        spec = OBJECTIVES.get(str(entry["name"]))
+    except KeyError as e:
+        raise ConfigError(f"{where}.name: {e.args[0]}") from None
+    weights = dict(spec.default_weights)
+    for term, w in (entry.get("weights") or {}).items():
+        if term not in weights:
+            raise ConfigError(f"{where}.weights: unknown term {term!r} of objective {entry['name']!r}; "
+                              f"terms: {', '.join(weights)}")
+        if not isinstance(w, (int, float)):
+            raise ConfigError(f"{where}.weights.{term}: expected a number, got {w!r}")
+        weights[term] = float(w)
+    rest = {k: v for k, v in entry.items() if k not in ("name", "weights")}
+    return spec, from_dict(spec.config_cls, rest, where), weights
+
+
+def run_id(cfg: RunConfig, backbone_identity: str) -> str:
+    """Hash of the resolved config (output location excluded) and the backbone's identity."""
+    data = to_dict(cfg)
+    data.pop("output_dir", None)
+    return stable_hash({"config": data, "backbone": backbone_identity}, length=12)
+
+
+def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,116 @@
+"""The one training loop, for every learner and any set of objectives."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.engine.config import OptimConfig
+from tailprompt.engine.inputs import ImageInputs
+from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
+from tailprompt.engine.steps import (
+    BoundObjective,
+    autocast_for,
+    learner_outputs,
+    normalized,
+    objective_terms,
+    scaled_logits,
+)
+from tailprompt.objectives import StepState
+from tailprompt.prompts import LearnerSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSetup:
+    learner: nn.Module
+    spec: LearnerSpec
+    objectives: list[BoundObjective]
+    frozen_text: Tensor  # [K, D] normalised
+    clusters: Tensor | None  # [K]
+    dataset: DatasetSplits  # training label space
+    items: list[Item]
+    inputs: ImageInputs
+    train_views: Tensor | None  # [V, N, D] cached augmented views, None = run the tower per step
+    optim: OptimConfig
+    seed: int
+    progress: bool = False
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Dassl drops the last partial batch only when there is at least one full batch."""
+    return max(1, n // batch_size) if n >= batch_size else 1
+
+
+def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
+    """Train the learner's prompts; returns per-epoch means of the total and of every term."""
+    learner, inputs = setup.learner, setup.inputs
+    device = inputs.device
+    params = [p for p in learner.parameters() if p.requires_grad]
+    curve: dict[str, list[float]] = {"total": []}
+    if not params or setup.optim.epochs <= 0:
+        return curve  # zero-shot: nothing to train
+    optimizer = build_optimizer(params, setup.optim)
+    gen = torch.Generator().manual_seed(setup.seed)
+    labels_all = torch.tensor([it.label for it in setup.items], device=device)
+    n, bs = len(setup.items), setup.optim.batch_size
+    steps_per_epoch = batches_per_epoch(n, bs)
+    class_ids = torch.arange(setup.dataset.num_classes, device=device)
+    scale = float(inputs.backbone.logit_scale)
+    step = 0
+    learner.train()
+    epochs = range(setup.optim.epochs)
+    for epoch in tqdm(epochs, desc="train", disable=not setup.progress, leave=False):
+        set_lr(optimizer, lr_at_epoch(epoch, setup.optim))
+        order = torch.randperm(n, generator=gen)
+        sums: dict[str, Tensor] = {}
+        for b in range(steps_per_epoch):
+            idx = order[b * bs : (b + 1) * bs]
+            labels = labels_all[idx.to(device)]
+            images = None
+            if setup.train_views is not None and not setup.spec.uses_image_tower:
+                view = torch.randint(setup.train_views.shape[0], (len(idx),), generator=gen)
+                frozen_img = setup.train_views[view.to(device), idx.to(device)]
+            else:
+                images = inputs.images(setup.dataset, [setup.items[i] for i in idx.tolist()], train=True)
+                with torch.no_grad(), autocast_for(device):
+                    frozen_img = normalized(inputs.backbone.encode_image(images))
+            with autocast_for(device):
+                img, txt = learner_outputs(learner, setup.spec, frozen_img, images)
+                img, txt = img.float(), txt.float()
+                logits = scaled_logits(img, txt, scale)
+                state = StepState(
+                    logits=logits,
+                    labels=labels,
+                    image_feats=img,
+                    text_feats=txt,
+                    frozen_text_feats=setup.frozen_text,
+                    frozen_image_feats=frozen_img,
+                    zeroshot_logits=scaled_logits(frozen_img, setup.frozen_text, scale),
+                    class_ids=class_ids,
+                    logit_scale=scale,
+                    clusters=setup.clusters,
+                )
+                loss, terms = objective_terms(setup.objectives, state)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # Accumulate on device; one host sync per epoch, not per step.
+            sums["total"] = sums.get("total", 0) + loss.detach()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + v
+            step += 1
+            if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
+                break
+        for k, v in sums.items():
+            curve.setdefault(k, []).append(float(v) / (b + 1))
+        if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
+            break
+    learner.eval()
+    return curve

@@ -1,0 +1,170 @@
+"""CoCoOp: CoOp's context shifted per image by a small meta-network.
+
+Zhou et al., "Conditional Prompt Learning for Vision-Language Models" (CVPR 2022); reference
+KaiyangZhou/CoOp `trainers/cocoop.py`. For an image with normalised feature x, every context token
+becomes `v_m(x) = v_m + pi(x)` with `pi = Linear(D, D//16) -> ReLU -> Linear(D//16, W)` (D = the joint
+embedding width, the reference's `visual.output_dim`), and the whole class-prompt set is re-encoded
+with that image's context: text features are `[B, K, D]`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tailprompt.prompts.base import LEARNERS, LearnerSpec
+from tailprompt.prompts.common import (
+    assemble_prompts,
+    class_prompts,
+    count_words,
+    encode_prompt_embeddings,
+    frozen_image_features,
+    install_class_prompts,
+    load_prompt_state_into,
+    prompt_state_of,
+    random_context,
+    word_context,
+)
+from tailprompt.prompts.coop import check_context_config
+
+
+@dataclass
+class CoCoOpConfig:
+    """CoCoOp defaults (`vit_b16_c4_ep10_batch1_ctxv1`: N_CTX 4, CTX_INIT "a photo of a")."""
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"  # "" = random N(0, 0.02) contexts
+    # Text sequences per text-tower call: images are encoded in groups of max(1, this // K) so a
+    # large evaluation batch does not hold B*K prompts at once (0 = one call for the whole batch).
+    max_sequences_per_call: int = 8192
+
+    def __post_init__(self) -> None:
+        check_context_config(self.n_ctx, self.ctx_init)
+        if self.max_sequences_per_call < 0:
+            raise ValueError(f"max_sequences_per_call: expected >= 0, got {self.max_sequences_per_call}")
+
+
+def meta_net(vis_dim: int, ctx_dim: int) -> nn.Sequential:
+    """The reference's Meta-Net, with its parameter names (`linear1.*`, `linear2.*`)."""
+    if vis_dim // 16 < 1:
+        raise ValueError(
+            f"cocoop: the meta-net needs an embedding width >= 16 (vis_dim // 16), got {vis_dim}"
+        )
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
+                ("relu", nn.ReLU()),
+                ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
+            ]
+        )
+    )
+
+
+class CoCoOp(nn.Module):
+    """CoCoOp prompt learner. Trainable: `ctx` `[M, W]`, `meta_net.linear{1,2}.{weight,bias}`."""
+
+    def __init__(
+        self,
+        backbone: Any,
+        classnames: list[str],
+        n_ctx: int = 4,
+        ctx_init: str = "a photo of a",
+        max_sequences_per_call: int = 8192,
+    ) -> None:
+        super().__init__()
+        check_context_config(n_ctx, ctx_init)
+        self.__dict__["backbone"] = backbone  # by reference: never a submodule (see prompts.common)
+        self.max_sequences_per_call = max_sequences_per_call
+        # Same construction (and global-RNG) order as the reference: ctx, then the meta-net.
+        if ctx_init:
+            init = ctx_init.replace("_", " ")
+            self.n_ctx = count_words(init)
+            self.prompt_prefix = init
+            ctx = word_context(backbone, init, self.n_ctx)
+        else:
+            self.n_ctx = n_ctx
+            self.prompt_prefix = " ".join(["X"] * n_ctx)
+            ctx = random_context((n_ctx, backbone.text_width), backbone.device)
+        self.ctx = nn.Parameter(ctx.to(backbone.device))
+        self.meta_net = meta_net(backbone.embed_dim, backbone.text_width).to(backbone.device)
+        self.classnames: list[str] = []
+        self.set_classnames(classnames, "{}")
+
+    def set_classnames(self, classnames: list[str], template: str) -> None:
+        """Rebuild the class-name buffers for a new label space; `ctx` and the meta-net are kept."""
+        buffers = class_prompts(self.backbone, classnames, self.prompt_prefix, self.n_ctx)
+        install_class_prompts(self, buffers)
+        self.classnames = list(classnames)
+
+    def conditioned_context(self, image_feats: Tensor) -> Tensor:
+        """`ctx + meta_net(x)` -> `[B, M, W]` for normalised image features `[B, D]`."""
+        bias = self.meta_net(image_feats.to(self.ctx.dtype))  # [B, W]
+        return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+
+    def prompt_embeddings(self, image_feats: Tensor) -> Tensor:
+        """Per-image class prompts `[B, K, L, W]`."""
+        k = self.token_prefix.shape[0]
+        ctx = self.conditioned_context(image_feats)  # [B, M, W]
+        ctx = ctx.unsqueeze(1).expand(-1, k, -1, -1)  # [B, K, M, W]
+        return assemble_prompts(self.token_prefix, ctx, self.token_suffix)
+
+    def text_features(self, image_feats: Tensor | None = None) -> Tensor:
+        """Normalised per-image class features `[B, K, D]`.
+
+        Args:
+            image_feats: L2-normalised image features `[B, D]` (the engine's contract; the reference
+                normalises before the meta-net, so they are used as given).
+
+        The reference loops over images, encoding K prompts per image; here groups of images go
+        through the text tower in one call of up to `max_sequences_per_call` sequences.
+        """
+        if image_feats is None:
+            raise ValueError("cocoop is instance-conditioned: text_features needs image_feats [B, D]")
+        b, k = image_feats.shape[0], self.token_prefix.shape[0]
+        limit = self.max_sequences_per_call
+        step = b if limit == 0 else max(1, limit // k)
+        chunks = []
+        for start in range(0, b, step):
+            prompts = self.prompt_embeddings(image_feats[start : start + step])  # [b', K, L, W]
+            n = prompts.shape[0]
+            feats = encode_prompt_embeddings(
+                self.backbone, prompts.reshape(n * k, *prompts.shape[2:]), self.eot.repeat(n)
+            )
+            chunks.append(feats.reshape(n, k, -1))
+        return torch.cat(chunks, dim=0)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """Normalised frozen image features `[B, D]` of images `[B, 3, H, W]`."""
+        return frozen_image_features(self.backbone, images)
+
+    def prompt_state(self) -> dict[str, Tensor]:
+        """`ctx`, `meta_net.linear1.weight/bias`, `meta_net.linear2.weight/bias` (reference names)."""
+        return prompt_state_of(self)
+
+    def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
+        """Load from our `prompt_state` or a reference CoCoOp prompt-learner state dict."""
+        load_prompt_state_into(self, state_dict, "cocoop")
+
+    def extra_repr(self) -> str:
+        return f"n_ctx={self.n_ctx}, prefix={self.prompt_prefix!r}, classes={len(self.classnames)}"
+
+
+def build_cocoop(config: CoCoOpConfig, backbone: Any, classnames: list[str], template: str) -> CoCoOp:
+    """`LearnerSpec.build` for `cocoop`."""
+    return CoCoOp(
+        backbone,
+        classnames,
+        n_ctx=config.n_ctx,
+        ctx_init=config.ctx_init,
+        max_sequences_per_call=config.max_sequences_per_call,
+    )
+
+
+LEARNERS.register("cocoop", LearnerSpec(CoCoOpConfig, build_cocoop, instance_conditioned=True))
+
+__all__ = ["CoCoOp", "CoCoOpConfig", "build_cocoop", "meta_net"]

@@ -1,0 +1,199 @@
+"""MaPLe: coupled text and vision prompts in the first J blocks of both towers.
+
+Khattak et al., "MaPLe: Multi-modal Prompt Learning" (CVPR 2023); reference
+muzairkhattak/multimodal-prompt-learning `trainers/maple.py` and `clip/model.py`.
+
+- Text: `[SOS][P_0 (n_ctx tokens)][rest of the init text][name][.][EOS]`; with the default
+  `n_ctx=2, ctx_init="a photo of a"`, `P_0` starts as the embeddings of "a photo" and "of a" stays as
+  fixed tokens. In text blocks `1 .. J-1` the outputs at positions `1 .. n_ctx` are replaced by `P_i`
+  (`compound_prompts_text.<i-1>`, N(0, 0.02)).
+- Vision: `F_0(P_0)` with `F_0 = proj = Linear(W_text, W_vision)` is appended after CLS + patch tokens
+  (after the positional embedding, before `ln_pre`); in vision blocks `1 .. J-1` the last `n_ctx`
+  tokens are replaced by `F_i(P_i)` (`compound_prompt_projections.<i-1>`, deep copies of one
+  initialised Linear, so all start equal).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tailprompt.prompts.base import LEARNERS, LearnerSpec
+from tailprompt.prompts.common import (
+    assemble_prompts,
+    backbone_dtype,
+    class_prompts,
+    encode_prompt_embeddings,
+    install_class_prompts,
+    load_prompt_state_into,
+    normalized,
+    prompt_state_of,
+    random_context,
+    word_context,
+)
+
+# The reference initialises from ctx_init only when n_ctx <= 4 (`if ctx_init and n_ctx <= 4`).
+_MAX_WORD_INIT_CTX = 4
+
+
+@dataclass
+class MaPLeConfig:
+    """MaPLe defaults (`vit_b16_c2_ep5_batch4_2ctx`); cross-dataset / DG use `prompt_depth=3`."""
+
+    n_ctx: int = 2  # prompt tokens per layer (text and vision)
+    ctx_init: str = "a photo of a"  # first n_ctx tokens initialise P_0, the rest stay fixed ("" = random)
+    prompt_depth: int = 9  # J: layers 0 .. J-1 carry prompts; clamped to the backbone's depth
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx: expected >= 1, got {self.n_ctx}")
+        if self.prompt_depth < 1:
+            raise ValueError(f"prompt_depth: expected >= 1 (1 = shallow MaPLe), got {self.prompt_depth}")
+
+
+def tower_depths(backbone: Any) -> tuple[int | None, int | None]:
+    """(text blocks, vision blocks) of the backbone, or None where it cannot tell."""
+    text = getattr(backbone, "text_layers", None)
+    vision = getattr(backbone, "vision_layers", None)
+    model = getattr(backbone, "model", None)
+    if text is None and model is not None:
+        blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
+        text = len(blocks) if blocks is not None else None
+    if vision is None and model is not None:
+        visual = getattr(model, "visual", None)
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        vision = len(blocks) if blocks is not None else None
+    return text, vision
+
+
+def effective_depth(backbone: Any, prompt_depth: int) -> int:
+    """`prompt_depth` clamped to the shallower tower (prompts of layer i go into block i, i < depth).
+
+    The reference allows at most 12 on ViT-B/16 and silently ignores deeper prompts; here a depth
+    beyond the backbone is cut with a warning, so no parameter is created that never trains.
+    """
+    depths = [d for d in tower_depths(backbone) if d is not None]
+    if not depths or prompt_depth <= min(depths):
+        return prompt_depth
+    limit = min(depths)
+    warnings.warn(
+        f"maple: prompt_depth={prompt_depth} exceeds the backbone's {limit} transformer blocks; "
+        f"using {limit}",
+        stacklevel=3,
+    )
+    return limit
+
+
+class MaPLe(nn.Module):
+    """MaPLe prompt learner; parameter names follow the reference's `MultiModalPromptLearner`.
+
+    Trainable: `ctx` `[n, W]`, `proj.{weight,bias}` (`W -> Wv`), `compound_prompts_text.<i>` `[n, W]`,
+    `compound_prompt_projections.<i>.{weight,bias}` for `i < prompt_depth - 1`.
+    """
+
+    def __init__(
+        self,
+        backbone: Any,
+        classnames: list[str],
+        n_ctx: int = 2,
+        ctx_init: str = "a photo of a",
+        prompt_depth: int = 9,
+    ) -> None:
+        super().__init__()
+        if not getattr(backbone, "has_vit", False) or backbone.vision_width is None:
+            raise ValueError(
+                f"maple prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
+                "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
+                "backbone.name=tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"
+            )
+        self.__dict__["backbone"] = backbone  # by reference: never a submodule (see prompts.common)
+        self.prompt_depth = effective_depth(backbone, prompt_depth)
+        self.n_ctx = n_ctx
+        width, vision_width = backbone.text_width, backbone.vision_width
+        # Construction (and global-RNG) order as the reference: ctx, proj, deep text prompts, projections.
+        if ctx_init and n_ctx <= _MAX_WORD_INIT_CTX:
+            self.prompt_prefix = ctx_init.replace("_", " ")
+            ctx = word_context(backbone, self.prompt_prefix, n_ctx)
+        else:
+            self.prompt_prefix = " ".join(["X"] * n_ctx)
+            ctx = random_context((n_ctx, width), None)
+        self.proj = nn.Linear(width, vision_width)
+        self.ctx = nn.Parameter(ctx)
+        self.compound_prompts_text = nn.ParameterList(
+            [nn.Parameter(torch.empty(n_ctx, width)) for _ in range(self.prompt_depth - 1)]
+        )
+        for prompt in self.compound_prompts_text:
+            nn.init.normal_(prompt, std=0.02)
+        single_layer = nn.Linear(width, vision_width)
+        self.compound_prompt_projections = nn.ModuleList(
+            [copy.deepcopy(single_layer) for _ in range(self.prompt_depth - 1)]
+        )
+        self.to(backbone.device)
+        self.classnames: list[str] = []
+        self.set_classnames(classnames, "{}")
+
+    def set_classnames(self, classnames: list[str], template: str) -> None:
+        """Rebuild the class-name buffers for a new label space; every prompt parameter is kept."""
+        buffers = class_prompts(self.backbone, classnames, self.prompt_prefix, self.n_ctx)
+        install_class_prompts(self, buffers)
+        self.classnames = list(classnames)
+
+    def prompt_embeddings(self) -> Tensor:
+        """Layer-0 text prompts `[K, L, W]`: `[SOS][ctx][suffix]`."""
+        return assemble_prompts(self.token_prefix, self.ctx, self.token_suffix)
+
+    def deep_text_prompts(self) -> list[Tensor]:
+        """`P_1 .. P_{J-1}`, each `[n, W]`: they replace positions `1..n` at the input of text block i."""
+        return list(self.compound_prompts_text)
+
+    def vision_prompts(self) -> tuple[Tensor, list[Tensor]]:
+        """(`F_0(P_0)` `[n, Wv]` appended after the patch tokens, `[F_i(P_i)]` replacing them in block i)."""
+        shared = self.proj(self.ctx)
+        deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
+        return shared, deep
+
+    def text_features(self, image_feats: Tensor | None = None) -> Tensor:
+        """Normalised class text features `[K, D]`; `image_feats` is ignored."""
+        deep = self.deep_text_prompts()
+        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, deep or None)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """Normalised prompted image features `[B, D]` of images `[B, 3, H, W]`."""
+        dtype = backbone_dtype(self.backbone)
+        shared, deep = self.vision_prompts()
+        out = self.backbone.encode_image_with_prompts(
+            images.to(dtype), shared.to(dtype), [d.to(dtype) for d in deep] or None
+        )
+        return normalized(out)
+
+    def prompt_state(self) -> dict[str, Tensor]:
+        """All prompt parameters under the reference's names (without the `prompt_learner.` prefix)."""
+        return prompt_state_of(self)
+
+    def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
+        """Load from our `prompt_state`, a reference prompt-learner state dict or a reference whole-model
+        state dict (`prompt_learner.*` keys; the frozen CLIP weights in it are dropped)."""
+        load_prompt_state_into(self, state_dict, "maple")
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_ctx={self.n_ctx}, prefix={self.prompt_prefix!r}, depth={self.prompt_depth}, "
+            f"classes={len(self.classnames)}"
+        )
+
+
+def build_maple(config: MaPLeConfig, backbone: Any, classnames: list[str], template: str) -> MaPLe:
+    """`LearnerSpec.build` for `maple`."""
+    return MaPLe(
+        backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init, prompt_depth=config.prompt_depth
+    )
+
+
+LEARNERS.register("maple", LearnerSpec(MaPLeConfig, build_maple, uses_image_tower=True))
+
+__all__ = ["MaPLe", "MaPLeConfig", "build_maple", "effective_depth", "tower_depths"]

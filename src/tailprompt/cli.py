@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from tailprompt import __version__
 
 # Module names under tailprompt.commands, in --help order. Each defines add_parser(subparsers).
-COMMANDS: list[str] = ["train", "eval", "sweep", "list_presets"]
+COMMANDS: list[str] = ["train", "eval", "sweep", "list_presets", "report", "pretrain_embedded"]
 
 
 class UserError(Exception):

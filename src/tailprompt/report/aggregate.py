@@ -1,0 +1,194 @@
+"""Seed statistics: per-run metrics, then mean ± std over seeds.
+
+Derived numbers (HM, the average over target datasets) are computed per seed first and only then
+averaged, as the papers' tables do: the mean of HMs is not the HM of mean accuracies. The spread is
+the population standard deviation over seeds (numpy's default, `ddof=0`), the convention of the
+reference's `parse_test_res.py` (Dassl) that CoOp, MaPLe and KgCoOp report with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tailprompt.report.results import (
+    grouped_by_experiment,
+    method_order,
+    target_splits,
+    tau_key,
+)
+
+Metric = Callable[[dict[str, Any]], "float | None"]
+
+# Per-split fields aggregated into summary.json (scalars of the split block).
+_SPLIT_SCALARS = ("accuracy", "ece", "mce", "aece", "nll", "ece_temperature_scaled", "temperature", "ece_dac")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: a metric's value for each seed that has it, in seed order."""
+
+    seeds: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Population std over seeds (ddof=0, as Dassl's parse_test_res.py); None without values."""
+        return float(np.std(self.values)) if self.values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n,
+                "values": {str(s): v for s, v in zip(self.seeds, self.values)}}
+
+
+def seed_cell(records: Sequence[dict[str, Any]], metric: Metric) -> Cell:
+    """Evaluate `metric` on each record (one per seed) and keep the seeds where it is defined."""
+    pairs = sorted((r["seed"], metric(r)) for r in records)
+    kept = [(s, float(v)) for s, v in pairs if v is not None and math.isfinite(float(v))]
+    return Cell(tuple(s for s, _ in kept), tuple(v for _, v in kept))
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """HM = 2ab / (a + b) (base-to-new's summary number); 0 when both are 0."""
+    return 0.0 if a + b == 0 else 2.0 * a * b / (a + b)
+
+
+def split_value(split: str, field: str) -> Metric:
+    """Metric reading `splits.<split>.<field>` (None where the run has no such split or value)."""
+
+    def read(record: dict[str, Any]) -> float | None:
+        value = (record["splits"].get(split) or {}).get(field)
+        return _number(value)
+
+    return read
+
+
+def base_new_hm(record: dict[str, Any]) -> float | None:
+    """The run's HM of base and new accuracy, computed from its own two accuracies (per seed)."""
+    base = _number((record["splits"].get("base") or {}).get("accuracy"))
+    new = _number((record["splits"].get("new") or {}).get("accuracy"))
+    if base is None or new is None:
+        return _number(record.get("hm"))
+    return harmonic_mean(base, new)
+
+
+def group_value(group: str) -> Metric:
+    """Metric reading head / medium / tail accuracy (`groups.<group>`)."""
+
+    def read(record: dict[str, Any]) -> float | None:
+        return _number((record.get("groups") or {}).get(group))
+
+    return read
+
+
+def target_average(targets: Sequence[str], field: str = "accuracy") -> Metric:
+    """Mean of `field` over the target splits of one run; None unless every target is present."""
+
+    def read(record: dict[str, Any]) -> float | None:
+        values = [split_value(t, field)(record) for t in targets]
+        if not values or any(v is None for v in values):
+            return None
+        return float(np.mean(values))
+
+    return read
+
+
+def record_metrics(record: dict[str, Any], targets: Sequence[str] = ()) -> dict[str, float]:
+    """Every scalar metric of one run, flattened to `block/.../name` keys (summary.json's rows).
+
+    Covers the split scalars, HM (recomputed), head/medium/tail, the geometry block, the timings,
+    the number of clusters, the last value of each loss curve and, for transfer protocols, the
+    average over targets.
+    """
+    out: dict[str, float] = {}
+    for name, split in record["splits"].items():
+        for field in _SPLIT_SCALARS:
+            value = _number((split or {}).get(field))
+            if value is not None:
+                out[f"splits/{name}/{field}"] = value
+    if "base" in record["splits"] and "new" in record["splits"]:
+        hm = base_new_hm(record)
+        if hm is not None:
+            out["hm"] = hm
+    for group in ("head", "medium", "tail"):
+        value = group_value(group)(record)
+        if value is not None:
+            out[f"groups/{group}"] = value
+    _flatten_numbers(record.get("geometry"), "geometry", out)
+    _flatten_numbers(record.get("timings"), "timings", out)
+    clusters = record.get("clusters")
+    if isinstance(clusters, dict) and _number(clusters.get("n_clusters")) is not None:
+        out["clusters/n_clusters"] = float(clusters["n_clusters"])
+    for term, curve in (record.get("loss_curve") or {}).items():
+        if isinstance(curve, list) and curve and _number(curve[-1]) is not None:
+            out[f"loss_final/{term}"] = float(curve[-1])
+    if targets:
+        for field in ("accuracy", "ece"):
+            value = target_average(targets, field)(record)
+            if value is not None:
+                out[f"targets_average/{field}"] = value
+    return out
+
+
+def seed_statistics(results: Sequence[dict[str, Any]],
+                    preferred_order: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Mean ± std over seeds of every metric, one entry per (experiment, method, tau).
+
+    Returns:
+        Plain dicts: experiment fields, `method`, `tau`, `seeds`, `run_ids` and `metrics`
+        (`{name: {"mean", "std", "n", "values": {seed: value}}}`).
+    """
+    entries = []
+    for key, records in grouped_by_experiment(results).items():
+        targets = target_splits(records) if key.protocol in ("cross_dataset", "domain_generalization") else []
+        for method in method_order(records, preferred_order):
+            rows = [r for r in records if r["method"] == method]
+            for tau in sorted({tau_key(r["tau"]) for r in rows}, reverse=True):
+                cell_runs = sorted((r for r in rows if tau_key(r["tau"]) == tau), key=lambda r: r["seed"])
+                per_run = [record_metrics(r, targets) for r in cell_runs]
+                names = sorted({n for m in per_run for n in m})
+                metrics = {}
+                for name in names:
+                    pairs = [(r["seed"], m[name]) for r, m in zip(cell_runs, per_run) if name in m]
+                    metrics[name] = Cell(tuple(s for s, _ in pairs), tuple(v for _, v in pairs)).to_dict()
+                entries.append({
+                    "dataset": key.dataset, "protocol": key.protocol, "backbone": key.backbone,
+                    "shots": key.shots, "method": method, "tau": tau,
+                    "seeds": [r["seed"] for r in cell_runs],
+                    "run_ids": [r.get("run_id") for r in cell_runs],
+                    "metrics": metrics,
+                })
+    return entries
+
+
+def _flatten_numbers(node: Any, prefix: str, out: dict[str, float]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten_numbers(v, f"{prefix}/{k}", out)
+        return
+    value = _number(node)
+    if value is not None:
+        out[prefix] = value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+__all__ = ["Cell", "base_new_hm", "harmonic_mean", "record_metrics", "seed_cell",
+           "seed_statistics", "split_value", "target_average"]

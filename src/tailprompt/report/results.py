@@ -1,0 +1,197 @@
+"""Reading stored run records (`RUNS_DIR/*/result.json`) and grouping them into experiments.
+
+A report never trusts a result blindly: a folder without `result.json` is an unfinished run and is
+skipped (the sweep redoes it), while a `result.json` that is not valid JSON or lacks a field the
+tables need is an error naming the file, because silently dropping it would bias a mean over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+# Key under which `load_results` records the run folder of each record (not part of the stored schema).
+RUN_DIR_KEY = "_run_dir"
+# Split holding the training label space, per protocol (per-class accuracy vs shots, cosine plots).
+TRAIN_SPLIT = {"base_to_new": "base", "cross_dataset": "source", "domain_generalization": "source",
+               "all_classes": "all"}
+PROTOCOL_LABELS = {"base_to_new": "base-to-new", "cross_dataset": "cross-dataset",
+                   "domain_generalization": "domain generalization", "all_classes": "all classes"}
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "method": (str,), "seed": (int,), "dataset": (str,), "protocol": (str,), "tau": (int, float),
+    "splits": (dict,),
+}
+
+
+class ReportError(ValueError):
+    """A runs folder or result record the report cannot use; the message names the file and field."""
+
+
+def load_results(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """Every run record under `runs_dir/*/result.json`, in folder-name order.
+
+    Folders without `result.json` (unfinished runs, the report's own output) are skipped. Each
+    returned dict is the stored record plus `"_run_dir"`: the run folder as a string, so plots can
+    find `features.safetensors` next to it.
+
+    Raises:
+        ReportError: `runs_dir` is not a folder, a `result.json` is not valid JSON, or a record
+            lacks a field the report needs (the message names the file and the field).
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ReportError(f"{runs_dir}: not a folder (expected a runs folder holding <run_id>/result.json)")
+    results = []
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        path = run_dir / RESULT_FILE
+        if not path.is_file():
+            log.debug("skipping %s: no %s (unfinished run?)", run_dir, RESULT_FILE)
+            continue
+        record = _read_record(path)
+        record[RUN_DIR_KEY] = str(run_dir)
+        results.append(record)
+    return results
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise ReportError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    if not isinstance(record, dict):
+        raise ReportError(f"{path}: expected a JSON object at the top level, got {type(record).__name__}")
+    validate_record(record, str(path))
+    return record
+
+
+def validate_record(record: dict[str, Any], where: str) -> None:
+    """Check the fields the tables read; `where` (a file name) prefixes every error message."""
+    for key, types in _REQUIRED.items():
+        if key not in record:
+            raise ReportError(f"{where}: missing field {key!r} (see the result.json schema)")
+        value = record[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            expected = " or ".join(t.__name__ for t in types)
+            raise ReportError(f"{where}: field {key!r} should be {expected}, got {value!r}")
+    if not math.isfinite(float(record["tau"])):
+        raise ReportError(f"{where}: field 'tau' should be a finite number, got {record['tau']!r}")
+    for name, split in record["splits"].items():
+        if not isinstance(split, dict) or not isinstance(split.get("accuracy"), (int, float)):
+            raise ReportError(f"{where}: splits.{name}.accuracy should be a number")
+
+
+@dataclass(frozen=True, order=True)
+class ExperimentKey:
+    """What one table compares methods on: everything but the method, tau and seed."""
+
+    dataset: str
+    protocol: str
+    backbone: str
+    shots: int
+
+    def title(self, with_setting: bool = True) -> str:
+        protocol = PROTOCOL_LABELS.get(self.protocol, self.protocol)
+        setting = f" ({self.backbone}, {self.shots}-shot)" if with_setting else ""
+        return f"{self.dataset} · {protocol}{setting}"
+
+
+def experiment_key(record: dict[str, Any]) -> ExperimentKey:
+    backbone = record.get("backbone") or {}
+    name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
+    shots = record.get("shots")
+    return ExperimentKey(record["dataset"], record["protocol"], str(name), int(shots) if shots else 0)
+
+
+def tau_key(tau: float) -> float:
+    """Tau as a dict key: JSON round trips keep floats exact, rounding guards hand-written files."""
+    return round(float(tau), 6)
+
+
+def method_order(results: Iterable[dict[str, Any]], preferred: Sequence[str] | None = None) -> list[str]:
+    """Table row order: `preferred` first (as given), then as the papers' tables: zero-shot, plain
+    learners (method named after its learner, e.g. coop, kgcoop), then methods adding objectives,
+    each block alphabetically."""
+    rank: dict[str, int] = {}
+    for r in results:
+        method, learner = r["method"], r.get("learner")
+        tier = 0 if learner == "zeroshot" else 1 if method == learner else 2
+        rank[method] = min(rank.get(method, tier), tier)
+    head = [m for m in (preferred or []) if m in rank]
+    rest = sorted((m for m in rank if m not in head), key=lambda m: (rank[m], m))
+    return head + rest
+
+
+def deduplicated(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Keep one record per (experiment, method, tau, seed): the newest `result.json`.
+
+    Two records for the same cell come from re-running with a changed config (a new run_id);
+    averaging both would count that seed twice. Returns (kept records, dropped run ids).
+    """
+    newest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    dropped: list[str] = []
+    for r in results:
+        key = (experiment_key(r), r["method"], tau_key(r["tau"]), r["seed"])
+        old = newest.get(key)
+        if old is None or _mtime(r) >= _mtime(old):
+            if old is not None:
+                dropped.append(str(old.get("run_id", old.get(RUN_DIR_KEY, "?"))))
+            newest[key] = r
+        else:
+            dropped.append(str(r.get("run_id", r.get(RUN_DIR_KEY, "?"))))
+    if dropped:
+        log.warning("%d duplicate run(s) for the same method/tau/seed ignored (older): %s",
+                    len(dropped), ", ".join(dropped))
+    kept_ids = {id(v) for v in newest.values()}
+    kept = [r for r in results if id(r) in kept_ids]
+    return kept, dropped
+
+
+def _mtime(record: dict[str, Any]) -> float:
+    run_dir = record.get(RUN_DIR_KEY)
+    if not run_dir:
+        return 0.0
+    try:
+        return (Path(run_dir) / RESULT_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def grouped_by_experiment(results: Sequence[dict[str, Any]]) -> dict[ExperimentKey, list[dict[str, Any]]]:
+    groups: dict[ExperimentKey, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(experiment_key(r), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def target_splits(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Target dataset split names of cross-dataset / DG runs, in the config's order when recorded."""
+    names: list[str] = []
+    for r in records:
+        configured = ((r.get("config") or {}).get("protocol") or {}).get("targets") or []
+        for name in list(configured) + sorted(r["splits"]):
+            if name != "source" and name in r["splits"] and name not in names:
+                names.append(name)
+    return names
+
+
+def experiment_slugs(keys: Iterable[ExperimentKey]) -> dict[ExperimentKey, str]:
+    """File-name stems per experiment: `dataset__protocol`, plus the setting only where two would clash."""
+    keys = list(keys)
+    base = {k: f"{k.dataset}__{k.protocol}" for k in keys}
+    clashes = {b for b in base.values() if list(base.values()).count(b) > 1}
+    return {k: _safe_name(b if b not in clashes else f"{b}__{k.backbone}_{k.shots}shot")
+            for k, b in base.items()}
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)

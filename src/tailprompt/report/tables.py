@@ -1,0 +1,372 @@
+"""Paper-style tables from run records: rows are methods, columns tau values or target datasets.
+
+Layouts (one set of tables per experiment = (dataset, protocol, backbone, shots)):
+- base-to-new: accuracy (Base / New / HM per tau), head / medium / tail accuracy per tau,
+  calibration (ECE base / ECE new per tau) and, when recorded, post-hoc calibration (ECE after
+  temperature scaling, ECE with DAC on new classes) — the layout of CPT's and TCPT's tables.
+- all classes: accuracy / head / medium / tail per tau, ECE per tau.
+- cross-dataset and domain generalization: accuracy and ECE on the source and each target plus
+  the average over targets (CoOp's cross-dataset table); rows carry tau when several were run.
+Every cell is mean ± std over seeds (`aggregate.Cell`); derived numbers are computed per seed first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tailprompt.report.aggregate import (
+    Cell,
+    Metric,
+    base_new_hm,
+    group_value,
+    seed_cell,
+    split_value,
+    target_average,
+)
+from tailprompt.report.results import (
+    ExperimentKey,
+    deduplicated,
+    experiment_slugs,
+    grouped_by_experiment,
+    method_order,
+    target_splits,
+    tau_key,
+)
+
+FORMATS = ("md", "csv", "latex")
+FILE_SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
+NOTE = ("Cells are mean ± std over seeds (population std, ddof=0, as Dassl's parse_test_res.py); HM and "
+        "target averages are computed per seed, then averaged. A cell over fewer seeds than the rest of its "
+        "table says so (n=...). Bold marks the best mean per column (highest accuracy, lowest ECE).")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: a metric name, under a tau group for tau-column layouts."""
+
+    name: str
+    tau: float | None = None
+    higher_is_better: bool = True
+
+    @property
+    def group(self) -> str:
+        return "" if self.tau is None else f"τ={self.tau:g}"
+
+    @property
+    def header(self) -> str:
+        return f"{self.group} {self.name}".strip()
+
+
+@dataclass
+class Row:
+    method: str
+    tau: float | None  # set when rows (not columns) are split by tau
+    cells: list[Cell]
+
+
+@dataclass
+class Table:
+    """One rendered-table's worth of aggregated numbers; `render_table` formats it."""
+
+    key: str  # unique file-safe name, e.g. "world_colour_shape__base_to_new__accuracy"
+    title: str
+    caption: str
+    dataset: str
+    protocol: str
+    kind: str  # accuracy | groups | calibration | calibration_posthoc
+    columns: list[Column]
+    rows: list[Row] = field(default_factory=list)
+    tau_rows: bool = False  # rows are (method, tau) pairs (transfer protocols with several tau)
+
+    @property
+    def max_seeds(self) -> int:
+        return max((c.n for r in self.rows for c in r.cells), default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "title": self.title, "caption": self.caption, "dataset": self.dataset,
+            "protocol": self.protocol, "kind": self.kind,
+            "columns": [{"name": c.name, "tau": c.tau, "higher_is_better": c.higher_is_better}
+                        for c in self.columns],
+            "rows": [{"method": r.method, "tau": r.tau, "cells": [c.to_dict() for c in r.cells]}
+                     for r in self.rows],
+        }
+
+
+# (column name, metric, higher is better) per table kind, for tau-column layouts.
+_Spec = list[tuple[str, Metric, bool]]
+
+
+def _base_to_new_specs() -> list[tuple[str, str, _Spec]]:
+    return [
+        ("accuracy", "Top-1 accuracy (%) on base and new classes and their harmonic mean.",
+         [("Base", split_value("base", "accuracy"), True), ("New", split_value("new", "accuracy"), True),
+          ("HM", base_new_hm, True)]),
+        ("groups", "Top-1 accuracy (%) of head / medium / tail base classes (training classes sorted by "
+                   "shot count, cut into three groups).",
+         [("Head", group_value("head"), True), ("Medium", group_value("medium"), True),
+          ("Tail", group_value("tail"), True)]),
+        ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
+         [("ECE base", split_value("base", "ece"), False), ("ECE new", split_value("new", "ece"), False)]),
+        ("calibration_posthoc",
+         "ECE (%) after post-hoc temperature scaling (TS) and with DAC on new classes.",
+         [("ECE-TS base", split_value("base", "ece_temperature_scaled"), False),
+          ("ECE-TS new", split_value("new", "ece_temperature_scaled"), False),
+          ("ECE-DAC new", split_value("new", "ece_dac"), False)]),
+    ]
+
+
+def _all_classes_specs() -> list[tuple[str, str, _Spec]]:
+    return [
+        ("accuracy", "Top-1 accuracy (%) on all classes and on head / medium / tail classes.",
+         [("Acc", split_value("all", "accuracy"), True), ("Head", group_value("head"), True),
+          ("Medium", group_value("medium"), True), ("Tail", group_value("tail"), True)]),
+        ("calibration", "Expected calibration error (%, 10 bins, lower is better), before and after "
+                        "temperature scaling.",
+         [("ECE", split_value("all", "ece"), False),
+          ("ECE-TS", split_value("all", "ece_temperature_scaled"), False)]),
+    ]
+
+
+def summary_tables(results: Sequence[dict[str, Any]], order: Sequence[str] | None = None) -> list[Table]:
+    """Aggregate run records into paper-style tables (see the module docstring for layouts).
+
+    Args:
+        results: records as returned by `load_results` (duplicates of a (method, tau, seed) cell
+            keep the newest file only).
+        order: preferred row order (method names); other methods follow (zero-shot first, then by name).
+    """
+    kept, _ = deduplicated(results)
+    groups = grouped_by_experiment(kept)
+    slugs = experiment_slugs(groups)
+    tables: list[Table] = []
+    for key, records in groups.items():
+        methods = method_order(records, order)
+        if key.protocol == "base_to_new":
+            tables += _tau_column_tables(key, slugs[key], records, methods, _base_to_new_specs())
+        elif key.protocol == "all_classes":
+            tables += _tau_column_tables(key, slugs[key], records, methods, _all_classes_specs())
+        else:  # cross_dataset, domain_generalization and any other split-per-dataset protocol
+            tables += _transfer_tables(key, slugs[key], records, methods)
+    return tables
+
+
+def _tau_column_tables(key: ExperimentKey, slug: str, records: list[dict[str, Any]], methods: list[str],
+                       specs: list[tuple[str, str, _Spec]]) -> list[Table]:
+    taus = sorted({tau_key(r["tau"]) for r in records}, reverse=True)
+    tables = []
+    for kind, caption, spec in specs:
+        columns, metrics = [], []
+        for tau in taus:
+            for name, metric, higher in spec:
+                columns.append(Column(name, tau, higher))
+                metrics.append(metric)
+        rows = []
+        for method in methods:
+            runs = [r for r in records if r["method"] == method]
+            cells = [seed_cell([r for r in runs if tau_key(r["tau"]) == c.tau], m)
+                     for c, m in zip(columns, metrics)]
+            rows.append(Row(method, None, cells))
+        table = _without_empty_columns(Table(f"{slug}__{kind}", key.title(), caption, key.dataset,
+                                             key.protocol, kind, columns, rows))
+        if table.columns:
+            tables.append(table)
+    return tables
+
+
+def _transfer_tables(key: ExperimentKey, slug: str, records: list[dict[str, Any]],
+                     methods: list[str]) -> list[Table]:
+    targets = target_splits(records)
+    sources = ["source"] if any("source" in r["splits"] for r in records) else []
+    taus = sorted({tau_key(r["tau"]) for r in records}, reverse=True)
+    tables = []
+    for kind, field_, higher, caption in (
+            ("accuracy", "accuracy", True, "Top-1 accuracy (%) on the source and each target; Average is "
+                                           "over targets."),
+            ("calibration", "ece", False, "Expected calibration error (%, 10 bins, lower is better); Average "
+                                          "is over targets.")):
+        columns = [Column("Source" if s == "source" else s, None, higher) for s in sources + targets]
+        metrics: list[Metric] = [split_value(s, field_) for s in sources + targets]
+        if len(targets) > 1:
+            columns.append(Column("Average", None, higher))
+            metrics.append(target_average(targets, field_))
+        rows = []
+        for method in methods:
+            for tau in taus:
+                runs = [r for r in records if r["method"] == method and tau_key(r["tau"]) == tau]
+                if runs:
+                    rows.append(Row(method, tau, [seed_cell(runs, m) for m in metrics]))
+        table = _without_empty_columns(Table(f"{slug}__{kind}", key.title(), caption, key.dataset,
+                                             key.protocol, kind, columns, rows, tau_rows=len(taus) > 1))
+        if table.columns:
+            tables.append(table)
+    return tables
+
+
+def _without_empty_columns(table: Table) -> Table:
+    keep = [j for j in range(len(table.columns)) if any(r.cells[j].n for r in table.rows)]
+    table.columns = [table.columns[j] for j in keep]
+    for row in table.rows:
+        row.cells = [row.cells[j] for j in keep]
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def render_table(table: Table, fmt: str = "md") -> str:
+    """One table as Markdown (`md`), CSV (`csv`, long format: one line per cell) or LaTeX (`latex`,
+    booktabs, tau groups as \\multicolumn headers)."""
+    if fmt == "md":
+        return f"**{_heading(table)}.** {table.caption}\n\n{_markdown(table)}"
+    if fmt == "csv":
+        return _csv([table])
+    if fmt == "latex":
+        return _latex(table)
+    raise ValueError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def render_tables(tables: Sequence[Table], fmt: str = "md") -> str:
+    """All tables as one document (the content of tables.md / tables.csv / tables.tex)."""
+    if fmt == "csv":
+        return _csv(tables)
+    if fmt == "md":
+        parts = ["# tailprompt report", "", NOTE, ""]
+        for t in tables:
+            parts += [f"### {_heading(t)}", "", t.caption, "", _markdown(t)]
+        return "\n".join(parts)
+    if fmt == "latex":
+        header = ["% tailprompt report: needs \\usepackage{booktabs}", "% " + NOTE, ""]
+        return "\n".join(header) + "\n".join(_latex(t) + "\n" for t in tables)
+    raise ValueError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _heading(table: Table) -> str:
+    return f"{table.title}: {table.kind.replace('_', ' ')}"
+
+
+def _best_means(table: Table) -> list[float | None]:
+    """Per column, the best mean rounded as printed (ties all win); None unless two means differ."""
+    best: list[float | None] = []
+    for j, col in enumerate(table.columns):
+        means = [round(m, 2) for r in table.rows if (m := r.cells[j].mean) is not None]
+        if len(set(means)) < 2:  # one value, or all tied: nothing stands out
+            best.append(None)
+        else:
+            best.append(max(means) if col.higher_is_better else min(means))
+    return best
+
+
+def _cell_text(cell: Cell, n_max: int, best: float | None, style: str) -> str:
+    if cell.mean is None:
+        return {"md": "–", "latex": "--"}[style]
+    mean = f"{cell.mean:.2f}"
+    is_best = best is not None and round(cell.mean, 2) == best
+    if style == "md":
+        text = f"**{mean}**" if is_best else mean
+        text += f" ± {cell.std:.2f}" if cell.n > 1 else ""
+        return text + (f" (n={cell.n})" if cell.n < n_max else "")
+    text = f"\\mathbf{{{mean}}}" if is_best else mean
+    text += f" \\pm {cell.std:.2f}" if cell.n > 1 else ""
+    return f"${text}$" + (f"\\,(n={cell.n})" if cell.n < n_max else "")
+
+
+def _row_labels(table: Table, row: Row) -> list[str]:
+    return [row.method, f"{row.tau:g}"] if table.tau_rows else [row.method]
+
+
+def _markdown(table: Table) -> str:
+    label_headers = ["Method", "τ"] if table.tau_rows else ["Method"]
+    headers = label_headers + [c.header for c in table.columns]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join([":--"] * len(label_headers) + ["--:"] * len(table.columns)) + "|"]
+    best, n_max = _best_means(table), table.max_seeds
+    for row in table.rows:
+        cells = [_cell_text(c, n_max, b, "md") for c, b in zip(row.cells, best)]
+        labels = [_md_escape(x) for x in _row_labels(table, row)]
+        lines.append("| " + " | ".join(labels + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _csv(tables: Sequence[Table]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["table", "dataset", "protocol", "kind", "method", "tau", "column", "mean", "std",
+                     "n_seeds", "seeds"])
+    for t in tables:
+        for row in t.rows:
+            for col, cell in zip(t.columns, row.cells):
+                tau = row.tau if row.tau is not None else col.tau
+                writer.writerow([
+                    t.key, t.dataset, t.protocol, t.kind, row.method, "" if tau is None else f"{tau:g}",
+                    col.name, _csv_number(cell.mean), _csv_number(cell.std), cell.n,
+                    " ".join(str(s) for s in cell.seeds),
+                ])
+    return buf.getvalue()
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None else repr(round(value, 6))
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "τ": r"$\tau$", "·": "--", "±": r"$\pm$", "–": "--"}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters (underscores in dataset and method names above all)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _latex(table: Table) -> str:
+    n_labels = 2 if table.tau_rows else 1
+    ncols = len(table.columns)
+    lines = [r"\begin{table}[t]", r"  \centering",
+             f"  \\caption{{{latex_escape(table.title)}. {latex_escape(table.caption)}}}",
+             f"  \\label{{tab:{table.key.replace('_', '-')}}}",
+             f"  \\begin{{tabular}}{{{'l' * n_labels}{'c' * ncols}}}", r"  \toprule"]
+    spans = _column_groups(table.columns)
+    if any(g for g, _, _ in spans):
+        heads, rules = [""] * n_labels, []
+        for group, start, stop in spans:
+            label = _latex_group(table.columns[start])
+            heads.append(f"\\multicolumn{{{stop - start}}}{{c}}{{{label}}}" if group
+                         else " & ".join([""] * (stop - start)))
+            if group:
+                rules.append(f"\\cmidrule(lr){{{start + n_labels + 1}-{stop + n_labels}}}")
+        lines.append("  " + " & ".join(heads) + r" \\")
+        lines.append("  " + " ".join(rules))
+    label_headers = ["Method", r"$\tau$"] if table.tau_rows else ["Method"]
+    lines.append("  " + " & ".join(label_headers + [latex_escape(c.name) for c in table.columns]) + r" \\")
+    lines.append(r"  \midrule")
+    best, n_max = _best_means(table), table.max_seeds
+    for row in table.rows:
+        cells = [_cell_text(c, n_max, b, "latex") for c, b in zip(row.cells, best)]
+        labels = [latex_escape(x) for x in _row_labels(table, row)]
+        lines.append("  " + " & ".join(labels + cells) + r" \\")
+    lines += [r"  \bottomrule", r"  \end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def _latex_group(column: Column) -> str:
+    return f"$\\tau={column.tau:g}$" if column.tau is not None else latex_escape(column.group)
+
+
+def _column_groups(columns: Sequence[Column]) -> list[tuple[str, int, int]]:
+    """Runs of consecutive columns sharing a group label: (label, start, stop) with stop exclusive."""
+    spans: list[tuple[str, int, int]] = []
+    for j, col in enumerate(columns):
+        if spans and spans[-1][0] == col.group:
+            spans[-1] = (col.group, spans[-1][1], j + 1)
+        else:
+            spans.append((col.group, j, j + 1))
+    return spans

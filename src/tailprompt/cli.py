@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from tailprompt import __version__
 
 # Module names under tailprompt.commands, in --help order. Each defines add_parser(subparsers).
-COMMANDS: list[str] = ["train", "eval", "sweep", "list_presets", "report", "pretrain_embedded"]
+COMMANDS: list[str] = [
+    "train",
+    "eval",
+    "sweep",
+    "list_presets",
+    "report",
+    "pretrain_embedded",
+    "convert_weights",
+]
 
 
 class UserError(Exception):

@@ -1,0 +1,142 @@
+"""Architectures as data: open_clip's model configs plus the two the package ships.
+
+`tiny-vit` (``model_configs/tiny-vit.json``) is a small random ViT CLIP for tests: 32 px images, 8 px
+patches, 3 vision and 3 text blocks of width 64. `embedded` is the project's own small pretrained CLIP: its
+config lives next to its weights in ``backbone/embedded/`` (written by ``tailprompt pretrain-embedded``);
+until that exists the architecture in ``model_configs/embedded.json`` is used.
+
+Configs are read from our own folder and passed to open_clip's model classes directly; open_clip's global
+config registry is only read, never extended.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tailprompt.backbone.checkpoints import BackboneError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+PACKAGE_ARCHITECTURES = ("tiny-vit", "embedded")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """An open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``, optional ``quick_gelu``)."""
+
+    name: str
+    config: dict[str, Any]
+    source: str  # the JSON file it came from, or "open_clip"
+
+    @property
+    def quick_gelu(self) -> bool:
+        return bool(self.config.get("quick_gelu", False))
+
+
+def embedded_config_path() -> Path:
+    return EMBEDDED_DIR / "config.json"
+
+
+def embedded_weights_path() -> Path:
+    return EMBEDDED_DIR / "weights.safetensors"
+
+
+def embedded_vocabulary_path() -> Path:
+    return EMBEDDED_DIR / "vocabulary.txt"
+
+
+def architecture(name: str) -> Architecture:
+    """Resolve an architecture name to its config.
+
+    Raises:
+        BackboneError: unknown name (the message lists close matches).
+    """
+    if name == "embedded":
+        path = embedded_config_path()
+        return _from_json(name, path if path.is_file() else MODEL_CONFIG_DIR / "embedded.json")
+    if name in PACKAGE_ARCHITECTURES:
+        return _from_json(name, MODEL_CONFIG_DIR / f"{name}.json")
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        known = list(PACKAGE_ARCHITECTURES) + open_clip.list_models()
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise BackboneError(
+            f"unknown backbone architecture {name!r}: expected an open_clip model name "
+            f"(open_clip.list_models()), 'tiny-vit' or 'embedded'{hint}"
+        )
+    return Architecture(name, copy.deepcopy(cfg), "open_clip")
+
+
+def _from_json(name: str, path: Path) -> Architecture:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BackboneError(f"cannot read model config {path}: {e}") from e
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
+    if missing:
+        raise BackboneError(f"model config {path} lacks {', '.join(missing)} (an open_clip model config)")
+    return Architecture(name, cfg, str(path))
+
+
+def build_model(arch: Architecture, quick_gelu: bool, seed: int) -> nn.Module:
+    """A random-init fp32 open_clip model of `arch`; `seed` fixes the init, the caller's RNG is untouched."""
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = copy.deepcopy(arch.config)
+    custom_text = bool(cfg.pop("custom_text", False))
+    if "multimodal_cfg" in cfg:
+        raise BackboneError(f"architecture {arch.name!r} is a captioning model (CoCa), not a CLIP")
+    if cfg["text_cfg"].get("hf_model_name"):
+        raise BackboneError(
+            f"architecture {arch.name!r} has a Hugging Face text tower; tailprompt needs CLIP's own"
+        )
+    cfg["quick_gelu"] = quick_gelu
+    model_cls = CustomTextCLIP if custom_text else CLIP
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(**cfg)
+    return model
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, arch_name: str) -> None:
+    """Copy `state_dict` into `model` (cast to the model's fp32), checking names and shapes first.
+
+    Raises:
+        BackboneError: naming the file, the first mismatching key and both shapes, or the missing/extra keys.
+    """
+    if hasattr(model, "text") and "text_projection" in state_dict:
+        from open_clip.model import convert_to_custom_text_state_dict
+
+        state_dict = convert_to_custom_text_state_dict(state_dict)
+    expected = model.state_dict()
+    for key, value in state_dict.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            raise BackboneError(
+                f"weights file {path} does not fit architecture {arch_name!r}: {key} has shape "
+                f"{tuple(value.shape)} in the file but {tuple(expected[key].shape)} in {arch_name} "
+                f"(a checkpoint of another architecture?)"
+            )
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})")
+        raise BackboneError(
+            f"weights file {path} does not fit architecture {arch_name!r}: keys {'; '.join(parts)} "
+            f"(a checkpoint of another architecture?)"
+        )
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,405 @@
+"""`FrozenVLM`: the one adapter between prompt learners and an open_clip CLIP model.
+
+Learners never touch open_clip modules directly: they read the towers' parts through the properties here
+and run the towers through `encode_text_from_embeddings` and `encode_image_with_prompts`.
+
+Deep prompts (MaPLe, Khattak et al. 2023, Sec. 3.2-3.3; the reference's ``ResidualAttentionBlock_MaPLe``):
+
+- text: ``deep_prompts[i]`` (``[n, W]`` shared or ``[K, n, W]`` per sequence) replaces the hidden states at
+  positions ``1..n`` (right after the start token) of the input of text block ``i + 1``. Block 0 sees the
+  caller's embeddings, in which the shallow prompts already sit at positions ``1..n``.
+- vision: ``prompts`` (``[n, Wv]`` or ``[B, n, Wv]``) are appended after the CLS and patch tokens, after the
+  positional embedding and before ``ln_pre``; ``deep_prompts[i]`` (same shapes, same n) replaces those last n
+  tokens of the input of vision block ``i + 1``. The prompt tokens are dropped before pooling.
+
+In both towers blocks beyond ``len(deep_prompts) + 1`` just propagate what the previous block produced, so
+``len(deep_prompts) <= layers - 1``; MaPLe's prompt depth J corresponds to ``len(deep_prompts) == J - 1``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tailprompt.backbone.checkpoints import BackboneError
+from tailprompt.backbone.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    eval_transform,
+    preprocess_id,
+    train_transform,
+)
+
+
+class FrozenVLM(nn.Module):
+    """A frozen CLIP model (eval mode, no trainable parameters) with the hooks prompt learners need.
+
+    Attributes:
+        identity: architecture + weights (``ViT-B-16@sha256:<hex>``, ``tiny-vit@random:0``), for cache keys.
+        arch: the architecture name given to `load_backbone`.
+        context_length: text positions L; image_size: input side S in pixels.
+        embed_dim: joint embedding width D; text_width: text tower width W (CoOp's ctx_dim).
+        vision_width: ViT width Wv, None for a convolutional image tower; has_vit: whether it is a ViT.
+        logit_scale: the exp'd temperature (open_clip's ``logit_scale.exp()``, ~100 for trained CLIPs).
+        vocabulary: words the model was pretrained on (embedded model) or None (no check).
+        preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        arch: str,
+        identity: str,
+        embed_dim: int,
+        vocabulary: set[str] | None = None,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.arch = arch
+        self.identity = identity
+        self.vocabulary = vocabulary
+        _check_text_tower(self._text_tower, arch)
+        self.context_length = int(self.positional_embedding.shape[0])
+        image_size = model.visual.image_size
+        self.image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+        self.embed_dim = int(embed_dim)
+        self.text_width = int(self.token_embedding.embedding_dim)
+        self.has_vit = _is_vit(model.visual)
+        self.vision_width = int(model.visual.conv1.out_channels) if self.has_vit else None
+        if self.has_vit and not model.visual.transformer.batch_first:
+            raise BackboneError(f"architecture {arch!r}: image transformer is not batch-first")
+        self.logit_scale = float(model.logit_scale.detach().exp().reshape(-1)[0])
+        self.preprocess_train = train_transform(self.image_size, mean, std)
+        self.preprocess_eval = eval_transform(self.image_size, mean, std)
+        self.preprocess_id = preprocess_id(self.image_size, mean, std)
+        self._bpe: Any = None  # open_clip SimpleTokenizer, built on first use (reading BPE merges is slow)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenVLM:
+        # Always eval: a learner's .train() must not switch the conv tower's BatchNorm to batch statistics.
+        return super().train(False)
+
+    # ----- tower parts (read-only views for learners) -----
+    @property
+    def _text_tower(self) -> nn.Module:
+        # CustomTextCLIP keeps its text transformer under .text; CLIP flattens it onto the model.
+        return self.model.text if hasattr(self.model, "text") else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.token_embedding.weight.dtype
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self._text_tower.token_embedding
+
+    @property
+    def positional_embedding(self) -> Tensor:
+        """Text positional embedding ``[L, W]``."""
+        return self._text_tower.positional_embedding
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        """Text blocks; each maps ``[K, L, W]`` -> ``[K, L, W]`` (batch-first) given ``attn_mask``."""
+        return self._text_tower.transformer.resblocks
+
+    @property
+    def attn_mask(self) -> Tensor:
+        """Causal additive mask ``[L, L]`` (``-inf`` above the diagonal); slice ``[:n, :n]`` for n tokens."""
+        return self._text_tower.attn_mask
+
+    @property
+    def ln_final(self) -> nn.Module:
+        return self._text_tower.ln_final
+
+    @property
+    def text_projection(self) -> Tensor | nn.Module | None:
+        """``[W, D]`` parameter (``x @ proj``), an ``nn.Linear`` for some open_clip configs, or None."""
+        return self._text_tower.text_projection
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    @property
+    def conv1(self) -> nn.Conv2d:
+        """ViT patch embedding: ``[B, 3, S, S]`` -> ``[B, Wv, S/p, S/p]``."""
+        return self._vit().conv1
+
+    @property
+    def class_embedding(self) -> Tensor:
+        """ViT class token ``[Wv]``."""
+        return self._vit().class_embedding
+
+    @property
+    def vision_positional_embedding(self) -> Tensor:
+        """ViT positional embedding ``[1 + (S/p)^2, Wv]``."""
+        return self._vit().positional_embedding
+
+    @property
+    def ln_pre(self) -> nn.Module:
+        return self._vit().ln_pre
+
+    @property
+    def vision_blocks(self) -> nn.ModuleList:
+        return self._vit().transformer.resblocks
+
+    @property
+    def ln_post(self) -> nn.Module:
+        return self._vit().ln_post
+
+    @property
+    def vision_projection(self) -> Tensor | None:
+        """``[Wv, D]`` (``x @ proj``)."""
+        return self._vit().proj
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.text_blocks)
+
+    @property
+    def vision_layers(self) -> int | None:
+        return len(self.vision_blocks) if self.has_vit else None
+
+    def _vit(self) -> nn.Module:
+        if not self.has_vit:
+            raise BackboneError(
+                f"backbone {self.arch!r} has a convolutional image tower; vision prompts need a ViT "
+                f"(e.g. tiny-vit or ViT-B-16)"
+            )
+        return self.model.visual
+
+    # ----- text -----
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """BPE-tokenize `texts` to ``LongTensor[N, L]``: start token, text, end-of-text token, zero padding.
+
+        Raises:
+            BackboneError: a text needs more than `context_length` tokens (never silently cut).
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        bpe = self._tokenizer()
+        rows = []
+        for text in texts:
+            ids = [bpe.sot_token_id, *bpe.encode(text), bpe.eot_token_id]
+            if len(ids) > self.context_length:
+                raise BackboneError(
+                    f"prompt {text!r} needs {len(ids)} tokens but backbone {self.arch!r} has a context of "
+                    f"{self.context_length}; shorten the prompt (class name or template)"
+                )
+            rows.append(ids)
+        if self.vocabulary is not None:
+            self._warn_unknown_words(texts)
+        out = torch.zeros(len(rows), self.context_length, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def _tokenizer(self) -> Any:
+        if self._bpe is None:
+            from open_clip.tokenizer import SimpleTokenizer
+
+            self._bpe = SimpleTokenizer(context_length=self.context_length)
+        return self._bpe
+
+    def _warn_unknown_words(self, texts: Sequence[str]) -> None:
+        assert self.vocabulary is not None
+        words = {w for text in texts for w in re.findall(r"[a-z]+", text.lower())}
+        unknown = sorted(words - self.vocabulary)
+        if unknown:
+            warnings.warn(
+                f"backbone {self.arch!r} was pretrained on a closed vocabulary; these words are outside "
+                f"it and carry no learned meaning: {', '.join(unknown[:20])}"
+                + (" ..." if len(unknown) > 20 else ""),
+                stacklevel=3,
+            )
+
+    @staticmethod
+    def eot_positions(tokens: Tensor) -> Tensor:
+        """End-of-text index per row, ``[N]``: the EOT token has the highest id (open_clip's argmax pool)."""
+        return tokens.argmax(dim=-1)
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """Token embeddings ``[N, L, W]`` (no positional embedding)."""
+        return self.token_embedding(tokens.to(self.device))
+
+    def encode_text(self, tokens: Tensor, *, truncate: bool = True) -> Tensor:
+        """Text features ``[N, D]``, not normalised.
+
+        Args:
+            tokens: ``LongTensor[N, L]`` from `tokenize`.
+            truncate: cut to the longest end-of-text position (identical result, faster); False runs
+                open_clip's own full-context ``encode_text`` (the reference path).
+        """
+        tokens = tokens.to(self.device)
+        if not truncate:
+            return self.model.encode_text(tokens)
+        return self.encode_text_from_embeddings(self.embed_tokens(tokens), self.eot_positions(tokens))
+
+    def encode_text_from_embeddings(
+        self,
+        x: Tensor,
+        eot: Tensor,
+        deep_prompts: Sequence[Tensor] | None = None,
+        *,
+        truncate: bool = True,
+    ) -> Tensor:
+        """Run the text tower on token embeddings: the routine every learner calls (CoOp's TextEncoder).
+
+        Adds the positional embedding, runs the blocks under the causal mask (inserting deep prompts, see the
+        module docstring), applies ``ln_final``, takes the end-of-text token and projects. The sequence is
+        first cut to ``max(eot) + 1`` positions: the tower is causal, so tokens after an end-of-text token
+        never reach it and the result equals the full-context pass (pass `eot` on the CPU to avoid a device
+        sync for the cut length).
+
+        Args:
+            x: ``[K, L, W]`` token embeddings (learned context vectors already in place).
+            eot: ``[K]`` end-of-text positions.
+            deep_prompts: per-block text prompts, ``deep_prompts[i]`` ``[n, W]`` or ``[K, n, W]`` for block
+                ``i + 1``.
+            truncate: False keeps all L positions (the reference path, for tests and benchmarks).
+
+        Returns:
+            ``[K, D]`` text features, not normalised.
+        """
+        k, length, _ = x.shape
+        deep = list(deep_prompts or [])
+        _check_depth(deep, self.text_layers, "text")
+        eot = eot.long()
+        if truncate:
+            length = int(eot.max()) + 1
+        eot = eot.to(x.device)
+        x = x[:, :length] + self.positional_embedding[:length].to(x.dtype)
+        mask = self.attn_mask[:length, :length]
+        for i, block in enumerate(self.text_blocks):
+            if 1 <= i <= len(deep):
+                x = _replace_tokens(x, deep[i - 1], start=1)
+            x = block(x, attn_mask=mask)
+        x = self.ln_final(x)
+        x = x[torch.arange(k, device=x.device), eot]
+        return self._project_text(x)
+
+    def _project_text(self, x: Tensor) -> Tensor:
+        proj = self.text_projection
+        if proj is None:
+            return x
+        if isinstance(proj, nn.Module):
+            return proj(x)
+        return x @ proj
+
+    # ----- image -----
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Image features ``[B, D]`` of ``[B, 3, S, S]`` preprocessed images, not normalised (open_clip)."""
+        return self.model.encode_image(images.to(self.device, self.dtype))
+
+    def encode_image_with_prompts(
+        self,
+        images: Tensor,
+        prompts: Tensor | None = None,
+        deep_prompts: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Run the ViT image tower with appended visual prompts (MaPLe's vision side; module docstring).
+
+        Args:
+            images: ``[B, 3, S, S]`` preprocessed images.
+            prompts: ``[n, Wv]`` or ``[B, n, Wv]`` tokens appended after CLS + patches, before ``ln_pre``.
+            deep_prompts: ``deep_prompts[i]`` ``[n, Wv]`` or ``[B, n, Wv]`` replaces the n prompt tokens at
+                the input of block ``i + 1``; needs `prompts` (same n).
+
+        Returns:
+            ``[B, D]`` image features, not normalised; equal to `encode_image` when no prompts are given.
+
+        Raises:
+            BackboneError: the backbone's image tower is convolutional.
+        """
+        v = self._vit()
+        deep = list(deep_prompts or [])
+        _check_depth(deep, len(v.transformer.resblocks), "vision")
+        x = v.conv1(images.to(self.device, self.dtype))  # [B, Wv, g, g]
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, g*g, Wv]
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = v.patch_dropout(x)
+        n = 0
+        if prompts is not None:
+            n = prompts.shape[-2]
+            x = torch.cat([x, _expand_batch(prompts, x.shape[0]).to(x.dtype)], dim=1)
+        elif deep:
+            raise ValueError("deep vision prompts replace the appended prompt tokens: pass `prompts` as well")
+        x = v.ln_pre(x)
+        for i, block in enumerate(v.transformer.resblocks):
+            if 1 <= i <= len(deep):
+                p = deep[i - 1]
+                if p.shape[-2] != n:
+                    raise ValueError(f"deep_prompts[{i - 1}] has {p.shape[-2]} tokens, `prompts` has {n}")
+                x = torch.cat([x[:, : x.shape[1] - n], _expand_batch(p, x.shape[0]).to(x.dtype)], dim=1)
+            x = block(x)
+        if n:
+            x = x[:, : x.shape[1] - n]
+        pooled, _ = v._pool(x)
+        return pooled @ v.proj if v.proj is not None else pooled
+
+    # ----- misc -----
+    def extra_repr(self) -> str:
+        return f"identity={self.identity!r}, embed_dim={self.embed_dim}, context_length={self.context_length}"
+
+
+def _is_vit(visual: nn.Module) -> bool:
+    from open_clip.transformer import VisionTransformer
+
+    return isinstance(visual, VisionTransformer)
+
+
+def _check_text_tower(text: nn.Module, arch: str) -> None:
+    pool = getattr(text, "text_pool_type", getattr(text, "pool_type", None))
+    causal = getattr(text, "attn_mask", None) is not None
+    if not hasattr(text, "token_embedding") or pool != "argmax" or not causal:
+        raise BackboneError(
+            f"architecture {arch!r}: text tower (pool_type={pool!r}, causal={causal}) is not supported; "
+            f"tailprompt needs a causal text transformer pooled at the end-of-text token (OpenAI CLIP layout)"
+        )
+    if not text.transformer.batch_first:
+        raise BackboneError(f"architecture {arch!r}: text transformer is not batch-first (open_clip < 3?)")
+
+
+def _check_depth(deep: list[Tensor], layers: int, tower: str) -> None:
+    if len(deep) > layers - 1:
+        raise ValueError(
+            f"{len(deep)} deep {tower} prompts given but the {tower} tower has {layers} blocks: "
+            f"deep_prompts[i] enters block i + 1, so at most {layers - 1}"
+        )
+
+
+def _expand_batch(p: Tensor, batch: int) -> Tensor:
+    """``[n, W]`` -> ``[batch, n, W]``; a ``[batch, n, W]`` tensor passes through."""
+    if p.dim() == 2:
+        return p.unsqueeze(0).expand(batch, -1, -1)
+    if p.dim() == 3 and p.shape[0] == batch:
+        return p
+    raise ValueError(f"prompt tensor of shape {tuple(p.shape)}: expected [n, W] or [{batch}, n, W]")
+
+
+def _replace_tokens(x: Tensor, p: Tensor, start: int) -> Tensor:
+    """Replace positions ``start .. start+n-1`` of ``x [K, L, W]`` by ``p``, clipped to the (cut) length L.
+
+    Clipping is exact: positions past the cut lie after every end-of-text token and cannot reach it.
+    """
+    end = min(start + p.shape[-2], x.shape[1])
+    if end <= start:
+        return x
+    p = _expand_batch(p, x.shape[0])[:, : end - start].to(x.dtype)
+    return torch.cat([x[:, :start], p, x[:, end:]], dim=1)

@@ -1,0 +1,160 @@
+"""`load_backbone`: architecture name + weights (file, open_clip tag or none) -> `FrozenVLM`."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from tailprompt.backbone.architectures import (
+    Architecture,
+    architecture,
+    build_model,
+    embedded_vocabulary_path,
+    embedded_weights_path,
+    load_into,
+)
+from tailprompt.backbone.checkpoints import BackboneError, error_summary, read_checkpoint
+from tailprompt.backbone.frozen import FrozenVLM
+from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
+from tailprompt.utils import sha256_file
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def parse_quick_gelu(value: str | bool | None) -> bool | None:
+    """``auto`` (or None) -> None (decide from the weights); ``true``/``false`` (or bools) -> that value."""
+    if value is None or isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered == "auto":
+        return None
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise BackboneError(f"quick_gelu={value!r}: expected auto, true or false")
+
+
+def load_backbone(
+    name: str,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    quick_gelu: str | bool = "auto",
+    seed: int = 0,
+) -> FrozenVLM:
+    """Build a frozen CLIP backbone.
+
+    Args:
+        name: an open_clip architecture (``ViT-B-16``, ``RN50``, ...), ``tiny-vit`` (small random ViT for
+            tests) or ``embedded`` (the package's own pretrained small CLIP).
+        weights: a local file (OpenAI plain state dict, open_clip ``.pt``/``.bin``, ``.safetensors``; the
+            format is detected), an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``: needs
+            internet or a filled Hugging Face cache), or None for a random init (with a warning;
+            ``embedded`` then uses the shipped weights when present).
+        device: where the model lives.
+        quick_gelu: ``auto`` uses QuickGELU when the weights say so (OpenAI layout, convert-weights metadata,
+            a ``quick_gelu`` tag) or the architecture config does; ``true``/``false`` force it.
+        seed: random init seed (only matters without weights).
+
+    Returns:
+        A `FrozenVLM` in eval mode with all parameters frozen.
+
+    Raises:
+        BackboneError: unknown architecture, missing/truncated/TorchScript file, a checkpoint of another
+            architecture; the message names the file or name and what was expected.
+    """
+    override = parse_quick_gelu(quick_gelu)
+    arch = architecture(name)
+    vocabulary = _embedded_vocabulary() if name == "embedded" else None
+    if weights is None and name == "embedded":
+        if embedded_weights_path().is_file():
+            weights = embedded_weights_path()
+        else:
+            warnings.warn(
+                f"embedded backbone weights not found at {embedded_weights_path()}: using random weights "
+                f"(rebuild them with `tailprompt pretrain-embedded`)",
+                stacklevel=2,
+            )
+    mean, std = CLIP_MEAN, CLIP_STD
+    if weights is None:
+        qg = override if override is not None else arch.quick_gelu
+        model = build_model(arch, qg, seed)
+        identity = f"{name}@random:{seed}" + _activation_suffix(qg, arch.quick_gelu)
+        if name not in ("tiny-vit", "embedded"):
+            warnings.warn(
+                f"backbone {name}: no weights given, using a random init (seed {seed}); its features carry "
+                f"no meaning (fine for tests and benchmarks)",
+                stacklevel=2,
+            )
+    elif _is_pretrained_tag(name, weights):
+        model, identity, mean, std = _load_tag(arch, str(weights), override)
+    else:
+        path = Path(weights).expanduser()
+        ckpt = read_checkpoint(path)
+        auto = ckpt.quick_gelu if ckpt.quick_gelu is not None else arch.quick_gelu
+        qg = override if override is not None else auto
+        model = build_model(arch, qg, seed)
+        load_into(model, ckpt.state_dict, path, name)
+        identity = f"{name}@sha256:{sha256_file(path)}" + _activation_suffix(qg, auto)
+    model = model.to(device)
+    return FrozenVLM(
+        model,
+        arch=name,
+        identity=identity,
+        embed_dim=int(arch.config["embed_dim"]),
+        vocabulary=vocabulary,
+        mean=mean,
+        std=std,
+    )
+
+
+def _activation_suffix(chosen: bool, natural: bool) -> str:
+    # The same weights under the other activation give other features: keep cache keys apart.
+    return "" if chosen == natural else f"+quick_gelu={str(chosen).lower()}"
+
+
+def _is_pretrained_tag(name: str, weights: str | os.PathLike[str]) -> bool:
+    text = str(weights)
+    if Path(text).expanduser().exists():
+        return False
+    if name not in ("tiny-vit", "embedded"):
+        import open_clip
+
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if text in tags:
+            return True
+    else:
+        tags = []
+    if os.sep in text or "/" in text or text.endswith(_WEIGHT_SUFFIXES):
+        raise BackboneError(f"weights file not found: {text}")
+    known = f"known tags for {name}: {', '.join(tags)}" if tags else f"{name} has no pretrained tags"
+    raise BackboneError(f"weights {text!r} is neither an existing file nor an open_clip tag ({known})")
+
+
+def _load_tag(arch: Architecture, tag: str, override: bool | None) -> tuple[object, str, tuple, tuple]:
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(arch.name, tag)
+    natural = bool(pcfg.get("quick_gelu", False)) or arch.quick_gelu
+    qg = override if override is not None else natural
+    try:
+        model = open_clip.create_model(
+            arch.name, pretrained=tag, force_quick_gelu=qg, quick_gelu=qg, precision="fp32", device="cpu"
+        )
+    except Exception as e:  # open_clip wraps download failures in RuntimeError with a long text
+        raise BackboneError(
+            f"cannot load open_clip pretrained weights {arch.name} / {tag}: {error_summary(e)}. Pretrained "
+            f"tags need internet access or a filled Hugging Face cache; otherwise download the checkpoint "
+            f"elsewhere and pass its path as the weights"
+        ) from e
+    identity = f"{arch.name}@{tag}" + _activation_suffix(qg, natural)
+    return model, identity, tuple(pcfg.get("mean", CLIP_MEAN)), tuple(pcfg.get("std", CLIP_STD))
+
+
+def _embedded_vocabulary() -> set[str] | None:
+    path = embedded_vocabulary_path()
+    if not path.is_file():
+        return None
+    words = {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines()}
+    return {w for w in words if w} or None

@@ -1,0 +1,270 @@
+"""CPT: L_TETF, L_CC, L_RS against hand-worked cases, and the frozen semantic clusters."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tailprompt.config import ConfigError, from_dict
+from tailprompt.objectives import OBJECTIVES
+from tailprompt.objectives.cpt import (
+    CPTConfig,
+    auto_candidates,
+    cross_modal_convergence_loss,
+    intra_cluster_etf_loss,
+    rotation_stability_loss,
+    select_clusters,
+    semantic_clusters,
+)
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- L_TETF
+
+
+def test_exact_simplex_etf_has_zero_off_diagonal_deviation(etf):
+    g = etf(6, 16)
+    one = torch.zeros(6, dtype=torch.long)
+    assert intra_cluster_etf_loss(g, one, diagonal=False).item() == pytest.approx(0.0, abs=1e-12)
+    # the paper's Frobenius norm keeps the unit diagonal: K / M = 6 / 1
+    assert intra_cluster_etf_loss(g, one).item() == pytest.approx(6.0, abs=1e-12)
+
+
+def test_per_cluster_etfs_in_orthogonal_subspaces_are_optimal(etf):
+    # cluster 0: a 3-class ETF in dims 0..3, cluster 1: a 4-class ETF in dims 4..7
+    g = torch.zeros(7, 8, dtype=torch.float64)
+    g[:3, :4] = etf(3, 4, seed=1)
+    g[3:, 4:] = etf(4, 4, seed=2)
+    clusters = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    assert intra_cluster_etf_loss(g, clusters, diagonal=False).item() == pytest.approx(0.0, abs=1e-12)
+    assert intra_cluster_etf_loss(g, clusters).item() == pytest.approx(7 / 2, abs=1e-12)
+    # the same features under one global cluster are far from a 7-class ETF
+    assert intra_cluster_etf_loss(g, torch.zeros(7, dtype=torch.long), diagonal=False).item() > 0.1
+
+
+def test_tetf_hand_worked():
+    # cluster {0, 1}: cos = 0, target -1 -> (0 + 1)^2 for each ordered pair = 2; cluster {2}: nothing
+    g = t([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])  # unnormalised on purpose
+    clusters = torch.tensor([0, 0, 1])
+    assert intra_cluster_etf_loss(g, clusters, diagonal=False).item() == pytest.approx(2 / 2)
+    # diagonal: k_0 + k_1 = 2 + 1 = 3, so (2 + 3) / M=2
+    assert intra_cluster_etf_loss(g, clusters).item() == pytest.approx(5 / 2)
+    # a 3-class cluster with cos(0,1)=0, cos(0,2)=1, cos(1,2)=0, target -1/2:
+    # 2 * [(0 + .5)^2 + (1 + .5)^2 + (0 + .5)^2] = 2 * 2.75 = 5.5
+    assert intra_cluster_etf_loss(
+        g, torch.zeros(3, dtype=torch.long), diagonal=False
+    ).item() == pytest.approx(5.5)
+
+
+def test_single_class_cluster_contributes_nothing():
+    torch.manual_seed(0)
+    g = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    clusters = torch.tensor([0, 0, 1, 2, 2])  # class 2 is alone
+    loss = intra_cluster_etf_loss(g, clusters, diagonal=False)
+    loss.backward()
+    assert torch.all(g.grad[2] == 0)
+    assert g.grad[[0, 1, 3, 4]].abs().sum() > 0
+    # value: the other clusters' deviation, still averaged over all M = 3 clusters (the paper's 1/M)
+    keep = [0, 1, 3, 4]
+    without = intra_cluster_etf_loss(g.detach()[keep], torch.tensor([0, 0, 2, 2]), diagonal=False)
+    assert loss.item() * 3 == pytest.approx(without.item() * 2)
+
+
+def test_tetf_gradient_pushes_cluster_apart():
+    g = torch.tensor([[1.0, 0.1], [1.0, -0.1]], requires_grad=True)
+    opt = torch.optim.SGD([g], lr=0.05)
+    before = intra_cluster_etf_loss(g, torch.tensor([0, 0])).item()
+    for _ in range(20):
+        opt.zero_grad()
+        intra_cluster_etf_loss(g, torch.tensor([0, 0])).backward()
+        opt.step()
+    after = intra_cluster_etf_loss(g, torch.tensor([0, 0])).item()
+    assert after < before
+    cos = torch.nn.functional.cosine_similarity(g[0], g[1], dim=0).item()
+    assert cos < 0.5  # started at ~0.98, target -1
+
+
+def test_tetf_instance_conditioned_is_mean_over_images():
+    torch.manual_seed(1)
+    per_image = torch.randn(3, 6, 5)
+    clusters = torch.tensor([0, 0, 1, 1, 1, 2])
+    expected = torch.stack([intra_cluster_etf_loss(per_image[b], clusters) for b in range(3)]).mean()
+    assert intra_cluster_etf_loss(per_image, clusters).item() == pytest.approx(expected.item())
+
+
+# ----------------------------------------------------------------------------- L_CC
+
+
+def test_cc_hand_worked_and_class_balanced():
+    g = t([[1.0, 0.0], [0.0, 1.0]])
+    # class 0: two images, at distance^2 0 and 2 (orthogonal) -> mean 1; class 1: one image at 0
+    f = t([[2.0, 0.0], [0.0, 5.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 0, 1])
+    # mean over classes present (1 + 0) / 2, not over samples (0 + 2 + 0) / 3
+    assert cross_modal_convergence_loss(f, labels, g).item() == pytest.approx(0.5)
+    # squared distance summed over dimensions: opposite unit vectors are 4 apart
+    assert cross_modal_convergence_loss(t([[-1.0, 0.0]]), torch.tensor([0]), g).item() == pytest.approx(4.0)
+
+
+def test_cc_ignores_absent_classes_and_uses_per_image_class_feature():
+    g = torch.nn.functional.normalize(
+        torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(3)), dim=-1
+    )
+    f = torch.nn.functional.normalize(torch.randn(2, 3, generator=torch.Generator().manual_seed(4)), dim=-1)
+    labels = torch.tensor([2, 2])
+    expected = ((f[0] - g[0, 2]) ** 2).sum() / 2 + ((f[1] - g[1, 2]) ** 2).sum() / 2
+    assert cross_modal_convergence_loss(f, labels, g).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- L_RS
+
+
+def test_rs_hand_worked():
+    g = t([[1.0, 0.0], [0.0, 3.0]])
+    frozen = t([[0.0, 1.0], [0.0, 1.0]])
+    # class 0: |1 - 0| + |0 - 1| = 2; class 1: normalised equal -> 0; mean over K = 1
+    assert rotation_stability_loss(g, frozen).item() == pytest.approx(1.0)
+    assert rotation_stability_loss(frozen * 7, frozen).item() == pytest.approx(0.0)
+
+
+def test_rs_instance_conditioned_matches_per_image_mean():
+    gen = torch.Generator().manual_seed(5)
+    per_image, frozen = torch.randn(3, 4, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    expected = sum(rotation_stability_loss(per_image[b], frozen) for b in range(3)) / 3
+    assert rotation_stability_loss(per_image, frozen).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- clusters
+
+
+def grouped_prototypes(group_sizes, dim=16, noise=0.05, seed=0):
+    """Classes around well-separated orthogonal directions: the true partition is known."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, truth = [], []
+    for gid, size in enumerate(group_sizes):
+        centre = torch.zeros(dim)
+        centre[gid] = 1.0
+        for _ in range(size):
+            rows.append(centre + noise * torch.randn(dim, generator=gen))
+            truth.append(gid)
+    return torch.stack(rows), truth
+
+
+def same_partition(a, b):
+    a, b = list(a), list(b)
+    return all((a[i] == a[j]) == (b[i] == b[j]) for i in range(len(a)) for j in range(len(a)))
+
+
+def test_auto_clusters_recover_semantic_groups_and_report_criterion():
+    protos, truth = grouped_prototypes([3, 4, 3])
+    result = select_clusters(protos, "auto")
+    assert result.n_clusters == 3
+    assert same_partition(result.assignment.tolist(), truth)
+    assert sorted(result.sizes) == [3, 3, 4]
+    assert "silhouette" in result.criterion and "M=3" in result.criterion
+    assert set(result.silhouettes) == set(auto_candidates(10)) == {2, 3, 4, 5}
+    # ids renumbered by first appearance in class order
+    assert result.assignment.tolist()[0] == 0
+    record = result.record()
+    assert record == {
+        "n_clusters": 3,
+        "assignment": result.assignment.tolist(),
+        "sizes": result.sizes,
+        "criterion": result.criterion,
+    }
+
+
+def test_partition_is_identical_for_any_run_seed():
+    protos, _ = grouped_prototypes([4, 4, 4], noise=0.4, seed=7)  # overlapping groups: K-means has choices
+    partitions = []
+    for run_seed in (1, 2, 3):
+        random.seed(run_seed)
+        np.random.seed(run_seed)
+        torch.manual_seed(run_seed)
+        partitions.append(semantic_clusters(protos, "auto").tolist())
+        partitions.append(semantic_clusters(protos, 4).tolist())
+    assert partitions[0::2] == [partitions[0]] * 3
+    assert partitions[1::2] == [partitions[1]] * 3
+
+
+def test_auto_keeps_clusters_of_at_least_two_classes():
+    protos, _ = grouped_prototypes([3, 3, 1], noise=0.02)  # the lone class is an outlier
+    result = select_clusters(protos, "auto")
+    assert min(result.sizes) >= 2
+    assert result.n_clusters >= 2
+
+
+def test_fixed_and_degenerate_cluster_counts():
+    protos, _ = grouped_prototypes([2, 2, 2])
+    assert select_clusters(protos, 1).assignment.tolist() == [0] * 6
+    assert select_clusters(protos, 6).n_clusters == 6
+    tiny = select_clusters(protos[:3], "auto")
+    assert tiny.assignment.tolist() == [0, 0, 0] and "one cluster" in tiny.criterion
+    with pytest.raises(ValueError, match="n_clusters"):
+        select_clusters(protos, 7)
+    with pytest.raises(ValueError, match="n_clusters"):
+        select_clusters(protos, "many")
+
+
+def test_auto_candidates_are_bounded():
+    assert auto_candidates(3) == []
+    assert auto_candidates(9) == [2, 3, 4]
+    big = auto_candidates(1000)
+    assert len(big) <= 24 and big[0] == 2 and big[-1] == 500 and big == sorted(set(big))
+
+
+# ----------------------------------------------------------------------------- registered objective
+
+
+def test_cpt_config_from_dict():
+    assert from_dict(CPTConfig, {"n_clusters": "auto"}).n_clusters == "auto"
+    assert from_dict(CPTConfig, {"n_clusters": 4}).n_clusters == 4
+    with pytest.raises(ConfigError, match="n_clusters"):
+        from_dict(CPTConfig, {"n_clusters": "many"})
+    with pytest.raises(ConfigError, match="n_clusters"):
+        from_dict(CPTConfig, {"n_clusters": 0})
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(CPTConfig, {"clusters": 4})
+
+
+def test_cpt_builder_records_clusters_and_uses_them(state_factory):
+    spec = OBJECTIVES.get("cpt")
+    assert spec.needs_clusters
+    assert spec.default_weights == {"tetf": 0.25, "cc": 0.15, "rs": 0.10}
+    protos, truth = grouped_prototypes([3, 3, 3])
+    names = [f"class{i}" for i in range(9)]
+    context = {"frozen_text_feats": protos, "classnames": names}
+    terms = spec.build(from_dict(spec.config_cls, {"n_clusters": 3}), context)
+    clusters = context["record"]["clusters"]
+    assert clusters["n_clusters"] == 3 and clusters["sizes"] == [3, 3, 3]
+    assert same_partition(clusters["assignment"], truth)
+    assert clusters["criterion"] == "fixed: n_clusters=3"
+
+    learned = (protos + 0.1 * torch.randn(9, 16)).requires_grad_(True)
+    frozen = protos.clone().requires_grad_(True)
+    images = torch.randn(6, 16, requires_grad=True)
+    labels = torch.tensor([0, 0, 3, 4, 8, 8])
+    state = state_factory(learned, frozen, images, labels)
+    out = terms(state)
+    assert set(out) == {"tetf", "cc", "rs"}
+    part = torch.tensor(clusters["assignment"])
+    assert out["tetf"].item() == pytest.approx(intra_cluster_etf_loss(state.text_feats, part).item())
+    sum(out.values()).backward()
+    assert frozen.grad is None  # the frozen prototypes are a constant
+    assert learned.grad.abs().sum() > 0 and images.grad.abs().sum() > 0
+
+
+def test_cpt_builder_without_context_features_clusters_first_step(state_factory):
+    spec = OBJECTIVES.get("cpt")
+    protos, truth = grouped_prototypes([3, 3])
+    context: dict = {}
+    terms = spec.build(spec.config_cls(), context)
+    state = state_factory(protos.clone(), protos, torch.randn(2, 16), torch.tensor([0, 5]))
+    terms(state)
+    assert same_partition(context["record"]["clusters"]["assignment"], truth)

@@ -1,4 +1,5 @@
-"""Synthetic run folders (result.json + features.safetensors) for the report tests."""
+"""Synthetic run folders (result.json + features.safetensors) for the report tests (helpers; the
+fixtures in conftest.py use them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -85,16 +85,3 @@ def write_run(runs_dir: Path, record: dict[str, Any], features: bool = True) -> 
         learned = frozen + 0.3 * torch.randn(len(BASE), 16, generator=g)
         save_file({"learned_text": learned, "frozen_text": frozen}, str(run_dir / "features.safetensors"))
     return run_dir
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path) -> Path:
-    """2 methods x 2 tau x 3 seeds of base-to-new runs, plus one unfinished run folder."""
-    root = tmp_path / "runs"
-    for method in METHODS:
-        for tau in TAUS:
-            for seed in SEEDS:
-                write_run(root, make_result(method, tau, seed))
-    (root / "unfinished-run").mkdir()
-    (root / "unfinished-run" / "config.yaml").write_text("seed: 1\n")
-    return root

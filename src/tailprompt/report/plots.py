@@ -127,12 +127,16 @@ def pooled_reliability(blocks: Sequence[dict[str, Any]]) -> dict[str, np.ndarray
     if not blocks:
         return None
     edges = np.asarray(blocks[0]["bin_edges"], dtype=float)
+    if edges.max() > 1.0 + 1e-6:  # stored in percent
+        edges = edges / 100.0
     counts = np.zeros(len(edges) - 1)
     acc_sum, conf_sum = np.zeros_like(counts), np.zeros_like(counts)
     for b in blocks:
         n = np.asarray(b["counts"], dtype=float)
         acc = np.nan_to_num(np.asarray(b["accuracy"], dtype=float))
         conf = np.nan_to_num(np.asarray(b["confidence"], dtype=float))
+        if conf.max(initial=0.0) > 1.0 + 1e-6:  # stored in percent
+            acc, conf = acc / 100.0, conf / 100.0
         if len(n) != len(counts):
             raise ReportError(f"reliability bins differ between seeds ({len(n)} vs {len(counts)} bins)")
         counts += n
@@ -140,10 +144,6 @@ def pooled_reliability(blocks: Sequence[dict[str, Any]]) -> dict[str, np.ndarray
         conf_sum += n * conf
     with np.errstate(invalid="ignore", divide="ignore"):
         acc, conf = acc_sum / counts, conf_sum / counts
-    if np.nanmax(np.concatenate([conf, [0.0]])) > 1.0 + 1e-6:  # stored in percent
-        acc, conf = acc / 100.0, conf / 100.0
-    if edges.max() > 1.0 + 1e-6:
-        edges = edges / 100.0
     return {"bin_edges": edges, "counts": counts, "accuracy": acc, "confidence": conf}
 
 
@@ -176,7 +176,8 @@ def reliability_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], me
             if i == len(splits) - 1:
                 ax.set_xlabel("confidence", fontsize=8)
     tau = tau_key(records[0]["tau"])
-    fig.suptitle(f"{key.title()}: reliability at τ={tau:g}, seeds {_seed_list(seeds)} pooled", fontsize=10)
+    which = f"seeds {_seed_list(seeds)} pooled" if len(seeds) > 1 else f"seed {seeds[0]}"
+    fig.suptitle(f"{key.title()}: reliability at τ={tau:g}, {which}", fontsize=10)
     return fig
 
 

@@ -1,0 +1,46 @@
+"""Shared fixtures for the learner tests: one tiny random ViT CLIP per session, small label spaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tailprompt.prompts import LEARNERS
+
+# Names with different BPE lengths (1, 2 after "_" -> " ", 3 tokens) so class-token layouts differ.
+CLASSNAMES = ["cat", "golden_retriever", "sea or lake"]
+OTHER_CLASSNAMES = ["tree", "red car"]
+TEMPLATE = "a photo of a {}."
+
+
+def _tiny_vit():
+    try:
+        from tailprompt.backbone import load_backbone
+    except ImportError:  # the backbone package is written concurrently; build it from its parts
+        load_backbone = None
+    if load_backbone is not None:
+        return load_backbone("tiny-vit")
+    from tailprompt.backbone.architectures import architecture, build_model
+    from tailprompt.backbone.frozen import FrozenVLM
+
+    arch = architecture("tiny-vit")
+    model = build_model(arch, quick_gelu=False, seed=0)
+    return FrozenVLM(model, arch="tiny-vit", identity="tiny-vit@random:0", embed_dim=arch.config["embed_dim"])
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    return _tiny_vit()
+
+
+@pytest.fixture(scope="session")
+def images(backbone) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 3, backbone.image_size, backbone.image_size, generator=g)
+
+
+def build(name: str, backbone, classnames=CLASSNAMES, seed: int = 0, **overrides):
+    """Build learner `name` with its default config plus `overrides`, under `torch.manual_seed(seed)`."""
+    spec = LEARNERS.get(name)
+    torch.manual_seed(seed)
+    return spec.build(spec.config_cls(**overrides), backbone, list(classnames), TEMPLATE)

@@ -15,10 +15,13 @@ COMMANDS: list[str] = [
     "train",
     "eval",
     "sweep",
+    "demo",
     "list_presets",
     "report",
     "pretrain_embedded",
     "convert_weights",
+    "data",
+    "features",
 ]
 
 

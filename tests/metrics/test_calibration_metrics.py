@@ -1,0 +1,160 @@
+"""ECE / MCE / adaptive ECE / reliability bins, NLL, temperature scaling, DAC and the split block."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tailprompt.metrics import (
+    adaptive_ece,
+    apply_dac_scaling,
+    dac_logit_scaling,
+    expected_calibration_error,
+    fit_temperature,
+    max_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+    split_metrics,
+)
+
+
+def crafted():
+    """Five samples with known top-label confidences and correctness."""
+    probs = torch.tensor(
+        [
+            [0.95, 0.05, 0.00, 0.00],  # conf .95, correct
+            [0.05, 0.95, 0.00, 0.00],  # conf .95, wrong (label 0)
+            [0.65, 0.35, 0.00, 0.00],  # conf .65, correct
+            [0.30, 0.25, 0.25, 0.20],  # conf exactly .30: bin (.2, .3], correct
+            [0.20, 0.60, 0.10, 0.10],  # conf .60: bin (.5, .6], wrong (label 0)
+        ]
+    )
+    labels = torch.tensor([0, 0, 0, 0, 0])
+    return probs, labels
+
+
+def test_ece_on_crafted_example():
+    probs, labels = crafted()
+    # bins: (.9,1]: acc 1/2 conf .95 -> gap .45, weight 2/5; (.6,.7]: 1 vs .65 -> .35, 1/5;
+    # (.5,.6]: 0 vs .6 -> .6, 1/5; (.2,.3]: 1 vs .3 -> .7, 1/5
+    expected = (2 / 5 * 0.45 + 0.35 / 5 + 0.6 / 5 + 0.7 / 5) * 100
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-4)
+    bins = reliability_bins(probs, labels)
+    assert bins["counts"] == [0, 0, 1, 0, 0, 1, 1, 0, 0, 2]  # .30 sits in (.2, .3], .60 in (.5, .6]
+    assert bins["bin_edges"] == pytest.approx([i / 10 for i in range(11)])
+    assert bins["accuracy"][9] == pytest.approx(0.5) and bins["confidence"][9] == pytest.approx(0.95)
+    assert bins["accuracy"][0] == 0.0 and bins["confidence"][0] == 0.0  # empty bin
+
+
+def test_mce_weighted_and_textbook():
+    probs, labels = crafted()
+    assert max_calibration_error(probs, labels) == pytest.approx(18.0, abs=1e-4)  # max (n_j/N)|gap| = .4*.45
+    assert max_calibration_error(probs, labels, weighted=False) == pytest.approx(70.0, abs=1e-4)
+
+
+def test_perfectly_calibrated_bins_give_zero_ece():
+    # 10 samples at confidence .8 (in (.7, .8]), 8 correct
+    probs = torch.tensor([[0.8, 0.2]] * 10)
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.0, abs=1e-4)
+    assert adaptive_ece(probs, labels) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_ece_agrees_with_torchmetrics_on_softmax_probabilities():
+    torchmetrics = pytest.importorskip("torchmetrics")
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    gen = torch.Generator().manual_seed(0)
+    for n_bins in (10, 15):
+        logits = 3 * torch.randn(500, 7, generator=gen)
+        labels = torch.randint(0, 7, (500,), generator=gen)
+        probs = logits.softmax(dim=1)
+        reference = MulticlassCalibrationError(num_classes=7, n_bins=n_bins, norm="l1")(probs, labels).item()
+        assert expected_calibration_error(probs, labels, n_bins) == pytest.approx(100 * reference, abs=1e-3)
+        reference_max = MulticlassCalibrationError(num_classes=7, n_bins=n_bins, norm="max")(
+            probs, labels
+        ).item()
+        assert max_calibration_error(probs, labels, n_bins, weighted=False) == pytest.approx(
+            100 * reference_max, abs=1e-3
+        )
+    assert torchmetrics is not None
+
+
+def test_adaptive_ece_uses_equal_mass_bins():
+    # 4 samples, 2 bins of 2 by confidence: {.55 wrong, .6 right} and {.9 right, .95 right}
+    probs = torch.tensor([[0.55, 0.45], [0.6, 0.4], [0.9, 0.1], [0.95, 0.05]])
+    labels = torch.tensor([1, 0, 0, 0])
+    expected = (0.5 * abs(0.5 - 0.575) + 0.5 * abs(1.0 - 0.925)) * 100
+    assert adaptive_ece(probs, labels, n_bins=2) == pytest.approx(expected, abs=1e-4)
+    # two equal-width bins put all four in (.5, 1], where accuracy and confidence are both .75
+    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(
+        abs(0.75 - 0.75) * 100, abs=1e-4
+    )
+
+
+def test_nll_and_fitted_temperature_recovers_overconfidence():
+    gen = torch.Generator().manual_seed(1)
+    true_logits = 2 * torch.randn(4000, 5, generator=gen, dtype=torch.float64)
+    labels = torch.multinomial(true_logits.softmax(1), 1, generator=gen).squeeze(1)
+    overconfident = 3.0 * true_logits
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(3.0, rel=0.1)
+    nll_fit = negative_log_likelihood(overconfident / t, labels)
+    assert nll_fit < negative_log_likelihood(overconfident, labels)
+    assert nll_fit <= negative_log_likelihood(overconfident / (t * 1.1), labels)
+    assert nll_fit <= negative_log_likelihood(overconfident / (t / 1.1), labels)
+    assert negative_log_likelihood(torch.tensor([[0.0, 0.0]]), torch.tensor([1])) == pytest.approx(
+        math.log(2)
+    )
+
+
+def test_dac_factors_match_the_reference_formula():
+    gen = torch.Generator().manual_seed(2)
+    base_zs = F.normalize(torch.randn(7, 6, generator=gen, dtype=torch.float64), dim=-1)
+    base_ft = F.normalize(torch.randn(7, 6, generator=gen, dtype=torch.float64), dim=-1)
+    new_zs = F.normalize(torch.randn(3, 6, generator=gen, dtype=torch.float64), dim=-1)
+    new_ft = F.normalize(torch.randn(3, 6, generator=gen, dtype=torch.float64), dim=-1)
+    current_zs = torch.cat([new_zs, base_zs[:1]])
+    current_ft = torch.cat([new_ft, base_ft[:1]])  # last class is a base class
+    factors = dac_logit_scaling(base_zs, current_zs, base_ft, current_ft, k=5)
+    for c in range(3):
+        d_zs = sorted((current_zs[c] - base_zs).norm(dim=1).tolist())[:5]
+        d_ft = sorted((current_ft[c] - base_ft).norm(dim=1).tolist())[:5]
+        expected = math.exp(-sum(d_ft) / 5) / math.exp(-sum(d_zs) / 5)
+        assert factors[c].item() == pytest.approx(expected, rel=1e-9)
+    assert factors[3].item() == 1.0  # nearest tuned base feature closer than 0.05
+
+
+def test_apply_dac_scaling_scales_rows_by_predicted_class():
+    logits = torch.tensor([[10.0, 20.0], [30.0, 5.0]])
+    scaled = apply_dac_scaling(logits, torch.tensor([0.5, 2.0]))
+    assert scaled.tolist() == [[20.0, 40.0], [15.0, 2.5]]
+    assert torch.equal(scaled.argmax(1), logits.argmax(1))
+
+
+def test_split_metrics_block():
+    gen = torch.Generator().manual_seed(3)
+    logits = 10 * torch.randn(40, 3, generator=gen)
+    labels = torch.randint(0, 2, (40,), generator=gen)  # class "c" has no test image
+    block = split_metrics(logits, labels, ["a", "b", "c"])
+    assert list(block) == [
+        "classnames",
+        "accuracy",
+        "per_class_accuracy",
+        "ece",
+        "mce",
+        "aece",
+        "nll",
+        "reliability",
+    ]
+    probs = logits.softmax(1)
+    assert block["ece"] == pytest.approx(expected_calibration_error(probs, labels))
+    assert block["aece"] == pytest.approx(adaptive_ece(probs, labels))
+    assert block["per_class_accuracy"]["c"] is None
+    assert set(block["reliability"]) == {"bin_edges", "counts", "accuracy", "confidence"}
+    assert sum(block["reliability"]["counts"]) == 40
+    with pytest.raises(ValueError, match="class names"):
+        split_metrics(logits, labels, ["a", "b"])

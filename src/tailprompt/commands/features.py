@@ -1,0 +1,94 @@
+"""`tailprompt features`: precompute and cache image features of a dataset for one backbone."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from tailprompt.cli import UserError
+from tailprompt.commands.data import add_dataset_arguments, load_or_fail, reader_options
+from tailprompt.data.features import FeatureCache
+from tailprompt.data.sampling import sample_training_set
+from tailprompt.data.types import DatasetSplits, Item
+
+SPLITS = ("train", "val", "test")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "features", help="precompute cached image features (eval view + augmented views)"
+    )
+    parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit or embedded")
+    parser.add_argument("--weights", help="checkpoint file or open_clip pretrained tag")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_dataset_arguments(parser)
+    parser.add_argument("--views", type=int, default=4, help="augmented training views per image (default 4)")
+    parser.add_argument("--cache-dir", help="cache folder (default $TAILPROMPT_CACHE or ~/.cache/tailprompt)")
+    parser.add_argument(
+        "--splits", default="train,val,test", help="comma-separated splits (default all three)"
+    )
+    parser.add_argument(
+        "--shots", type=int, help="only the few-shot subsets (tau = 1, a superset of any tau)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --shots (default 1 2 3)"
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.set_defaults(func=run)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_backbone(args: argparse.Namespace):
+    from tailprompt.backbone import load_backbone
+
+    try:
+        return load_backbone(args.backbone, weights=args.weights, device=_device(args.device))
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise UserError(f"backbone {args.backbone!r}: {e.args[0] if e.args else e}") from None
+
+
+def selected_items(ds: DatasetSplits, split: str, shots: int | None, seeds: list[int]) -> list[Item]:
+    """All items of `split`, or with `shots` the union over `seeds` of the balanced few-shot subsets."""
+    if shots is None or split == "test":
+        return list(getattr(ds, split))
+    chosen: dict[str, Item] = {}
+    for seed in seeds:
+        ts = sample_training_set(ds, shots, 1.0, seed)
+        chosen.update((it.key, it) for it in (ts.items if split == "train" else ts.val_items))
+    return list(chosen.values())
+
+
+def run(args: argparse.Namespace) -> int:
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise UserError(f"--splits: expected a comma-separated subset of train,val,test, got {args.splits!r}")
+    if args.views < 0 or (args.shots is not None and args.shots < 1):
+        raise UserError("--views must be >= 0 and --shots >= 1")
+    ds = load_or_fail(args.dataset, args.root, reader_options(args.option))
+    if args.shots is not None and not ds.train:
+        raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
+    backbone = _load_backbone(args)
+    cache = FeatureCache(args.cache_dir)
+    print(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
+    for split in splits:
+        items = selected_items(ds, split, args.shots, args.seeds)
+        if not items:
+            continue
+        views = range(args.views + 1) if split == "train" else range(1)
+        for view in views:
+            hits, misses, start = cache.hits, cache.misses, time.perf_counter()
+            cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True)
+            print(
+                f"  {split:5} view {view}: {len(items)} images, {cache.hits - hits} hits, "
+                f"{cache.misses - misses} misses ({time.perf_counter() - start:.1f} s)"
+            )
+    print(f"total: {cache.hits} hits, {cache.misses} misses")
+    return 0

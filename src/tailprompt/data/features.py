@@ -1,0 +1,239 @@
+"""On-disk cache of frozen image-tower features, so no image is encoded twice (design.md §5).
+
+A cached feature is the raw `backbone.encode_image` output (fp32, not normalised) of one image under
+one view, keyed by
+
+* the backbone's `identity` (architecture + weights hash) and `preprocess_id` -> a *space* folder,
+* the view index -> a sub-folder (view 0 = eval preprocessing; view v >= 1 = the training
+  augmentation, with torch's RNG seeded from (v, item key) inside a forked RNG, so a cached
+  augmented view is reproducible and the caller's global RNG is neither used nor advanced),
+* the image: `dataset.image_identity(item)` (files: resolved path + size + mtime_ns, see
+  `tailprompt.data.files.FileImages`; generated images: generator spec + seed + index) and `item.key`.
+
+Layout: `<root>/features/<space hash>/view<v>/<uuid>.safetensors`, each shard one tensor `features`
+`[n, D]` with the entry keys in its metadata; `<root>/features/<space hash>/key.json` says what the
+hash stands for. Shards are written whole to a temporary file and renamed (`atomic_path`), so a
+crash leaves no half file, and two processes caching the same images just write two complete shards
+(either copy is read). Safetensors never executes code on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from tailprompt.data.seeding import derived_seed
+from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.utils import atomic_path, stable_hash, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the meaning of a cached entry changes
+
+
+def default_cache_dir() -> Path:
+    """`$TAILPROMPT_CACHE`, else `~/.cache/tailprompt`."""
+    env = os.environ.get("TAILPROMPT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tailprompt"
+
+
+def augmentation_seed(view: int, key: str) -> int:
+    """Torch seed of training view `view` of the image with item key `key`."""
+    return derived_seed("view", view, key)
+
+
+def view_batch(backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int) -> torch.Tensor:
+    """Preprocessed images of one view -> [B, 3, S, S].
+
+    View 0 uses `backbone.preprocess_eval`; view v >= 1 applies `backbone.preprocess_train` with
+    torch's RNG seeded by `augmentation_seed(v, item.key)` inside `torch.random.fork_rng`, so the
+    result does not depend on (nor change) the global RNG state.
+    """
+    if view == 0:
+        return dataset.load_batch(items, backbone.preprocess_eval)
+    out = []
+    for it in items:
+        image = dataset.load_image(it)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augmentation_seed(view, it.key))
+            out.append(backbone.preprocess_train(image))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def encode_batch(backbone: Any, images: torch.Tensor) -> torch.Tensor:
+    """`backbone.encode_image` on the backbone's device and dtype -> fp32 CPU [B, D]."""
+    dtype = getattr(backbone, "dtype", None)
+    images = images.to(device=getattr(backbone, "device", "cpu"))
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        images = images.to(dtype)
+    return backbone.encode_image(images).float().cpu()
+
+
+def compute_features(
+    backbone: Any,
+    dataset: DatasetSplits,
+    items: Sequence[Item],
+    view: int,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Encode `items` under `view` without any cache (the exact no-cache path) -> fp32 [N, D]."""
+    chunks = []
+    bar = tqdm(total=len(items), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        chunks.append(encode_batch(backbone, view_batch(backbone, dataset, batch, view)))
+        bar.update(len(batch))
+    bar.close()
+    if not chunks:
+        return torch.empty(0, int(backbone.embed_dim))
+    return torch.cat(chunks)
+
+
+class FeatureCache:
+    """Image features on disk; `get` returns cached rows and computes (and stores) the rest.
+
+    `hits` / `misses` count distinct images looked up over the cache's lifetime.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.hits = 0
+        self.misses = 0
+        self._index: dict[Path, dict[str, tuple[str, int]]] = {}  # view dir -> entry -> (shard, row)
+        self._scanned: dict[Path, set[str]] = {}
+
+    def space_dir(self, backbone: Any) -> Path:
+        """The folder for one (backbone identity, preprocessing) pair."""
+        key = {"format": FORMAT_VERSION, "backbone": backbone.identity, "preprocess": backbone.preprocess_id}
+        return self.root / "features" / stable_hash(key, 16)
+
+    @staticmethod
+    def entry_key(dataset: DatasetSplits, item: Item) -> str:
+        """Digest of the image's identity and key (a changed file gives a new identity, hence a miss)."""
+        blob = f"{dataset.image_identity(item)}\n{item.key}".encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+    def get(
+        self,
+        backbone: Any,
+        dataset: DatasetSplits,
+        items: Sequence[Item],
+        view: int,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output)."""
+        if view < 0:
+            raise ValueError(f"view must be >= 0, got {view}")
+        entries = [self.entry_key(dataset, it) for it in items]
+        space = self.space_dir(backbone)
+        view_dir = space / f"view{view}"
+        index = self._refresh(view_dir)
+        first_item = {}
+        for e, it in zip(entries, items):
+            first_item.setdefault(e, it)
+        missing = [e for e in first_item if e not in index]
+        self.hits += len(first_item) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            self._write_key_file(space, backbone)
+            fresh = self._compute_and_store(
+                backbone, dataset, view, view_dir, missing, first_item, batch_size, progress
+            )
+        return self._gather(backbone, view_dir, entries, fresh)
+
+    def _compute_and_store(
+        self,
+        backbone: Any,
+        dataset: DatasetSplits,
+        view: int,
+        view_dir: Path,
+        missing: list[str],
+        first_item: dict[str, Item],
+        batch_size: int,
+        progress: bool,
+    ) -> dict[str, torch.Tensor]:
+        fresh: dict[str, torch.Tensor] = {}
+        bar = tqdm(total=len(missing), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start : start + batch_size]
+            feats = encode_batch(
+                backbone, view_batch(backbone, dataset, [first_item[e] for e in batch], view)
+            )
+            self._write_shard(
+                view_dir, batch, feats
+            )  # one shard per batch: an interrupted run keeps its work
+            fresh.update(zip(batch, feats))
+            bar.update(len(batch))
+        bar.close()
+        return fresh
+
+    def _write_shard(self, view_dir: Path, entries: list[str], feats: torch.Tensor) -> None:
+        name = f"{uuid.uuid4().hex}.safetensors"
+        with atomic_path(view_dir / name) as tmp:
+            save_file({"features": feats.contiguous()}, str(tmp), metadata={"entries": json.dumps(entries)})
+        index = self._index.setdefault(view_dir, {})
+        for row, e in enumerate(entries):
+            index.setdefault(e, (name, row))
+        self._scanned.setdefault(view_dir, set()).add(name)
+
+    def _write_key_file(self, space: Path, backbone: Any) -> None:
+        path = space / "key.json"
+        if not path.exists():
+            meta = {
+                "format": FORMAT_VERSION,
+                "backbone": backbone.identity,
+                "preprocess": backbone.preprocess_id,
+            }
+            write_json_atomic(path, meta)
+
+    def _refresh(self, view_dir: Path) -> dict[str, tuple[str, int]]:
+        """Index shards written since the last look (by this or another process)."""
+        index = self._index.setdefault(view_dir, {})
+        scanned = self._scanned.setdefault(view_dir, set())
+        if not view_dir.is_dir():
+            return index
+        for path in sorted(view_dir.glob("*.safetensors")):
+            if path.name in scanned or path.name.startswith("."):
+                continue
+            scanned.add(path.name)
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    entries = json.loads((f.metadata() or {})["entries"])
+            except Exception as e:  # a foreign or damaged file must not break a run: recompute instead
+                log.warning("feature cache: ignoring unreadable shard %s (%s)", path, e)
+                continue
+            for row, entry in enumerate(entries):
+                index.setdefault(entry, (path.name, row))
+        return index
+
+    def _gather(
+        self, backbone: Any, view_dir: Path, entries: list[str], fresh: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        index = self._index[view_dir]
+        rows: dict[str, torch.Tensor] = dict(fresh)
+        by_shard: dict[str, list[str]] = {}
+        for e in dict.fromkeys(entries):
+            if e not in rows:
+                by_shard.setdefault(index[e][0], []).append(e)
+        for shard, shard_entries in by_shard.items():
+            with safe_open(str(view_dir / shard), framework="pt") as f:
+                table = f.get_tensor("features")
+            rows.update((e, table[index[e][1]]) for e in shard_entries)
+        if not entries:
+            return torch.empty(0, int(backbone.embed_dim))
+        return torch.stack([rows[e] for e in entries]).float()

@@ -1,0 +1,652 @@
+"""Dataset readers for the CoOp/Dassl folder layout: one declarative spec per dataset, one table.
+
+A `DatasetSpec` says where a dataset lives under the data root (CoOp's `DATA/`), where its images
+are, which split file it reads, how class names are fixed up and which zero-shot template it uses.
+The `source` field names one of a handful of split readers (`SOURCES`); everything else is data.
+`DATASETS` (the registry in `tailprompt.data.registry`) maps each name to `spec.load`.
+
+Behaviour follows `KaiyangZhou/CoOp:datasets/*.py` (peers.md §3.1):
+* class names come from the split file's third column (Dassl's label -> name map); the raw-file
+  readers reproduce the fixes CoOp applied when it wrote those files (EuroSAT/Caltech renames,
+  SUN397 reversed path parts, Pets lower-cased breed, Cars year moved to the front, UCF101
+  CamelCase split with `_`, Flowers `cat_to_name.json`, Aircraft `variants.txt`);
+* ImageNet: labels by sorted wnid folder, names from `classnames.txt`, val = test = ImageNet val;
+* ImageNet-Sketch/-A/-R: labels by sorted wnid folder of the variant (200 classes for -A/-R);
+  ImageNet-V2: label = folder index, name = that line of `classnames.txt`; all four are test-only.
+
+`Item.key` is the image path relative to the dataset folder (e.g. `2750/Forest/Forest_1.jpg` for
+EuroSAT), which is what `fewshot_ids` files and `tailprompt data sample --json` record.
+
+Where the reference falls back to a *random* split when its `split_zhou_*.json` is missing (and writes
+it into the dataset folder), we require the json by default, because a fresh random split is not
+the benchmark split; the option `generate_split: true` builds a deterministic split (seeded by
+`split_seed`) with the reference's proportions instead, without writing anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tailprompt.config import from_dict
+from tailprompt.data.files import (
+    DatasetError,
+    FileImages,
+    image_files,
+    read_lines,
+    require_dir,
+    require_file,
+    subdirs,
+)
+from tailprompt.data.registry import DATASETS
+from tailprompt.data.seeding import derived_rng
+from tailprompt.data.types import DatasetSplits, Item
+
+# `CoOp:trainers/zsclip.py` CUSTOM_TEMPLATES, keyed by our dataset names.
+TEMPLATES: dict[str, str] = {
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+    "imagenet_sketch": "a photo of a {}.",
+    "imagenetv2": "a photo of a {}.",
+    "imagenet_a": "a photo of a {}.",
+    "imagenet_r": "a photo of a {}.",
+    "imagefolder": "a photo of a {}.",
+}
+
+# `CoOp:trainers/imagenet_templates.py` IMAGENET_TEMPLATES_SELECT: ZeroshotCLIP2's ensemble, to which the
+# dataset's own template is added for every dataset except ImageNet.
+ENSEMBLE_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+SPLITS = ("train", "val", "test")
+
+Entry = tuple[str, int, str]  # (path relative to the spec's image_dir, label, class name)
+RawSplits = dict[str, list[Entry]]
+
+
+@dataclass
+class ReaderOptions:
+    """Per-run reader options (`data.options` in a run config, `--option k=v` on the command line)."""
+
+    split_file: str | None = (
+        None  # override the split file (json; CSV for imagefolder), relative to the dataset folder
+    )
+    generate_split: bool = False  # no split json: build a deterministic split from the raw files instead
+    split_seed: int = 0  # seed of a generated split
+    template: str | None = None  # override the zero-shot template (must contain one "{}")
+    folder: str | None = None  # dataset folder under root (default: the spec's; imagefolder: root itself)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything that distinguishes one benchmark reader from another.
+
+    Attributes:
+        name: registry name, spelled as CoOp's config files (`oxford_pets`, `imagenet_a`, ...).
+        folder: dataset folder under the data root.
+        image_dir: folder (relative to `folder`) that split-file paths are relative to.
+        source: key into `SOURCES`, the function that reads the splits.
+        template: zero-shot template (`CoOp:trainers/zsclip.py`).
+        split_file: CoOp's `split_zhou_*.json`, relative to `folder`, for `source="split_json"`.
+        fallback: key into `SOURCES` used with `generate_split` when `split_file` is absent.
+        raw_files: what the fallback reads, for error messages.
+        renames: folder name -> class name, applied by folder-scanning fallbacks.
+        ignored: folder names a folder scan skips.
+        test_only: the dataset only has a test split (ImageNet variants).
+    """
+
+    name: str
+    folder: str
+    image_dir: str
+    source: str
+    template: str
+    split_file: str | None = None
+    fallback: str | None = None
+    raw_files: str = ""
+    renames: Mapping[str, str] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()
+    test_only: bool = False
+
+    def load(self, root: Path | None, options: dict[str, Any]) -> DatasetSplits:
+        """Read the dataset under `root` (CoOp's DATA/); layout errors raise `DatasetError`."""
+        opts = from_dict(ReaderOptions, options, where=f"{self.name} options")
+        if opts.template is not None and opts.template.count("{}") != 1:
+            raise DatasetError(f"{self.name} options.template: expected one '{{}}', got {opts.template!r}")
+        if root is None:
+            raise DatasetError(f"dataset {self.name!r} needs a root: the folder holding the dataset folders")
+        folder = dataset_folder(self, Path(root).expanduser(), opts)
+        require_dir(folder / self.image_dir, f"images of {self.name}")
+        raw = SOURCES[self.source](self, folder, opts)
+        return _assemble(self, folder, raw, opts)
+
+
+def dataset_folder(spec: DatasetSpec, root: Path, opts: ReaderOptions) -> Path:
+    """The dataset's folder under `root`; a missing one is a `DatasetError` naming it."""
+    if spec.source == "imagefolder":
+        folder = root / opts.folder if opts.folder else root
+    else:
+        folder = root / (opts.folder or spec.folder)
+    return require_dir(folder, f"dataset folder of {spec.name}; expected <root>/{opts.folder or spec.folder}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Assembling items from (path, label, name) entries
+
+
+def _assemble(spec: DatasetSpec, folder: Path, raw: RawSplits, opts: ReaderOptions) -> DatasetSplits:
+    classnames = _classnames(spec, raw)
+    splits = {s: [_item(spec, path, label, name) for path, label, name in raw.get(s, [])] for s in SPLITS}
+    images = FileImages(folder)
+    template = opts.template or spec.template
+    ensemble = ENSEMBLE_TEMPLATES if spec.name == "imagenet" else (*ENSEMBLE_TEMPLATES, template)
+    return DatasetSplits(
+        name=spec.name,
+        classnames=classnames,
+        template=template,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        root=images.folder,
+        load_image=images.load,
+        image_identity=images.identity,
+        templates=ensemble,
+    )
+
+
+def _item(spec: DatasetSpec, path: str, label: int, name: str) -> Item:
+    key = posixpath.join(spec.image_dir, path) if spec.image_dir else path
+    return Item(key=key, label=label, classname=name)
+
+
+def _classnames(spec: DatasetSpec, raw: RawSplits) -> list[str]:
+    """Label -> name over all splits (Dassl reads it from train); labels must be exactly 0..K-1."""
+    names: dict[int, str] = {}
+    for split in SPLITS:
+        for path, label, name in raw.get(split, []):
+            known = names.setdefault(label, name)
+            if known != name:
+                raise DatasetError(
+                    f"{spec.name}: label {label} has two class names, {known!r} and {name!r} "
+                    f"({split}: {path})"
+                )
+    if not names:
+        raise DatasetError(f"{spec.name}: no images found")
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing:
+        raise DatasetError(
+            f"{spec.name}: labels must be 0..{max(names)} without gaps; missing {missing[:10]}"
+        )
+    return [names[k] for k in range(len(names))]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Split sources
+
+
+def _split_file_path(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Path:
+    name = opts.split_file or spec.split_file
+    assert name is not None
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def read_split_json(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """CoOp's `split_zhou_*.json`: `{"train": [[relpath, label, classname], ...], "val": .., "test": ..}`."""
+    path = _split_file_path(spec, folder, opts)
+    if not path.is_file():
+        if opts.generate_split and spec.fallback:
+            return SOURCES[spec.fallback](spec, folder, opts)
+        hint = (
+            f"; or set the reader option generate_split=true to build a deterministic split from "
+            f"{spec.raw_files} (not the published benchmark split)"
+            if spec.fallback
+            else ""
+        )
+        raise DatasetError(
+            f"{path}: missing split file (CoOp's split for {spec.name}, linked from CoOp's DATASETS.md){hint}"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: malformed split file, not valid JSON ({e})") from None
+    if not isinstance(data, dict) or any(not isinstance(data.get(s), list) for s in SPLITS):
+        raise DatasetError(
+            f"{path}: malformed split file, expected an object with lists 'train', 'val', 'test'"
+        )
+    return {s: [_json_entry(path, s, i, e) for i, e in enumerate(data[s])] for s in SPLITS}
+
+
+def _json_entry(path: Path, split: str, index: int, entry: Any) -> Entry:
+    where = f"{path}: malformed split file, {split}[{index}]"
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+        raise DatasetError(f"{where}: expected [relative path, label, class name], got {entry!r}")
+    rel, label, name = entry
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
+        raise DatasetError(f"{where}: expected a relative image path, got {rel!r}")
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise DatasetError(f"{where}: expected a label >= 0, got {label!r}")
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{where}: expected a class name, got {name!r}")
+    return rel, label, name
+
+
+def _three_way(
+    spec: DatasetSpec, seed: int, group: str, paths: list[str], where: Path
+) -> tuple[list, list, list]:
+    """50% train / 20% val / 30% test of one class, in a seeded order (`DTD.read_and_split_data`)."""
+    order = derived_rng("split", seed, spec.name, group).permutation(len(paths))
+    shuffled = [paths[i] for i in order]
+    n_train, n_val = round(len(paths) * 0.5), round(len(paths) * 0.2)
+    if n_train == 0 or n_val == 0 or len(paths) - n_train - n_val == 0:
+        raise DatasetError(f"{where}: {len(paths)} images, too few for a 50/20/30 train/val/test split")
+    return shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
+
+
+def _split_trainval(spec: DatasetSpec, seed: int, trainval: list[Entry], where: Path) -> tuple[list, list]:
+    """Per label, round(20%) of trainval to val in a seeded order (`OxfordPets.split_trainval`)."""
+    by_label: dict[int, list[Entry]] = {}
+    for entry in trainval:
+        by_label.setdefault(entry[1], []).append(entry)
+    train: list[Entry] = []
+    val: list[Entry] = []
+    for label, entries in by_label.items():
+        n_val = round(len(entries) * 0.2)
+        if n_val == 0:
+            raise DatasetError(
+                f"{where}: class {entries[0][2]!r} has {len(entries)} images, too few for a val split"
+            )
+        order = derived_rng("split", seed, spec.name, label).permutation(len(entries))
+        val += [entries[i] for i in order[:n_val]]
+        train += [entries[i] for i in order[n_val:]]
+    return train, val
+
+
+def read_class_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """One folder per class under image_dir, sorted; 50/20/30 per class (DTD, EuroSAT, Caltech, Food)."""
+    image_dir = folder / spec.image_dir
+    raw: RawSplits = {s: [] for s in SPLITS}
+    categories = [c for c in subdirs(image_dir) if c not in spec.ignored]
+    for label, category in enumerate(categories):
+        name = spec.renames.get(category, category)
+        paths = [f"{category}/{f}" for f in image_files(image_dir / category)]
+        for split, part in zip(
+            SPLITS, _three_way(spec, opts.split_seed, category, paths, image_dir / category)
+        ):
+            raw[split] += [(p, label, name) for p in part]
+    return raw
+
+
+def read_pets_annotations(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """`annotations/{trainval,test}.txt`: `Breed_Name_12 CLASS-ID SPECIES BREED-ID`; name = lower breed."""
+
+    def read(name: str) -> list[Entry]:
+        path = folder / "annotations" / name
+        out = []
+        for n, line in enumerate(read_lines(path, "Oxford-IIIT Pets annotation list"), 1):
+            if line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 4 or not parts[1].isdigit():
+                raise DatasetError(f"{path}:{n}: expected 'IMAGE CLASS-ID SPECIES BREED-ID', got {line!r}")
+            breed = "_".join(parts[0].split("_")[:-1]).lower()
+            out.append((f"{parts[0]}.jpg", int(parts[1]) - 1, breed))
+        return out
+
+    train, val = _split_trainval(
+        spec, opts.split_seed, read("trainval.txt"), folder / "annotations/trainval.txt"
+    )
+    return {"train": train, "val": val, "test": read("test.txt")}
+
+
+def read_sun397_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """`ClassName.txt`, `Training_01.txt`, `Testing_01.txt`; name = path parts after the letter, reversed."""
+    cname2lab = {
+        c.lstrip("/"): i for i, c in enumerate(read_lines(folder / "ClassName.txt", "SUN397 class list"))
+    }
+
+    def read(name: str) -> list[Entry]:
+        path = folder / name
+        out = []
+        for n, line in enumerate(read_lines(path, "SUN397 partition list"), 1):
+            rel = line.lstrip("/")
+            cdir = posixpath.dirname(rel)
+            if cdir not in cname2lab:
+                raise DatasetError(f"{path}:{n}: class folder {cdir!r} is not in {folder / 'ClassName.txt'}")
+            out.append((rel, cname2lab[cdir], " ".join(cdir.split("/")[1:][::-1])))
+        return out
+
+    train, val = _split_trainval(spec, opts.split_seed, read("Training_01.txt"), folder / "Training_01.txt")
+    return {"train": train, "val": val, "test": read("Testing_01.txt")}
+
+
+def ucf101_classname(action: str) -> str:
+    """`ApplyEyeMakeup` -> `Apply_Eye_Makeup` (`CoOp:datasets/ucf101.py`)."""
+    return "_".join(re.findall("[A-Z][^A-Z]*", action))
+
+
+def read_ucf101_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """`ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt`; mid-frame jpgs under the renamed action."""
+    lists = folder / "ucfTrainTestlist"
+    cname2lab: dict[str, int] = {}
+    for n, line in enumerate(read_lines(lists / "classInd.txt", "UCF101 class index"), 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DatasetError(f"{lists / 'classInd.txt'}:{n}: expected 'INDEX ActionName', got {line!r}")
+        cname2lab[parts[1]] = int(parts[0]) - 1
+
+    def read(name: str) -> list[Entry]:
+        path = lists / name
+        out = []
+        for n, line in enumerate(read_lines(path, "UCF101 split list"), 1):
+            video = line.split()[0]
+            if video.count("/") != 1 or video.split("/")[0] not in cname2lab:
+                raise DatasetError(f"{path}:{n}: expected 'Action/v_Action_gXX_cXX.avi', got {line!r}")
+            action, filename = video.split("/")
+            renamed = ucf101_classname(action)
+            out.append((f"{renamed}/{filename.replace('.avi', '.jpg')}", cname2lab[action], renamed))
+        return out
+
+    train, val = _split_trainval(spec, opts.split_seed, read("trainlist01.txt"), lists / "trainlist01.txt")
+    return {"train": train, "val": val, "test": read("testlist01.txt")}
+
+
+def _loadmat(path: Path, spec: DatasetSpec, opts: ReaderOptions, folder: Path) -> dict[str, Any]:
+    require_file(path, f"{spec.name} annotation .mat")
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        json_path = _split_file_path(spec, folder, opts)
+        raise DatasetError(
+            f"{json_path}: missing split file; reading {path.name} instead needs scipy, "
+            "which is not installed "
+            f"(download CoOp's split json, or install scipy)"
+        ) from None
+    try:
+        return loadmat(str(path), squeeze_me=True)
+    except Exception as e:  # scipy raises several unrelated types for a bad file
+        raise DatasetError(f"{path}: cannot read .mat file ({e})") from None
+
+
+def stanford_cars_classname(meta_name: str) -> str:
+    """`AM General Hummer SUV 2000` -> `2000 AM General Hummer SUV` (year to the front, as CoOp)."""
+    words = meta_name.split(" ")
+    return " ".join([words[-1], *words[:-1]])
+
+
+def read_cars_mat(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """`devkit/cars_{train_annos,meta}.mat` and `cars_test_annos_withlabels.mat` (needs scipy)."""
+    import numpy as np
+
+    meta = np.atleast_1d(_loadmat(folder / "devkit/cars_meta.mat", spec, opts, folder)["class_names"])
+
+    def read(image_dir: str, mat: Path) -> list[Entry]:
+        annos = np.atleast_1d(_loadmat(mat, spec, opts, folder)["annotations"])
+        out = []
+        for rec in annos:
+            label = int(rec["class"]) - 1
+            out.append((f"{image_dir}/{rec['fname']}", label, stanford_cars_classname(str(meta[label]))))
+        return out
+
+    trainval = read("cars_train", folder / "devkit/cars_train_annos.mat")
+    train, val = _split_trainval(spec, opts.split_seed, trainval, folder / "devkit/cars_train_annos.mat")
+    return {"train": train, "val": val, "test": read("cars_test", folder / "cars_test_annos_withlabels.mat")}
+
+
+def read_flowers_mat(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """`imagelabels.mat` (1-based label per `image_%05d.jpg`) + `cat_to_name.json`; 50/20/30 per class."""
+    import numpy as np
+
+    labels = np.atleast_1d(_loadmat(folder / "imagelabels.mat", spec, opts, folder)["labels"])
+    names_path = require_file(folder / "cat_to_name.json", "Flowers102 label -> name map")
+    try:
+        lab2cname = json.loads(names_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{names_path}: not valid JSON ({e})") from None
+    tracker: dict[int, list[str]] = {}
+    for i, label in enumerate(labels):
+        tracker.setdefault(int(label), []).append(f"image_{i + 1:05d}.jpg")
+    raw: RawSplits = {s: [] for s in SPLITS}
+    for label, paths in tracker.items():
+        if str(label) not in lab2cname:
+            raise DatasetError(f"{names_path}: no name for label {label}")
+        parts = _three_way(spec, opts.split_seed, str(label), paths, folder / "imagelabels.mat")
+        for split, part in zip(SPLITS, parts):
+            raw[split] += [(p, label - 1, lab2cname[str(label)]) for p in part]
+    return raw
+
+
+def read_aircraft_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """FGVC-Aircraft's official `images_variant_{train,val,test}.txt`, classes in `variants.txt` order."""
+    cname2lab = {
+        c: i for i, c in enumerate(read_lines(folder / "variants.txt", "FGVC-Aircraft variant list"))
+    }
+
+    def read(name: str) -> list[Entry]:
+        path = folder / name
+        out = []
+        for n, line in enumerate(read_lines(path, "FGVC-Aircraft split list"), 1):
+            image, _, variant = line.partition(" ")
+            if variant not in cname2lab:
+                raise DatasetError(f"{path}:{n}: variant {variant!r} is not in {folder / 'variants.txt'}")
+            out.append((f"{image}.jpg", cname2lab[variant], variant))
+        return out
+
+    return {s: read(f"images_variant_{s}.txt") for s in SPLITS}
+
+
+def read_wnid_classnames(path: Path) -> dict[str, str]:
+    """`classnames.txt`: `wnid class name` per line, in file order (`ImageNet.read_classnames`)."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(read_lines(path, "ImageNet class names, 'wnid name' per line"), 1):
+        wnid, _, name = line.partition(" ")
+        if not name.strip():
+            raise DatasetError(f"{path}:{n}: expected 'wnid class name', got {line!r}")
+        out[wnid] = name.strip()
+    return out
+
+
+def _wnid_entries(
+    image_dir: Path, prefix: str, folders: list[str], labels: dict[str, int], names: dict[str, str]
+):
+    out: list[Entry] = []
+    for wnid in folders:
+        rel = f"{prefix}{wnid}"
+        out += [(f"{rel}/{f}", labels[wnid], names[wnid]) for f in image_files(image_dir / rel)]
+    return out
+
+
+def _require_known(folders: list[str], names: Mapping[str, str], where: Path, names_file: Path) -> None:
+    unknown = [f for f in folders if f not in names]
+    if unknown:
+        raise DatasetError(f"{where}: folder(s) {unknown[:5]} not listed in {names_file}")
+
+
+def read_imagenet_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """`images/train/<wnid>/`, `images/val/<wnid>/`; labels by sorted wnid; val = test = ImageNet val."""
+    names_file = folder / "classnames.txt"
+    names = read_wnid_classnames(names_file)
+    image_dir = folder / spec.image_dir
+    train_dirs = subdirs(require_dir(image_dir / "train", "ImageNet train images, one folder per wnid"))
+    val_dirs = subdirs(require_dir(image_dir / "val", "ImageNet val images, one folder per wnid"))
+    _require_known(train_dirs, names, image_dir / "train", names_file)
+    labels = {w: i for i, w in enumerate(train_dirs)}
+    stray = [w for w in val_dirs if w not in labels]
+    if stray:
+        raise DatasetError(f"{image_dir / 'val'}: folder(s) {stray[:5]} have no train folder")
+    test = _wnid_entries(image_dir, "val/", val_dirs, labels, names)
+    return {"train": _wnid_entries(image_dir, "train/", train_dirs, labels, names), "val": test, "test": test}
+
+
+def read_wnid_test_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """ImageNet-Sketch/-A/-R: one folder per wnid, labels 0.. in sorted wnid order, test only."""
+    names_file = folder / "classnames.txt"
+    names = read_wnid_classnames(names_file)
+    image_dir = folder / spec.image_dir
+    folders = [f for f in subdirs(image_dir) if f not in spec.ignored]
+    _require_known(folders, names, image_dir, names_file)
+    labels = {w: i for i, w in enumerate(folders)}
+    return {"train": [], "val": [], "test": _wnid_entries(image_dir, "", folders, labels, names)}
+
+
+def read_index_test_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """ImageNet-V2: folder `i` holds class i, the i-th line of `classnames.txt`; test only."""
+    names = list(read_wnid_classnames(folder / "classnames.txt").values())
+    image_dir = folder / spec.image_dir
+    test: list[Entry] = []
+    for label, name in enumerate(names):
+        class_dir = require_dir(image_dir / str(label), f"ImageNet-V2 images of class {label} ({name})")
+        test += [(f"{label}/{f}", label, name) for f in image_files(class_dir)]
+    return {"train": [], "val": [], "test": test}
+
+
+def read_imagefolder(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """A user's `folder/<class>/*.jpg`, split by an optional CSV or a seeded 50/20/30 per class.
+
+    The CSV has a header with columns `path` (relative to the folder) and `split` (train/val/test) and
+    optionally `class` (default: the path's first folder). Class labels follow sorted class names.
+    Without a CSV, small classes keep at least one training image and may have no val/test image.
+    """
+    if opts.split_file:
+        return _imagefolder_csv(_split_file_path(spec, folder, opts))
+    raw: RawSplits = {s: [] for s in SPLITS}
+    classes = subdirs(folder)
+    if not classes:
+        raise DatasetError(f"{folder}: no class folders; expected {folder}/<class name>/<image>.jpg")
+    for label, name in enumerate(classes):
+        paths = [f"{name}/{f}" for f in image_files(folder / name)]
+        if not paths:
+            raise DatasetError(f"{folder / name}: class folder without images")
+        order = derived_rng("split", opts.split_seed, "imagefolder", name).permutation(len(paths))
+        shuffled = [paths[i] for i in order]
+        n_test = min(round(len(paths) * 0.3), len(paths) - 1)
+        n_val = min(round(len(paths) * 0.2), len(paths) - 1 - n_test)
+        n_train = len(paths) - n_val - n_test
+        parts = shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
+        for split, part in zip(SPLITS, parts):
+            raw[split] += [(p, label, name) for p in part]
+    return raw
+
+
+def _imagefolder_csv(path: Path) -> RawSplits:
+    require_file(path, "imagefolder split CSV with columns path,split[,class]")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or [])
+        if not {"path", "split"} <= columns:
+            raise DatasetError(
+                f"{path}: expected a header with columns path,split[,class], got {sorted(columns)}"
+            )
+        rows = []
+        for n, row in enumerate(reader, 2):
+            rel, split = (row.get("path") or "").strip(), (row.get("split") or "").strip()
+            name = (row.get("class") or "").strip() or (rel.split("/")[0] if "/" in rel else "")
+            if split not in SPLITS:
+                raise DatasetError(f"{path}:{n}: split must be train, val or test, got {split!r}")
+            if not rel or rel.startswith("/") or ".." in rel.split("/") or not name:
+                raise DatasetError(f"{path}:{n}: expected a relative path inside a class folder, got {rel!r}")
+            rows.append((rel, split, name))
+    labels = {c: i for i, c in enumerate(sorted({r[2] for r in rows}))}
+    raw: RawSplits = {s: [] for s in SPLITS}
+    for rel, split, name in rows:
+        raw[split].append((rel, labels[name], name))
+    return raw
+
+
+SplitSource = Callable[[DatasetSpec, Path, ReaderOptions], RawSplits]
+
+SOURCES: dict[str, SplitSource] = {
+    "split_json": read_split_json,
+    "class_folders": read_class_folders,
+    "pets_annotations": read_pets_annotations,
+    "sun397_lists": read_sun397_lists,
+    "ucf101_lists": read_ucf101_lists,
+    "cars_mat": read_cars_mat,
+    "flowers_mat": read_flowers_mat,
+    "aircraft_lists": read_aircraft_lists,
+    "imagenet_folders": read_imagenet_folders,
+    "wnid_test_folders": read_wnid_test_folders,
+    "index_test_folders": read_index_test_folders,
+    "imagefolder": read_imagefolder,
+}
+
+EUROSAT_RENAMES = {
+    "AnnualCrop": "Annual Crop Land",
+    "Forest": "Forest",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings",
+    "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land",
+    "Residential": "Residential Buildings",
+    "River": "River",
+    "SeaLake": "Sea or Lake",
+}
+CALTECH_RENAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
+
+
+def _coop(name: str, folder: str, image_dir: str, split_file: str, fallback: str, raw_files: str, **kw: Any):
+    """A reader of CoOp's split json, with the raw-file reader CoOp falls back to."""
+    return DatasetSpec(
+        name, folder, image_dir, "split_json", TEMPLATES[name], split_file, fallback, raw_files, **kw
+    )
+
+
+def _test_only(name: str, folder: str, image_dir: str, source: str, **kw: Any) -> DatasetSpec:
+    return DatasetSpec(name, folder, image_dir, source, TEMPLATES[name], test_only=True, **kw)
+
+
+_FOLDERS = "the class folders"
+_README = ("README.txt",)  # ImageNet-A/-R ship a README next to the class folders
+
+# fmt: off
+SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("imagenet", "imagenet", "images", "imagenet_folders", TEMPLATES["imagenet"]),
+    _coop("caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "class_folders",
+          _FOLDERS, renames=CALTECH_RENAMES, ignored=("BACKGROUND_Google", "Faces_easy")),
+    _coop("oxford_pets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "pets_annotations",
+          "annotations/trainval.txt and test.txt"),
+    _coop("stanford_cars", "stanford_cars", "", "split_zhou_StanfordCars.json", "cars_mat",
+          "the devkit .mat files"),
+    _coop("oxford_flowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "flowers_mat",
+          "imagelabels.mat and cat_to_name.json"),
+    _coop("food101", "food-101", "images", "split_zhou_Food101.json", "class_folders", _FOLDERS),
+    DatasetSpec("fgvc_aircraft", "fgvc_aircraft", "images", "aircraft_lists", TEMPLATES["fgvc_aircraft"]),
+    _coop("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", "sun397_lists",
+          "ClassName.txt, Training_01.txt and Testing_01.txt"),
+    _coop("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", "class_folders", _FOLDERS),
+    _coop("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json", "class_folders", _FOLDERS,
+          renames=EUROSAT_RENAMES),
+    _coop("ucf101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "ucf101_lists",
+          "ucfTrainTestlist/trainlist01.txt and testlist01.txt"),
+    _test_only("imagenetv2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "index_test_folders"),
+    _test_only("imagenet_sketch", "imagenet-sketch", "images", "wnid_test_folders"),
+    _test_only("imagenet_a", "imagenet-adversarial", "imagenet-a", "wnid_test_folders", ignored=_README),
+    _test_only("imagenet_r", "imagenet-rendition", "imagenet-r", "wnid_test_folders", ignored=_README),
+    DatasetSpec("imagefolder", "", "", "imagefolder", TEMPLATES["imagefolder"]),
+)}
+# fmt: on
+
+for _spec in SPECS.values():
+    DATASETS.register(_spec.name, _spec.load)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tailprompt.backbone import load_backbone
 from tailprompt.prompts import LEARNERS
 
 # Names with different BPE lengths (1, 2 after "_" -> " ", 3 tokens) so class-token layouts differ.
@@ -13,24 +14,9 @@ OTHER_CLASSNAMES = ["tree", "red car"]
 TEMPLATE = "a photo of a {}."
 
 
-def _tiny_vit():
-    try:
-        from tailprompt.backbone import load_backbone
-    except ImportError:  # the backbone package is written concurrently; build it from its parts
-        load_backbone = None
-    if load_backbone is not None:
-        return load_backbone("tiny-vit")
-    from tailprompt.backbone.architectures import architecture, build_model
-    from tailprompt.backbone.frozen import FrozenVLM
-
-    arch = architecture("tiny-vit")
-    model = build_model(arch, quick_gelu=False, seed=0)
-    return FrozenVLM(model, arch="tiny-vit", identity="tiny-vit@random:0", embed_dim=arch.config["embed_dim"])
-
-
 @pytest.fixture(scope="session")
 def backbone():
-    return _tiny_vit()
+    return load_backbone("tiny-vit")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from tailprompt.cli import UserError
 from tailprompt.prompts.cocoop import CoCoOp
 from tailprompt.prompts.coop import CoOp
 from tailprompt.prompts.maple import MaPLe
@@ -270,7 +271,7 @@ def test_maple_random_init_beyond_four_tokens(backbone):
 
 def test_maple_refuses_a_convolutional_image_tower():
     conv = types.SimpleNamespace(has_vit=False, vision_width=None, arch="embedded")
-    with pytest.raises(ValueError, match="convolutional image tower"):
+    with pytest.raises(UserError, match="convolutional image tower"):  # one line from the CLI
         MaPLe(conv, CLASSNAMES)
 
 

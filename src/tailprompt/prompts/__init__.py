@@ -2,6 +2,6 @@
 
 from tailprompt.prompts import cocoop, coop, kgcoop, maple, zeroshot  # noqa: F401  (registration)
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
-from tailprompt.prompts.common import PromptStateError
+from tailprompt.prompts.common import LearnerError, PromptStateError
 
-__all__ = ["LEARNERS", "LearnerSpec", "PromptStateError"]
+__all__ = ["LEARNERS", "LearnerError", "LearnerSpec", "PromptStateError"]

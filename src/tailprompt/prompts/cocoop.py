@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
+    LearnerError,
     assemble_prompts,
     class_prompts,
     count_words,
@@ -51,7 +52,7 @@ class CoCoOpConfig:
 def meta_net(vis_dim: int, ctx_dim: int) -> nn.Sequential:
     """The reference's Meta-Net, with its parameter names (`linear1.*`, `linear2.*`)."""
     if vis_dim // 16 < 1:
-        raise ValueError(
+        raise LearnerError(
             f"cocoop: the meta-net needs an embedding width >= 16 (vis_dim // 16), got {vis_dim}"
         )
     return nn.Sequential(
@@ -124,7 +125,7 @@ class CoCoOp(nn.Module):
         through the text tower in one call of up to `max_sequences_per_call` sequences.
         """
         if image_feats is None:
-            raise ValueError("cocoop is instance-conditioned: text_features needs image_feats [B, D]")
+            raise LearnerError("cocoop is instance-conditioned: text_features needs image_feats [B, D]")
         b, k = image_feats.shape[0], self.token_prefix.shape[0]
         limit = self.max_sequences_per_call
         step = b if limit == 0 else max(1, limit // k)

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tailprompt.cli import UserError
+
 # The rest of a reference whole-model checkpoint (MaPLe saves `CustomCLIP.state_dict()`): frozen CLIP
 # weights, never prompt parameters.
 _REFERENCE_FROZEN_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale")
@@ -29,7 +31,14 @@ _REFERENCE_FROZEN_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale")
 REFERENCE_BUFFER_KEYS = ("token_prefix", "token_suffix", "token_midfix")
 
 
-class PromptStateError(ValueError):
+class LearnerError(UserError, ValueError):
+    """A learner cannot be built or moved as asked; the message names the setting and what was expected.
+
+    A `UserError`, so CLI commands print it as one line.
+    """
+
+
+class PromptStateError(LearnerError):
     """A prompt state dict does not fit the learner; the message lists the offending keys and shapes."""
 
 
@@ -62,7 +71,7 @@ def word_context(backbone: Any, text: str, n_ctx: int) -> Tensor:
     tokens = backbone.tokenize([text])
     n_tokens = int(backbone.eot_positions(tokens)[0]) - 1
     if n_tokens < n_ctx:
-        raise ValueError(
+        raise LearnerError(
             f"ctx_init {text!r} has {n_tokens} tokens, fewer than n_ctx={n_ctx}; use a longer init "
             "text, a smaller n_ctx or ctx_init='' for random contexts"
         )
@@ -102,7 +111,7 @@ def class_prompts(backbone: Any, classnames: Sequence[str], prefix_text: str, n_
         n_ctx: number of context positions after SOS.
     """
     if not classnames:
-        raise ValueError("a prompt learner needs at least one class name")
+        raise LearnerError("a prompt learner needs at least one class name")
     names = clean_classnames(classnames)
     # Out-of-vocabulary warnings come from the class names alone: the "X" placeholders of the full
     # prompts are replaced by the context, and the init words warned when the context was built.
@@ -290,7 +299,7 @@ def load_prompt_state_into(
 def check_template(template: str, learner: str) -> str:
     """A zero-shot template must hold one `{}` for the class name."""
     if not isinstance(template, str) or len(re.findall(r"\{\}", template)) != 1:
-        raise ValueError(
+        raise LearnerError(
             f"{learner}: template {template!r} must contain exactly one '{{}}' for the class name"
         )
     return template

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
+    LearnerError,
     assemble_prompts,
     class_prompts,
     class_token_order,
@@ -113,7 +114,7 @@ class CoOp(nn.Module):
             ValueError: class-specific contexts cannot move to a different number of classes.
         """
         if self.csc and len(classnames) != self.ctx.shape[0]:
-            raise ValueError(
+            raise LearnerError(
                 f"{self.name}: class-specific contexts (csc=true) hold one context per class "
                 f"({self.ctx.shape[0]} classes) and cannot transfer to {len(classnames)} classes"
             )

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
+    LearnerError,
     assemble_prompts,
     backbone_dtype,
     class_prompts,
@@ -106,7 +107,7 @@ class MaPLe(nn.Module):
     ) -> None:
         super().__init__()
         if not getattr(backbone, "has_vit", False) or backbone.vision_width is None:
-            raise ValueError(
+            raise LearnerError(
                 f"maple prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
                 "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
                 "backbone.name=tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"

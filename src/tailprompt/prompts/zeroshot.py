@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
+    LearnerError,
     check_template,
     clean_classnames,
     frozen_image_features,
@@ -85,7 +86,7 @@ class ZeroShot(nn.Module):
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Encode the class features of a new label space with that dataset's `template`."""
         if not classnames:
-            raise ValueError("zeroshot: needs at least one class name")
+            raise LearnerError("zeroshot: needs at least one class name")
         if self.config.ensemble:
             templates = list(self.config.templates)
             if self.config.add_dataset_template and template not in templates:

@@ -120,6 +120,9 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path,
 
         state_dict = convert_to_custom_text_state_dict(state_dict)
     expected = model.state_dict()
+    # Non-persistent buffers (the causal attn_mask) are rebuilt by the model; TorchScript archives save them.
+    rebuilt = {name for name, _ in model.named_buffers()} - set(expected)
+    state_dict = {k: v for k, v in state_dict.items() if k not in rebuilt}
     for key, value in state_dict.items():
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise BackboneError(

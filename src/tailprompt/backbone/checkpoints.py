@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,10 @@ def read_torchscript_state_dict(path: str | os.PathLike[str]) -> dict[str, objec
     """Load a TorchScript archive and return its state dict. Runs code from the file: ask the user first."""
     path = Path(path)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch >= 2.9 marks TorchScript deprecated; reading OpenAI's archives is the one use left here.
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # torch raises RuntimeError subclasses with long C++ traces
         raise BackboneError(f"cannot read TorchScript archive {path}: {error_summary(e)}") from e
     return dict(module.state_dict())

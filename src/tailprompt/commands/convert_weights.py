@@ -95,4 +95,3 @@ def convert_weights(
     with atomic_path(dst) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return {**metadata, "tensors": str(len(tensors))}
-

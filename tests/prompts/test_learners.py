@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,3 +208,12 @@ def test_train_mode_leaves_backbone_in_eval(name, backbone):
     learner.train()
     assert not backbone.training
     assert all(not n.startswith(("model.", "backbone.")) for n, _ in learner.named_parameters())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_deepcopy_shares_the_backbone_and_copies_prompts(name, backbone):
+    learner = build(name, backbone)
+    clone = copy.deepcopy(learner)
+    assert clone.backbone is backbone
+    for key, p in clone.named_parameters():
+        assert p.data_ptr() != dict(learner.named_parameters())[key].data_ptr()

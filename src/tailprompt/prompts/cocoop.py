@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
+    SharedBackbone,
     assemble_prompts,
     class_prompts,
     count_words,
@@ -79,7 +80,7 @@ class CoCoOp(nn.Module):
     ) -> None:
         super().__init__()
         check_context_config(n_ctx, ctx_init)
-        self.__dict__["backbone"] = backbone  # by reference: never a submodule (see prompts.common)
+        self._shared = SharedBackbone(backbone)
         self.max_sequences_per_call = max_sequences_per_call
         # Same construction (and global-RNG) order as the reference: ctx, then the meta-net.
         if ctx_init:
@@ -95,6 +96,11 @@ class CoCoOp(nn.Module):
         self.meta_net = meta_net(backbone.embed_dim, backbone.text_width).to(backbone.device)
         self.classnames: list[str] = []
         self.set_classnames(classnames, "{}")
+
+    @property
+    def backbone(self) -> Any:
+        """The frozen `FrozenVLM` (shared, not a submodule)."""
+        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Rebuild the class-name buffers for a new label space; `ctx` and the meta-net are kept."""

@@ -42,6 +42,20 @@ class PromptStateError(LearnerError):
     """A prompt state dict does not fit the learner; the message lists the offending keys and shapes."""
 
 
+class SharedBackbone:
+    """Holds a learner's frozen backbone by reference.
+
+    Not an `nn.Module` attribute, so `parameters()`/`state_dict()` stay prompts-only and `.train()`
+    does not reach the backbone; `copy.deepcopy(learner)` shares the backbone instead of copying it.
+    """
+
+    def __init__(self, backbone: Any) -> None:
+        self.backbone = backbone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedBackbone:
+        return self
+
+
 def clean_classnames(classnames: Sequence[str]) -> list[str]:
     """Class names as the references write them into prompts (`_` -> space)."""
     return [name.replace("_", " ") for name in classnames]

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
+    SharedBackbone,
     assemble_prompts,
     class_prompts,
     class_token_order,
@@ -86,7 +87,7 @@ class CoOp(nn.Module):
     ) -> None:
         super().__init__()
         check_context_config(n_ctx, ctx_init, csc)
-        self.__dict__["backbone"] = backbone  # by reference: never a submodule (see prompts.common)
+        self._shared = SharedBackbone(backbone)
         self.name = name
         self.class_token_position = class_token_position
         self.csc = csc
@@ -104,6 +105,11 @@ class CoOp(nn.Module):
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.classnames: list[str] = []
         self.set_classnames(classnames, "{}")
+
+    @property
+    def backbone(self) -> Any:
+        """The frozen `FrozenVLM` (shared, not a submodule)."""
+        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Rebuild the class-name buffers for a new label space; the context is kept.

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
+    SharedBackbone,
     assemble_prompts,
     backbone_dtype,
     class_prompts,
@@ -112,7 +113,7 @@ class MaPLe(nn.Module):
                 "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
                 "backbone.name=tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"
             )
-        self.__dict__["backbone"] = backbone  # by reference: never a submodule (see prompts.common)
+        self._shared = SharedBackbone(backbone)
         self.prompt_depth = effective_depth(backbone, prompt_depth)
         self.n_ctx = n_ctx
         width, vision_width = backbone.text_width, backbone.vision_width
@@ -137,6 +138,11 @@ class MaPLe(nn.Module):
         self.to(backbone.device)
         self.classnames: list[str] = []
         self.set_classnames(classnames, "{}")
+
+    @property
+    def backbone(self) -> Any:
+        """The frozen `FrozenVLM` (shared, not a submodule)."""
+        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Rebuild the class-name buffers for a new label space; every prompt parameter is kept."""

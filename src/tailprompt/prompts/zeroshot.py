@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
+    SharedBackbone,
     check_template,
     clean_classnames,
     frozen_image_features,
@@ -77,11 +78,16 @@ class ZeroShot(nn.Module):
 
     def __init__(self, backbone: Any, classnames: list[str], template: str, config: ZeroshotConfig) -> None:
         super().__init__()
-        self.__dict__["backbone"] = backbone  # by reference: never a submodule (see prompts.common)
+        self._shared = SharedBackbone(backbone)
         self.config = config
         self.classnames: list[str] = []
         self.templates: list[str] = []
         self.set_classnames(classnames, template)
+
+    @property
+    def backbone(self) -> Any:
+        """The frozen `FrozenVLM` (shared, not a submodule)."""
+        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Encode the class features of a new label space with that dataset's `template`."""

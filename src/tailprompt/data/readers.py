@@ -131,7 +131,7 @@ class DatasetSpec:
 
     def load(self, root: Path | None, options: dict[str, Any]) -> DatasetSplits:
         """Read the dataset under `root` (CoOp's DATA/); layout errors raise `DatasetError`."""
-        opts = from_dict(ReaderOptions, options, where=f"{self.name} options")
+        opts = from_dict(ReaderOptions, options, where="data.options")
         if opts.template is not None and opts.template.count("{}") != 1:
             raise DatasetError(f"{self.name} options.template: expected one '{{}}', got {opts.template!r}")
         if root is None:

@@ -1,0 +1,250 @@
+"""Readers: class names, keys, templates and errors on miniature trees in the real layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tailprompt.config import ConfigError
+from tailprompt.data import DATASETS, DatasetError, load_dataset
+from tailprompt.data.fixtures import EUROSAT_NAMES, TREES, make_dataset_tree, make_eurosat_tree
+from tailprompt.data.readers import SPECS, TEMPLATES
+
+BENCHMARKS = [
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+    "sun397", "dtd", "eurosat", "ucf101", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r",
+]  # fmt: skip
+
+
+def test_every_coop_name_and_imagefolder_is_registered():
+    for name in [*BENCHMARKS, "imagefolder"]:
+        assert name in DATASETS and name in SPECS and name in TREES
+
+
+IN6 = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray"]
+
+# name -> (expected class names of the miniature tree, a test key)
+EXPECTED = {
+    "eurosat": (EUROSAT_NAMES, "2750/AnnualCrop/AnnualCrop_6.jpg"),
+    "dtd": (["banded", "blotchy", "braided", "bubbly", "bumpy", "chequered"],
+            "images/banded/banded_0006.jpg"),
+    "caltech101": (["face", "leopard", "motorbike", "accordion", "airplane", "anchor"],
+                   "101_ObjectCategories/Faces/image_0006.jpg"),
+    "oxford_pets": (["abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle",
+                     "bengal"], "images/Abyssinian_6.jpg"),
+    "sun397": (["abbey", "airplane_cabin", "shop bakery", "bedroom", "outdoor church"],
+               "SUN397/a/abbey/sun_00000005.jpg"),
+    "ucf101": (["Apply_Eye_Makeup", "Apply_Lipstick", "Archery", "Baby_Crawling", "Yo_Yo"],
+               "UCF-101-midframes/Apply_Eye_Makeup/v_ApplyEyeMakeup_g06_c01.jpg"),
+    "stanford_cars": (["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2012 Acura TL Sedan",
+                       "2012 Audi TTS Coupe"], "cars_test/00001.jpg"),
+    "oxford_flowers": (["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
+                        "english marigold"], "jpg/image_00006.jpg"),
+    "food101": (["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare"],
+                "images/apple_pie/100005.jpg"),
+    "fgvc_aircraft": (["707-320", "727-200", "737-200", "A300B4", "F/A-18"], "images/1000005.jpg"),
+    "imagenet": (IN6, "images/val/n01440764/ILSVRC2012_val_00000001.JPEG"),
+    # -A/-R: the variant's own wnid folders in sorted order, names from the 1000-line classnames.txt
+    "imagenet_a": (["goldfish", "tiger shark", "electric ray"], "imagenet-a/n01443537/n01443537_v1.jpg"),
+    "imagenet_r": (["tench", "great white shark", "hammerhead shark"],
+                   "imagenet-r/n01440764/n01440764_v1.jpg"),
+    "imagenet_sketch": (IN6, "images/n01440764/n01440764_v1.jpg"),
+    "imagenetv2": (IN6, "imagenetv2-matched-frequency-format-val/0/" + "0" * 40 + ".jpeg"),
+    "imagefolder": (["cat", "dog", "red_fox", "zebra"], "cat/cat_2.jpg"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_reader_class_names_keys_and_template(tmp_path, name):
+    names, test_key = EXPECTED[name]
+    ds = load_dataset(name, make_dataset_tree(name, tmp_path))
+    assert ds.classnames == names
+    assert ds.template == TEMPLATES[name]
+    assert test_key in {it.key for it in ds.test}
+    for split in (ds.train, ds.val, ds.test):  # every key is a real file, labels match names
+        for it in split:
+            assert (ds.root / it.key).is_file()
+            assert ds.classnames[it.label] == it.classname
+    assert ds.load_image(ds.test[0]).mode == "RGB"
+    if SPECS[name].test_only:
+        assert ds.train == [] and ds.val == [] and ds.test
+    else:
+        assert ds.train and ds.test and {it.label for it in ds.train} == set(range(ds.num_classes))
+
+
+def test_templates_match_coop_zeroshot_table():
+    assert TEMPLATES["eurosat"] == "a centered satellite photo of {}."
+    assert TEMPLATES["dtd"] == "{} texture."
+    assert TEMPLATES["ucf101"] == "a photo of a person doing {}."
+    assert TEMPLATES["food101"] == "a photo of {}, a type of food."
+    assert TEMPLATES["oxford_pets"] == "a photo of a {}, a type of pet."
+
+
+def test_ensemble_templates_add_dataset_template_except_imagenet(tmp_path):
+    eurosat = load_dataset("eurosat", make_dataset_tree("eurosat", tmp_path, num_classes=2))
+    imagenet = load_dataset("imagenet", make_dataset_tree("imagenet", tmp_path, num_classes=2))
+    assert len(imagenet.templates) == 7 and len(eurosat.templates) == 8
+    assert eurosat.templates[-1] == eurosat.template and imagenet.template not in imagenet.templates
+
+
+def test_imagenet_val_is_test_and_labels_follow_sorted_wnids(tmp_path):
+    ds = load_dataset("imagenet", make_dataset_tree("imagenet", tmp_path, images_per_class=4))
+    assert ds.val == ds.test and len(ds.train) == 6 * 4
+    goldfish = [it for it in ds.train if it.key.startswith("images/train/n01443537/")]
+    assert goldfish and all(it.label == 1 for it in goldfish)
+
+
+def test_imagenet_a_ignores_readme_and_uses_sorted_variant_wnids(tmp_path):
+    root = make_dataset_tree("imagenet_a", tmp_path, images_per_class=2)
+    assert (root / "imagenet-adversarial/imagenet-a/README.txt").is_file()
+    ds = load_dataset("imagenet_a", root)
+    labels = {it.key.split("/")[1]: it.label for it in ds.test}
+    assert labels == {"n01443537": 0, "n01491361": 1, "n01496331": 2}
+
+
+def test_split_json_is_read_verbatim(tmp_path):
+    """Labels, names and membership come from the json, not from the folders."""
+    root = make_eurosat_tree(tmp_path, images_per_class=10)
+    split_path = root / "eurosat/split_zhou_EuroSAT.json"
+    split = json.loads(split_path.read_text())
+    split["train"] = [["Forest/Forest_1.jpg", 0, "woods"], ["River/River_1.jpg", 1, "stream"]]
+    split["val"], split["test"] = [], [["River/River_2.jpg", 1, "stream"]]
+    split_path.write_text(json.dumps(split))
+    ds = load_dataset("eurosat", root)
+    assert ds.classnames == ["woods", "stream"]
+    assert [it.key for it in ds.train] == ["2750/Forest/Forest_1.jpg", "2750/River/River_1.jpg"]
+
+
+def test_missing_split_json_names_it_and_generate_split_is_deterministic(tmp_path):
+    root = make_dataset_tree("dtd", tmp_path, split_file=False, num_classes=3)
+    with pytest.raises(
+        DatasetError, match=r"split_zhou_DescribableTextures\.json: missing split file.*generate_split"
+    ):
+        load_dataset("dtd", root)
+    a = load_dataset("dtd", root, {"generate_split": True})
+    b = load_dataset("dtd", root, {"generate_split": True})
+    c = load_dataset("dtd", root, {"generate_split": True, "split_seed": 5})
+    assert a.train == b.train and a.test == b.test
+    assert a.train != c.train
+    assert (len(a.train), len(a.val), len(a.test)) == (
+        3 * 3,
+        3 * 1,
+        3 * 2,
+    )  # 6 images: round 50% / 20% / rest
+    assert not (root / "dtd/split_zhou_DescribableTextures.json").exists()  # nothing written into the dataset
+
+
+@pytest.mark.parametrize("name", ["eurosat", "caltech101", "oxford_pets", "sun397", "ucf101", "food101"])
+def test_generated_split_reproduces_reference_class_names(tmp_path, name):
+    """The raw-file readers apply the same name fixes CoOp baked into its split files."""
+    with_json = load_dataset(name, make_dataset_tree(name, tmp_path / "a"))
+    generated = load_dataset(
+        name, make_dataset_tree(name, tmp_path / "b", split_file=False), {"generate_split": True}
+    )
+    assert generated.classnames == with_json.classnames
+    assert {it.key for s in (generated.train, generated.val, generated.test) for it in s} == {
+        it.key for s in (with_json.train, with_json.val, with_json.test) for it in s
+    }
+
+
+@pytest.mark.parametrize("name", ["stanford_cars", "oxford_flowers"])
+def test_mat_readers(tmp_path, name):
+    pytest.importorskip("scipy")
+    with_json = load_dataset(name, make_dataset_tree(name, tmp_path / "a"))
+    generated = load_dataset(
+        name, make_dataset_tree(name, tmp_path / "b", split_file=False), {"generate_split": True}
+    )
+    assert generated.classnames == with_json.classnames
+    assert sorted(it.key for it in generated.test + generated.val + generated.train) == sorted(
+        it.key for it in with_json.test + with_json.val + with_json.train
+    )
+
+
+def test_errors_name_the_path(tmp_path):
+    with pytest.raises(DatasetError, match=r"eurosat: missing folder"):
+        load_dataset("eurosat", tmp_path)
+    with pytest.raises(DatasetError, match="needs a root"):
+        load_dataset("eurosat", None)
+    root = make_eurosat_tree(tmp_path, images_per_class=3)
+    split_path = root / "eurosat/split_zhou_EuroSAT.json"
+    split_path.write_text("{not json")
+    with pytest.raises(DatasetError, match=r"split_zhou_EuroSAT\.json: malformed split file, not valid JSON"):
+        load_dataset("eurosat", root)
+    split_path.write_text(json.dumps({"train": [["../escape.jpg", 0, "x"]], "val": [], "test": []}))
+    with pytest.raises(
+        DatasetError, match=r"malformed split file, train\[0\]: expected a relative image path"
+    ):
+        load_dataset("eurosat", root)
+    split_path.write_text(json.dumps({"train": [["a.jpg", "zero", "x"]], "val": [], "test": []}))
+    with pytest.raises(DatasetError, match=r"train\[0\]: expected a label"):
+        load_dataset("eurosat", root)
+    split_path.write_text(json.dumps({"train": [], "val": []}))
+    with pytest.raises(DatasetError, match="expected an object with lists"):
+        load_dataset("eurosat", root)
+    split_path.write_text(
+        json.dumps({"train": [["a.jpg", 0, "x"], ["b.jpg", 2, "y"]], "val": [], "test": []})
+    )
+    with pytest.raises(DatasetError, match=r"labels must be 0\.\.2 without gaps; missing \[1\]"):
+        load_dataset("eurosat", root)
+
+
+def test_options_are_checked(tmp_path):
+    root = make_eurosat_tree(tmp_path, images_per_class=3)
+    with pytest.raises(ConfigError, match="unknown key data.options.'splitfile'"):
+        load_dataset("eurosat", root, {"splitfile": "x.json"})
+    with pytest.raises(DatasetError, match="template"):
+        load_dataset("eurosat", root, {"template": "no placeholder"})
+    assert (
+        load_dataset("eurosat", root, {"template": "satellite image of {}."}).template
+        == "satellite image of {}."
+    )
+
+
+def test_imagenet_classnames_file_must_list_every_folder(tmp_path):
+    root = make_dataset_tree("imagenet_sketch", tmp_path, images_per_class=2)
+    (root / "imagenet-sketch/images/n99999999").mkdir()
+    with pytest.raises(DatasetError, match=r"n99999999.*not listed in .*classnames\.txt"):
+        load_dataset("imagenet_sketch", root)
+
+
+def test_imagefolder_split_csv_and_folder_option(tmp_path):
+    data = tmp_path / "mine"
+    make_dataset_tree("imagefolder", data, images_per_class=3, num_classes=2)
+    (data / "split.csv").write_text(
+        "path,split\ncat/cat_0.jpg,train\ndog/dog_1.png,train\ncat/cat_2.jpg,test\n"
+    )
+    ds = load_dataset(
+        "imagefolder", tmp_path, {"folder": "mine", "split_file": "split.csv", "template": "{}!"}
+    )
+    assert ds.classnames == ["cat", "dog"] and ds.template == "{}!"
+    assert [(it.key, it.label) for it in ds.train] == [("cat/cat_0.jpg", 0), ("dog/dog_1.png", 1)]
+    assert [it.key for it in ds.test] == ["cat/cat_2.jpg"] and ds.val == []
+    (data / "split.csv").write_text("path,split\ncat/cat_0.jpg,training\n")
+    with pytest.raises(DatasetError, match=r"split\.csv:2: split must be train, val or test"):
+        load_dataset("imagefolder", data, {"split_file": "split.csv"})
+
+
+def test_imagefolder_without_csv_keeps_a_training_image_per_class(tmp_path):
+    make_dataset_tree("imagefolder", tmp_path, images_per_class=1, num_classes=2)
+    ds = load_dataset("imagefolder", tmp_path)
+    assert len(ds.train) == 2 and ds.val == [] and ds.test == []
+
+
+def test_trees_are_deterministic(tmp_path):
+    a = make_eurosat_tree(tmp_path / "a", images_per_class=3) / "eurosat"
+    b = make_eurosat_tree(tmp_path / "b", images_per_class=3) / "eurosat"
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / p).read_bytes() == (b / p).read_bytes() for p in files_a)
+
+
+def test_file_identity_changes_when_the_file_changes(tmp_path):
+    ds = load_dataset("eurosat", make_eurosat_tree(tmp_path, images_per_class=3))
+    item = ds.train[0]
+    before = ds.image_identity(item)
+    assert before == ds.image_identity(item) and str(Path(ds.root) / item.key) in before
+    path = ds.root / item.key
+    path.write_bytes(path.read_bytes() + b"\0")
+    assert ds.image_identity(item) != before

@@ -198,6 +198,23 @@ def test_auto_keeps_clusters_of_at_least_two_classes():
     assert result.n_clusters >= 2
 
 
+def test_max_cluster_size_bounds_auto_partition():
+    # two groups of 6 classes spread evenly along a segment: silhouette prefers M=2 (sizes 6, 6)
+    offsets = torch.linspace(-0.3, 0.3, 6)
+    rows = [torch.eye(8)[0] + o * torch.eye(8)[2] for o in offsets]
+    rows += [torch.eye(8)[1] + o * torch.eye(8)[3] for o in offsets]
+    protos = torch.stack(rows)
+    assert select_clusters(protos, "auto").sizes == [6, 6]
+    bounded = select_clusters(protos, "auto", max_cluster_size=3)
+    assert bounded.assignment.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert "[2, 3]" in bounded.criterion
+    # an unreachable bound keeps the candidates closest to it instead of ignoring it
+    tight = select_clusters(protos, "auto", min_cluster_size=2, max_cluster_size=2)
+    assert max(tight.sizes) <= max(bounded.sizes) and min(tight.sizes) >= 2
+    with pytest.raises(ConfigError, match="max_cluster_size"):
+        from_dict(CPTConfig, {"min_cluster_size": 3, "max_cluster_size": 2})
+
+
 def test_fixed_and_degenerate_cluster_counts():
     protos, _ = grouped_prototypes([2, 2, 2])
     assert select_clusters(protos, 1).assignment.tolist() == [0] * 6

@@ -25,11 +25,14 @@ Choosing M (`n_clusters`): an integer fixes it; `"auto"` (the default) runs K-me
 M in [2, K // 2] (every integer when that range has at most 24 values, else 24 values spaced
 geometrically) and keeps the M with the best silhouette score (Euclidean on the normalised
 prototypes, the geometry K-means optimises) among partitions whose clusters all hold at least
-`min_cluster_size` (2) classes, so that every class takes part in some ETF. If no candidate meets the
-size rule the best silhouette overall is used; with K < 4 there is no candidate and all classes form
-one cluster. K-means is scikit-learn's (k-means++, n_init=10, random_state=`cluster_seed`=0), never
-the run seed, so the partition is identical for every run seed. Cluster ids are renumbered in order
-of first appearance in class order.
+`min_cluster_size` (2) classes, so that every class takes part in some ETF, and, when
+`max_cluster_size` is set, at most that many (a third-party summary of CPT mentions clusters of "up
+to 16 prototypes"; silhouette alone tends to favour few large clusters). If no candidate meets the
+upper bound, the candidates whose largest cluster is smallest are kept; if none meets the lower
+bound, all candidates are. With K < 4 there is no candidate and all classes form one cluster.
+K-means is scikit-learn's (k-means++, n_init=10, random_state = `cluster_seed` = 0), never the run
+seed, so the partition is identical for every run seed. Cluster ids are renumbered in order of first
+appearance in class order.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def select_clusters(
     n_clusters: int | str = "auto",
     seed: int = 0,
     min_cluster_size: int = 2,
+    max_cluster_size: int | None = None,
 ) -> ClusterResult:
     """K-means partition of the frozen class prototypes, with the rule that chose M.
 
@@ -123,7 +127,9 @@ def select_clusters(
         frozen_text_feats: `[K, D]` frozen class features (normalised here).
         n_clusters: a fixed M in [1, K], or `"auto"` (best silhouette, see the module docstring).
         seed: K-means `random_state`; a constant (0), deliberately not the run seed.
-        min_cluster_size: `"auto"` only keeps partitions whose clusters all have this many classes.
+        min_cluster_size: `"auto"` prefers partitions whose clusters all have at least this many classes.
+        max_cluster_size: `"auto"` prefers partitions whose clusters all have at most this many
+            classes (None: no upper bound).
     """
     if frozen_text_feats.dim() != 2:
         raise ValueError(f"frozen_text_feats must be [K, D], got shape {tuple(frozen_text_feats.shape)}")
@@ -132,7 +138,7 @@ def select_clusters(
     if isinstance(n_clusters, str):
         if n_clusters != "auto":
             raise ValueError(f"n_clusters: expected 'auto' or an integer, got {n_clusters!r}")
-        return _auto_clusters(points, seed, min_cluster_size)
+        return _auto_clusters(points, seed, min_cluster_size, max_cluster_size)
     if not 1 <= n_clusters <= num_classes:
         raise ValueError(f"n_clusters: expected an integer in [1, K={num_classes}], got {n_clusters}")
     if n_clusters == 1:
@@ -142,7 +148,9 @@ def select_clusters(
     return ClusterResult(torch.from_numpy(labels), f"fixed: n_clusters={n_clusters}")
 
 
-def _auto_clusters(points: np.ndarray, seed: int, min_cluster_size: int) -> ClusterResult:
+def _auto_clusters(
+    points: np.ndarray, seed: int, min_cluster_size: int, max_cluster_size: int | None
+) -> ClusterResult:
     from sklearn.metrics import silhouette_score
 
     num_classes = points.shape[0]
@@ -164,10 +172,21 @@ def _auto_clusters(points: np.ndarray, seed: int, min_cluster_size: int) -> Clus
         return ClusterResult(
             torch.zeros(num_classes, dtype=torch.long), "auto: prototypes indistinguishable; one cluster"
         )
-    big_enough = [m for m in scores if np.bincount(partitions[m]).min() >= min_cluster_size]
-    pool = big_enough or list(scores)
+    smallest = {m: int(np.bincount(labels).min()) for m, labels in partitions.items()}
+    largest = {m: int(np.bincount(labels).max()) for m, labels in partitions.items()}
+    pool = [m for m in scores if smallest[m] >= min_cluster_size]
+    rule = f"clusters >= {min_cluster_size} classes"
+    if not pool:
+        pool, rule = list(scores), f"no M gave clusters >= {min_cluster_size} classes; any sizes"
+    elif max_cluster_size is not None:
+        bounded = [m for m in pool if largest[m] <= max_cluster_size]
+        rule = f"cluster sizes in [{min_cluster_size}, {max_cluster_size}]"
+        if not bounded:  # get as close to the bound as the candidates allow
+            closest = min(largest[m] for m in pool)
+            bounded = [m for m in pool if largest[m] == closest]
+            rule = f"clusters >= {min_cluster_size} classes, none <= {max_cluster_size}: largest {closest}"
+        pool = bounded
     best = max(pool, key=lambda m: (scores[m], -m))  # ties -> fewer clusters
-    rule = f"clusters >= {min_cluster_size} classes" if big_enough else "no M met the size rule; any size"
     criterion = (
         f"auto: best silhouette {scores[best]:.4f} at M={best} over M in "
         f"{candidates[0]}..{candidates[-1]} ({len(candidates)} candidates), {rule}"
@@ -176,14 +195,18 @@ def _auto_clusters(points: np.ndarray, seed: int, min_cluster_size: int) -> Clus
 
 
 def semantic_clusters(
-    frozen_text_feats: Tensor, n_clusters: int | str = "auto", seed: int = 0, min_cluster_size: int = 2
+    frozen_text_feats: Tensor,
+    n_clusters: int | str = "auto",
+    seed: int = 0,
+    min_cluster_size: int = 2,
+    max_cluster_size: int | None = None,
 ) -> Tensor:
     """CPT's frozen semantic partition: `[K, D]` frozen prototypes -> LongTensor `[K]` cluster ids.
 
     Run once before training; independent of the run seed (`seed` is K-means' own, default 0).
     See `select_clusters` for the criterion that chose M.
     """
-    return select_clusters(frozen_text_feats, n_clusters, seed, min_cluster_size).assignment
+    return select_clusters(frozen_text_feats, n_clusters, seed, min_cluster_size, max_cluster_size).assignment
 
 
 # ----------------------------------------------------------------------------- losses
@@ -257,8 +280,9 @@ def rotation_stability_loss(text_feats: Tensor, frozen_text_feats: Tensor) -> Te
 
 @dataclass
 class CPTConfig:
-    n_clusters: int | str = "auto"  # fixed M, or "auto" (best silhouette, clusters >= min_cluster_size)
-    min_cluster_size: int = 2  # "auto" only
+    n_clusters: int | str = "auto"  # fixed M, or "auto" (best silhouette under the size rules)
+    min_cluster_size: int = 2  # "auto" only: smallest cluster wanted
+    max_cluster_size: int | None = None  # "auto" only: largest cluster wanted (None = no bound)
     cluster_seed: int = 0  # K-means random_state; never the run seed
 
     def __post_init__(self) -> None:
@@ -268,6 +292,11 @@ class CPTConfig:
             raise ValueError(f"n_clusters: expected a positive integer, got {self.n_clusters}")
         if self.min_cluster_size < 1:
             raise ValueError(f"min_cluster_size: expected >= 1, got {self.min_cluster_size}")
+        if self.max_cluster_size is not None and self.max_cluster_size < self.min_cluster_size:
+            raise ValueError(
+                f"max_cluster_size: expected >= min_cluster_size ({self.min_cluster_size}), "
+                f"got {self.max_cluster_size}"
+            )
 
 
 def _log_clusters(result: ClusterResult, classnames: list[str] | None) -> None:
@@ -288,7 +317,9 @@ def build_cpt(cfg: CPTConfig, context: dict[str, Any]):
     fixed: dict[str, Tensor] = {}
 
     def cluster(frozen: Tensor) -> None:
-        result = select_clusters(frozen, cfg.n_clusters, cfg.cluster_seed, cfg.min_cluster_size)
+        result = select_clusters(
+            frozen, cfg.n_clusters, cfg.cluster_seed, cfg.min_cluster_size, cfg.max_cluster_size
+        )
         fixed["cpu"] = result.assignment
         record["clusters"] = result.record()
         _log_clusters(result, context.get("classnames"))

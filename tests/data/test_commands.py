@@ -53,9 +53,7 @@ def test_sample_reuses_fewshot_ids_and_prints_a_table(tmp_path, capsys):
         "--fewshot-ids", str(ids), "--seed", "5", "--json",
     )  # fmt: skip
     assert code == 0 and json.loads(out)["ids"] == record["ids"]
-    code, out, _ = run(
-        capsys, "data", "sample", "--dataset", "eurosat", "--root", str(root), "--classes", "new"
-    )
+    code, out, _ = run(capsys, "data", "sample", "--dataset", "eurosat", "--root", str(root), "--classes", "new")
     assert code == 0 and "Pasture Land" in out and "Forest" not in out and "80 training images" in out
 
 
@@ -83,9 +81,7 @@ def test_check_names_unreadable_images(tmp_path, capsys):
     truncated = root / "sun397/SUN397/b/bedroom/sun_00300000.jpg"
     truncated.write_bytes(truncated.read_bytes()[:-60])  # header intact, scan data cut
     code, out, _ = run(capsys, "data", "check", "--dataset", "sun397", "--root", str(root))
-    assert (
-        code == 1 and f"{garbage.resolve()}: unreadable image" in out and str(truncated.resolve()) not in out
-    )
+    assert code == 1 and f"{garbage.resolve()}: unreadable image" in out and str(truncated.resolve()) not in out
     code, out, _ = run(capsys, "data", "check", "--dataset", "sun397", "--root", str(root), "--deep")
     assert code == 1 and f"{truncated.resolve()}: unreadable image" in out and "2 problem(s)" in out
 
@@ -111,9 +107,7 @@ def test_user_mistakes_give_one_line_and_exit_2(tmp_path, capsys):
     root = make_eurosat_tree(tmp_path, images_per_class=3)
     code, _, err = run(capsys, "data", "check", "--dataset", "eurosatt", "--root", str(root))
     assert code == 2 and "unknown dataset 'eurosatt'" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run(
-        capsys, "data", "sample", "--dataset", "eurosat", "--root", str(root), "--option", "nope=1"
-    )
+    code, _, err = run(capsys, "data", "sample", "--dataset", "eurosat", "--root", str(root), "--option", "nope=1")
     assert code == 2 and "nope" in err
     code, _, err = run(capsys, "data", "sample", "--dataset", "eurosat", "--root", str(tmp_path / "x"))
     assert code == 2 and "missing folder" in err
@@ -141,3 +135,9 @@ def test_features_command_caches_then_hits(tmp_path, capsys):
     assert code == 0 and "total: 40 hits, 0 misses" in out
     code, _, err = run(capsys, *argv, "--splits", "train,holdout")
     assert code == 2 and "--splits" in err
+    broken = root / "eurosat/2750/River/River_3.jpg"
+    broken.write_bytes(b"not a jpeg")
+    code, _, err = run(capsys, *argv, "--splits", "test")
+    assert code == 2 and f"{broken.resolve()}: cannot read image" in err and "Traceback" not in err
+    code, _, err = run(capsys, *argv[:2], "no-such-arch", *argv[3:])
+    assert code == 2 and "no-such-arch" in err

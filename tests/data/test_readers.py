@@ -119,9 +119,7 @@ def test_split_json_is_read_verbatim(tmp_path):
 
 def test_missing_split_json_names_it_and_generate_split_is_deterministic(tmp_path):
     root = make_dataset_tree("dtd", tmp_path, split_file=False, num_classes=3)
-    with pytest.raises(
-        DatasetError, match=r"split_zhou_DescribableTextures\.json: missing split file.*generate_split"
-    ):
+    with pytest.raises(DatasetError, match=r"split_zhou_DescribableTextures\.json: missing split file.*generate_split"):
         load_dataset("dtd", root)
     a = load_dataset("dtd", root, {"generate_split": True})
     b = load_dataset("dtd", root, {"generate_split": True})
@@ -140,9 +138,7 @@ def test_missing_split_json_names_it_and_generate_split_is_deterministic(tmp_pat
 def test_generated_split_reproduces_reference_class_names(tmp_path, name):
     """The raw-file readers apply the same name fixes CoOp baked into its split files."""
     with_json = load_dataset(name, make_dataset_tree(name, tmp_path / "a"))
-    generated = load_dataset(
-        name, make_dataset_tree(name, tmp_path / "b", split_file=False), {"generate_split": True}
-    )
+    generated = load_dataset(name, make_dataset_tree(name, tmp_path / "b", split_file=False), {"generate_split": True})
     assert generated.classnames == with_json.classnames
     assert {it.key for s in (generated.train, generated.val, generated.test) for it in s} == {
         it.key for s in (with_json.train, with_json.val, with_json.test) for it in s
@@ -153,9 +149,7 @@ def test_generated_split_reproduces_reference_class_names(tmp_path, name):
 def test_mat_readers(tmp_path, name):
     pytest.importorskip("scipy")
     with_json = load_dataset(name, make_dataset_tree(name, tmp_path / "a"))
-    generated = load_dataset(
-        name, make_dataset_tree(name, tmp_path / "b", split_file=False), {"generate_split": True}
-    )
+    generated = load_dataset(name, make_dataset_tree(name, tmp_path / "b", split_file=False), {"generate_split": True})
     assert generated.classnames == with_json.classnames
     assert sorted(it.key for it in generated.test + generated.val + generated.train) == sorted(
         it.key for it in with_json.test + with_json.val + with_json.train
@@ -173,9 +167,7 @@ def test_errors_name_the_path(tmp_path):
     with pytest.raises(DatasetError, match=r"split_zhou_EuroSAT\.json: malformed split file, not valid JSON"):
         load_dataset("eurosat", root)
     split_path.write_text(json.dumps({"train": [["../escape.jpg", 0, "x"]], "val": [], "test": []}))
-    with pytest.raises(
-        DatasetError, match=r"malformed split file, train\[0\]: expected a relative image path"
-    ):
+    with pytest.raises(DatasetError, match=r"malformed split file, train\[0\]: expected a relative image path"):
         load_dataset("eurosat", root)
     split_path.write_text(json.dumps({"train": [["a.jpg", "zero", "x"]], "val": [], "test": []}))
     with pytest.raises(DatasetError, match=r"train\[0\]: expected a label"):
@@ -183,9 +175,7 @@ def test_errors_name_the_path(tmp_path):
     split_path.write_text(json.dumps({"train": [], "val": []}))
     with pytest.raises(DatasetError, match="expected an object with lists"):
         load_dataset("eurosat", root)
-    split_path.write_text(
-        json.dumps({"train": [["a.jpg", 0, "x"], ["b.jpg", 2, "y"]], "val": [], "test": []})
-    )
+    split_path.write_text(json.dumps({"train": [["a.jpg", 0, "x"], ["b.jpg", 2, "y"]], "val": [], "test": []}))
     with pytest.raises(DatasetError, match=r"labels must be 0\.\.2 without gaps; missing \[1\]"):
         load_dataset("eurosat", root)
 
@@ -196,10 +186,7 @@ def test_options_are_checked(tmp_path):
         load_dataset("eurosat", root, {"splitfile": "x.json"})
     with pytest.raises(DatasetError, match="template"):
         load_dataset("eurosat", root, {"template": "no placeholder"})
-    assert (
-        load_dataset("eurosat", root, {"template": "satellite image of {}."}).template
-        == "satellite image of {}."
-    )
+    assert load_dataset("eurosat", root, {"template": "satellite image of {}."}).template == "satellite image of {}."
 
 
 def test_imagenet_classnames_file_must_list_every_folder(tmp_path):
@@ -212,12 +199,8 @@ def test_imagenet_classnames_file_must_list_every_folder(tmp_path):
 def test_imagefolder_split_csv_and_folder_option(tmp_path):
     data = tmp_path / "mine"
     make_dataset_tree("imagefolder", data, images_per_class=3, num_classes=2)
-    (data / "split.csv").write_text(
-        "path,split\ncat/cat_0.jpg,train\ndog/dog_1.png,train\ncat/cat_2.jpg,test\n"
-    )
-    ds = load_dataset(
-        "imagefolder", tmp_path, {"folder": "mine", "split_file": "split.csv", "template": "{}!"}
-    )
+    (data / "split.csv").write_text("path,split\ncat/cat_0.jpg,train\ndog/dog_1.png,train\ncat/cat_2.jpg,test\n")
+    ds = load_dataset("imagefolder", tmp_path, {"folder": "mine", "split_file": "split.csv", "template": "{}!"})
     assert ds.classnames == ["cat", "dog"] and ds.template == "{}!"
     assert [(it.key, it.label) for it in ds.train] == [("cat/cat_0.jpg", 0), ("dog/dog_1.png", 1)]
     assert [it.key for it in ds.test] == ["cat/cat_2.jpg"] and ds.val == []

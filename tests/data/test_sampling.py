@@ -105,9 +105,7 @@ def test_class_subset_is_independent_of_other_classes(eurosat):
 
 
 def test_val_takes_min_shots_4(eurosat, tmp_path):
-    assert (
-        len(sample_training_set(eurosat, 16, 1.0, seed=1).val_items) == 10 * 2
-    )  # only 2 val images per class
+    assert len(sample_training_set(eurosat, 16, 1.0, seed=1).val_items) == 10 * 2  # only 2 val images per class
     assert len(sample_training_set(eurosat, 1, 1.0, seed=1).val_items) == 10 * 1
     ds = load_dataset("imagenet", make_dataset_tree("imagenet", tmp_path, images_per_class=20))
     ts = sample_training_set(ds, 16, 1.0, seed=1)  # ImageNet val = test (5 images per class here)

@@ -8,6 +8,7 @@ import time
 from tailprompt.cli import UserError
 from tailprompt.commands.data import add_dataset_arguments, load_or_fail, reader_options
 from tailprompt.data.features import FeatureCache
+from tailprompt.data.files import DatasetError
 from tailprompt.data.sampling import sample_training_set
 from tailprompt.data.types import DatasetSplits, Item
 
@@ -15,24 +16,16 @@ SPLITS = ("train", "val", "test")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "features", help="precompute cached image features (eval view + augmented views)"
-    )
+    parser = subparsers.add_parser("features", help="precompute cached image features (eval view + augmented views)")
     parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit or embedded")
     parser.add_argument("--weights", help="checkpoint file or open_clip pretrained tag")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     add_dataset_arguments(parser)
     parser.add_argument("--views", type=int, default=4, help="augmented training views per image (default 4)")
     parser.add_argument("--cache-dir", help="cache folder (default $TAILPROMPT_CACHE or ~/.cache/tailprompt)")
-    parser.add_argument(
-        "--splits", default="train,val,test", help="comma-separated splits (default all three)"
-    )
-    parser.add_argument(
-        "--shots", type=int, help="only the few-shot subsets (tau = 1, a superset of any tau)"
-    )
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --shots (default 1 2 3)"
-    )
+    parser.add_argument("--splits", default="train,val,test", help="comma-separated splits (default all three)")
+    parser.add_argument("--shots", type=int, help="only the few-shot subsets (tau = 1, a superset of any tau)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --shots (default 1 2 3)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.set_defaults(func=run)
 
@@ -85,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
         views = range(args.views + 1) if split == "train" else range(1)
         for view in views:
             hits, misses, start = cache.hits, cache.misses, time.perf_counter()
-            cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True)
+            try:
+                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True)
+            except DatasetError as e:  # an image vanished or is unreadable: name it, no traceback
+                raise UserError(f"{e} (run `tailprompt data check` for a full report)") from None
             print(
                 f"  {split:5} view {view}: {len(items)} images, {cache.hits - hits} hits, "
                 f"{cache.misses - misses} misses ({time.perf_counter() - start:.1f} s)"

@@ -90,9 +90,7 @@ RawSplits = dict[str, list[Entry]]
 class ReaderOptions:
     """Per-run reader options (`data.options` in a run config, `--option k=v` on the command line)."""
 
-    split_file: str | None = (
-        None  # override the split file (json; CSV for imagefolder), relative to the dataset folder
-    )
+    split_file: str | None = None  # override the split file (json; CSV for imagefolder), relative to the dataset folder
     generate_split: bool = False  # no split json: build a deterministic split from the raw files instead
     split_seed: int = 0  # seed of a generated split
     template: str | None = None  # override the zero-shot template (must contain one "{}")
@@ -125,7 +123,7 @@ class DatasetSpec:
     split_file: str | None = None
     fallback: str | None = None
     raw_files: str = ""
-    renames: Mapping[str, str] = field(default_factory=dict)
+    renames: Mapping[str, str] = field(default_factory=dict, hash=False)
     ignored: tuple[str, ...] = ()
     test_only: bool = False
 
@@ -188,16 +186,13 @@ def _classnames(spec: DatasetSpec, raw: RawSplits) -> list[str]:
             known = names.setdefault(label, name)
             if known != name:
                 raise DatasetError(
-                    f"{spec.name}: label {label} has two class names, {known!r} and {name!r} "
-                    f"({split}: {path})"
+                    f"{spec.name}: label {label} has two class names, {known!r} and {name!r} ({split}: {path})"
                 )
     if not names:
         raise DatasetError(f"{spec.name}: no images found")
     missing = sorted(set(range(max(names) + 1)) - set(names))
     if missing:
-        raise DatasetError(
-            f"{spec.name}: labels must be 0..{max(names)} without gaps; missing {missing[:10]}"
-        )
+        raise DatasetError(f"{spec.name}: labels must be 0..{max(names)} without gaps; missing {missing[:10]}")
     return [names[k] for k in range(len(names))]
 
 
@@ -232,9 +227,7 @@ def read_split_json(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Raw
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: malformed split file, not valid JSON ({e})") from None
     if not isinstance(data, dict) or any(not isinstance(data.get(s), list) for s in SPLITS):
-        raise DatasetError(
-            f"{path}: malformed split file, expected an object with lists 'train', 'val', 'test'"
-        )
+        raise DatasetError(f"{path}: malformed split file, expected an object with lists 'train', 'val', 'test'")
     return {s: [_json_entry(path, s, i, e) for i, e in enumerate(data[s])] for s in SPLITS}
 
 
@@ -252,9 +245,7 @@ def _json_entry(path: Path, split: str, index: int, entry: Any) -> Entry:
     return rel, label, name
 
 
-def _three_way(
-    spec: DatasetSpec, seed: int, group: str, paths: list[str], where: Path
-) -> tuple[list, list, list]:
+def _three_way(spec: DatasetSpec, seed: int, group: str, paths: list[str], where: Path) -> tuple[list, list, list]:
     """50% train / 20% val / 30% test of one class, in a seeded order (`DTD.read_and_split_data`)."""
     order = derived_rng("split", seed, spec.name, group).permutation(len(paths))
     shuffled = [paths[i] for i in order]
@@ -274,9 +265,7 @@ def _split_trainval(spec: DatasetSpec, seed: int, trainval: list[Entry], where: 
     for label, entries in by_label.items():
         n_val = round(len(entries) * 0.2)
         if n_val == 0:
-            raise DatasetError(
-                f"{where}: class {entries[0][2]!r} has {len(entries)} images, too few for a val split"
-            )
+            raise DatasetError(f"{where}: class {entries[0][2]!r} has {len(entries)} images, too few for a val split")
         order = derived_rng("split", seed, spec.name, label).permutation(len(entries))
         val += [entries[i] for i in order[:n_val]]
         train += [entries[i] for i in order[n_val:]]
@@ -291,9 +280,7 @@ def read_class_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> 
     for label, category in enumerate(categories):
         name = spec.renames.get(category, category)
         paths = [f"{category}/{f}" for f in image_files(image_dir / category)]
-        for split, part in zip(
-            SPLITS, _three_way(spec, opts.split_seed, category, paths, image_dir / category)
-        ):
+        for split, part in zip(SPLITS, _three_way(spec, opts.split_seed, category, paths, image_dir / category)):
             raw[split] += [(p, label, name) for p in part]
     return raw
 
@@ -314,17 +301,13 @@ def read_pets_annotations(spec: DatasetSpec, folder: Path, opts: ReaderOptions) 
             out.append((f"{parts[0]}.jpg", int(parts[1]) - 1, breed))
         return out
 
-    train, val = _split_trainval(
-        spec, opts.split_seed, read("trainval.txt"), folder / "annotations/trainval.txt"
-    )
+    train, val = _split_trainval(spec, opts.split_seed, read("trainval.txt"), folder / "annotations/trainval.txt")
     return {"train": train, "val": val, "test": read("test.txt")}
 
 
 def read_sun397_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """`ClassName.txt`, `Training_01.txt`, `Testing_01.txt`; name = path parts after the letter, reversed."""
-    cname2lab = {
-        c.lstrip("/"): i for i, c in enumerate(read_lines(folder / "ClassName.txt", "SUN397 class list"))
-    }
+    cname2lab = {c.lstrip("/"): i for i, c in enumerate(read_lines(folder / "ClassName.txt", "SUN397 class list"))}
 
     def read(name: str) -> list[Entry]:
         path = folder / name
@@ -439,9 +422,7 @@ def read_flowers_mat(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Ra
 
 def read_aircraft_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """FGVC-Aircraft's official `images_variant_{train,val,test}.txt`, classes in `variants.txt` order."""
-    cname2lab = {
-        c: i for i, c in enumerate(read_lines(folder / "variants.txt", "FGVC-Aircraft variant list"))
-    }
+    cname2lab = {c: i for i, c in enumerate(read_lines(folder / "variants.txt", "FGVC-Aircraft variant list"))}
 
     def read(name: str) -> list[Entry]:
         path = folder / name
@@ -467,9 +448,7 @@ def read_wnid_classnames(path: Path) -> dict[str, str]:
     return out
 
 
-def _wnid_entries(
-    image_dir: Path, prefix: str, folders: list[str], labels: dict[str, int], names: dict[str, str]
-):
+def _wnid_entries(image_dir: Path, prefix: str, folders: list[str], labels: dict[str, int], names: dict[str, str]):
     out: list[Entry] = []
     for wnid in folders:
         rel = f"{prefix}{wnid}"
@@ -555,9 +534,7 @@ def _imagefolder_csv(path: Path) -> RawSplits:
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or [])
         if not {"path", "split"} <= columns:
-            raise DatasetError(
-                f"{path}: expected a header with columns path,split[,class], got {sorted(columns)}"
-            )
+            raise DatasetError(f"{path}: expected a header with columns path,split[,class], got {sorted(columns)}")
         rows = []
         for n, row in enumerate(reader, 2):
             rel, split = (row.get("path") or "").strip(), (row.get("split") or "").strip()
@@ -608,9 +585,7 @@ CALTECH_RENAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopar
 
 def _coop(name: str, folder: str, image_dir: str, split_file: str, fallback: str, raw_files: str, **kw: Any):
     """A reader of CoOp's split json, with the raw-file reader CoOp falls back to."""
-    return DatasetSpec(
-        name, folder, image_dir, "split_json", TEMPLATES[name], split_file, fallback, raw_files, **kw
-    )
+    return DatasetSpec(name, folder, image_dir, "split_json", TEMPLATES[name], split_file, fallback, raw_files, **kw)
 
 
 def _test_only(name: str, folder: str, image_dir: str, source: str, **kw: Any) -> DatasetSpec:

@@ -111,6 +111,13 @@ def test_nll_and_fitted_temperature_recovers_overconfidence():
     )
 
 
+def test_fitted_temperature_stays_bounded_on_degenerate_held_out_sets():
+    all_correct = fit_temperature(torch.tensor([[10.0, 0.0], [0.0, 10.0]]), torch.tensor([0, 1]))
+    chance = fit_temperature(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]))
+    assert 0.01 <= all_correct < 0.5
+    assert 10.0 < chance <= 100.0
+
+
 def test_dac_factors_match_the_reference_formula():
     gen = torch.Generator().manual_seed(2)
     base_zs = F.normalize(torch.randn(7, 6, generator=gen, dtype=torch.float64), dim=-1)

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 import tailprompt
-from tailprompt.config import ConfigError, dump_yaml, to_dict
+from tailprompt.config import dump_yaml, to_dict
 from tailprompt.data.sampling import sample_training_set
 from tailprompt.engine.config import BackboneConfig, RunConfig
 from tailprompt.engine.evaluate import SplitOutputs, frozen_text_features, split_outputs
@@ -29,7 +29,9 @@ from tailprompt.engine.resolve import learner_config, objective_parts, run_id
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.metrics import (
+    apply_dac_scaling,
     dac_logit_scaling,
+    expected_calibration_error,
     fit_temperature,
     group_accuracy,
     harmonic_mean,
@@ -37,7 +39,6 @@ from tailprompt.metrics import (
     shot_groups,
     split_metrics,
     text_geometry,
-    expected_calibration_error,
 )
 from tailprompt.objectives.cpt import semantic_clusters
 from tailprompt.prompts import LEARNERS
@@ -97,7 +98,7 @@ def execute_run(
     train_ds = plan.train
     training = sample_training_set(
         train_ds, cfg.data.shots, cfg.data.tau, cfg.seed, profile=cfg.data.profile,
-        counts=_read_counts(cfg.data.counts_file), fewshot_ids=_read_ids(cfg.data.fewshot_ids),
+        counts=cfg.data.counts_file, fewshot_ids=cfg.data.fewshot_ids,
     )
     spec = LEARNERS.get(cfg.learner["name"])
     learner = spec.build(learner_config(cfg), backbone, list(train_ds.classnames), train_ds.template).to(device)
@@ -140,17 +141,18 @@ def execute_run(
 
     train_split = evaluation.train_split
     per_class = torch.tensor([train_split["per_class_accuracy"][c] for c in train_ds.classnames])
-    groups_idx = shot_groups([training.counts[c] for c in train_ds.classnames])
+    groups_idx = shot_groups(list(training.counts.values()))  # label order
     groups = group_accuracy(per_class, groups_idx)
     groups["classes"] = {g: [train_ds.classnames[i] for i in idx] for g, idx in groups_idx.items()}
 
     learned_text = evaluation.train_outputs.text_feats
+    test_out = evaluation.train_outputs
     geometry = {}
     if cfg.eval.geometry:
         geometry = {
             "learned": text_geometry(learned_text, clusters),
             "frozen": text_geometry(frozen_text, clusters),
-            "image": image_geometry(evaluation.train_outputs.image_feats, evaluation.train_outputs.labels, learned_text),
+            "image": image_geometry(test_out.image_feats, test_out.labels, learned_text),
         }
     hm = None
     if plan.harmonic_of:
@@ -175,7 +177,8 @@ def execute_run(
         "hm": hm,
         "groups": groups,
         "geometry": geometry,
-        "clusters": {**clusters_record, "assignment": dict(zip(train_ds.classnames, map(int, clusters_record["assignment"])))},
+        "clusters": {**clusters_record,
+                     "assignment": dict(zip(list(training.counts), map(int, clusters_record["assignment"])))},
         "loss_curve": curve,
         "timings": {"features_s": t_features, "train_s": t_train, "eval_s": t_eval,
                     "total_s": time.perf_counter() - t_start},
@@ -218,7 +221,7 @@ def evaluate_plan(
         elif cfg.eval.dac and train_outputs is not None and len(out.labels):
             zs_new = frozen_text_features(backbone, ds.classnames, ds.template)
             factors = dac_logit_scaling(frozen_text, zs_new, train_outputs.text_feats, out.text_feats, k=cfg.eval.dac_k)
-            scaled = out.logits * factors[out.logits.argmax(dim=-1)].unsqueeze(1)
+            scaled = apply_dac_scaling(out.logits, factors)
             block["ece_dac"] = expected_calibration_error(torch.softmax(scaled, -1), out.labels, cfg.eval.ece_bins)
         splits[split.name] = block
     learner.set_classnames(list(train_space.dataset.classnames), train_space.dataset.template)
@@ -243,36 +246,6 @@ def _geometry_clusters(frozen_text: Tensor) -> dict[str, Any]:
     sizes = torch.bincount(assignment).tolist()
     return {"n_clusters": len(sizes), "assignment": assignment.tolist(), "sizes": sizes,
             "criterion": "auto (geometry only)", "used_by_objective": False}
-
-
-def _read_counts(path: str | None) -> dict[str, int] | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"data.counts_file: {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"data.counts_file: {path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"data.counts_file: {path} must hold a JSON object {{class_name: shots}}")
-    return {str(k): int(v) for k, v in data.items()}
-
-
-def _read_ids(path: str | None) -> dict[str, list[str]] | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"data.fewshot_ids: {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"data.fewshot_ids: {path} is not valid JSON ({e})") from None
-    if isinstance(data, dict) and "sampling" in data:  # a whole result.json
-        data = data["sampling"]
-    if not isinstance(data, dict) or not isinstance(data.get("ids"), dict):
-        raise ConfigError(f"data.fewshot_ids: {path} must hold {{\"ids\": {{class_name: [key, ...]}}}}")
-    return data["ids"]
 
 
 def versions() -> dict[str, str]:

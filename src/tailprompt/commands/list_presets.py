@@ -14,10 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import tailprompt.data  # noqa: F401  (registers datasets)
+    from tailprompt.config import load_yaml
     from tailprompt.data.registry import DATASETS
     from tailprompt.engine.protocols import PROTOCOLS
     from tailprompt.engine.resolve import list_presets, preset_path
-    from tailprompt.config import load_yaml
     from tailprompt.objectives import OBJECTIVES
     from tailprompt.prompts import LEARNERS
 

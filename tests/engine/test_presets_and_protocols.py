@@ -1,0 +1,60 @@
+"""Every method preset trains end to end; the transfer protocols evaluate on their targets."""
+
+import pytest
+
+from tailprompt.data.fixtures import make_dataset_tree
+from tailprompt.engine.resolve import list_presets, resolve_config
+from tailprompt.engine.run import BackboneCache, execute_run
+
+SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false"]
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    return BackboneCache()
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrides, backbones):
+    overrides = base_overrides + SHORT
+    if preset in ("coop_fewshot", "maple_xd"):
+        overrides = overrides + ["protocol.name=base_to_new"]
+    r = execute_run(resolve_config(preset, overrides), backbones).result
+    assert r["method"] == preset
+    curve = r["loss_curve"]
+    if preset == "zeroshot":
+        assert curve["total"] == []  # nothing to train
+    else:
+        assert len(curve["total"]) == 1 and curve["total"][0] == curve["total"][0]
+        names = {o["name"] for o in resolve_config(preset).objectives}
+        assert {k.split("/")[0] for k in curve if k != "total"} == names  # every objective logged its terms
+    assert 0 <= r["splits"]["new"]["accuracy"] <= 100
+
+
+@pytest.fixture(scope="module")
+def imagenet_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet_data")
+    for name in ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"):
+        make_dataset_tree(name, root, images_per_class=5)
+    return root
+
+
+def test_domain_generalization_defaults_to_the_imagenet_variants(imagenet_root, tmp_path, backbones):
+    cfg = resolve_config("coop", [
+        "backbone.name=tiny-vit", "data.name=imagenet", f"data.root={imagenet_root}", "data.shots=2",
+        "protocol.name=domain_generalization", f"output_dir={tmp_path}", f"data.cache_dir={tmp_path / 'c'}",
+    ] + SHORT)
+    r = execute_run(cfg, backbones).result
+    assert set(r["splits"]) == {"source", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
+    assert r["hm"] is None
+    # ImageNet-A/-R use a 200-wnid subset: the prompts are rebuilt on that (smaller or equal) class list.
+    assert len(r["splits"]["imagenet_a"]["classnames"]) <= len(r["splits"]["source"]["classnames"])
+
+
+def test_cross_dataset_on_explicit_targets(base_overrides, eurosat_root, tmp_path, backbones):
+    make_dataset_tree("dtd", eurosat_root, images_per_class=5, num_classes=6)
+    cfg = resolve_config("cpt_coop", base_overrides + SHORT + ["protocol.name=cross_dataset", "protocol.targets=[dtd]"])
+    r = execute_run(cfg, backbones).result
+    assert set(r["splits"]) == {"source", "dtd"}
+    assert len(r["splits"]["source"]["classnames"]) == 10 and len(r["splits"]["dtd"]["classnames"]) == 6
+    assert r["splits"]["dtd"]["ece_dac"] is not None  # DAC applies to classes the prompts were not trained on

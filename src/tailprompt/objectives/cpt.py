@@ -213,18 +213,17 @@ def semantic_clusters(
 
 
 def _etf_deviation(text_feats: Tensor, clusters: Tensor, diagonal: bool) -> Tensor:
-    """L_TETF for one set of class features `[K, D]`."""
+    """L_TETF for one set of class features `[K, D]` (no host sync: sizes come from the pair mask)."""
     g = unit(text_feats)
     num_classes = g.shape[0]
     clusters = clusters.to(g.device)
     if clusters.shape != (num_classes,):
         raise ValueError(f"clusters must be [K]=[{num_classes}], got shape {tuple(clusters.shape)}")
     cos = g @ g.T  # [K, K]
-    sizes = torch.bincount(clusters)  # [max id + 1], zero for unused ids
-    n_clusters = (sizes > 0).sum()
-    k = sizes[clusters].to(g.dtype)  # [K] size of each class's cluster
-    inv = 1.0 / (k - 1.0).clamp(min=1.0)  # 1/(k_m - 1); singletons have no pairs, clamp avoids inf
     same = clusters[:, None] == clusters[None, :]
+    k = same.sum(dim=1).to(g.dtype)  # [K] size k_m of each class's cluster
+    n_clusters = (1.0 / k).sum()  # each cluster contributes k_m * (1 / k_m) = 1
+    inv = 1.0 / (k - 1.0).clamp(min=1.0)  # 1/(k_m - 1); singletons have no pairs, clamp avoids inf
     pairs = same & ~torch.eye(num_classes, dtype=torch.bool, device=g.device)
     off = ((cos + inv[:, None]) ** 2 * pairs).sum()
     # each cluster's diagonal adds k_m (unit self-cosine): Σ_m k_m = K, a constant with no gradient
@@ -259,9 +258,13 @@ def cross_modal_convergence_loss(image_feats: Tensor, labels: Tensor, text_feats
     f = unit(image_feats)
     g = unit(class_feature_per_sample(text_feats, labels))
     dist = ((f - g) ** 2).sum(-1)  # [B]
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    per_class = torch.zeros(counts.shape[0], dtype=dist.dtype, device=dist.device).index_add(0, inverse, dist)
-    return (per_class / counts.to(dist.dtype)).mean()
+    # per-class sums over a fixed [K] buffer: no data-dependent shapes, so no host sync on an accelerator
+    num_classes = text_feats.shape[-2]
+    counts = torch.zeros(num_classes, dtype=dist.dtype, device=dist.device).index_add(
+        0, labels, torch.ones_like(dist)
+    )
+    sums = torch.zeros(num_classes, dtype=dist.dtype, device=dist.device).index_add(0, labels, dist)
+    return (sums / counts.clamp(min=1.0)).sum() / (counts > 0).sum()
 
 
 def rotation_stability_loss(text_feats: Tensor, frozen_text_feats: Tensor) -> Tensor:

@@ -1,0 +1,427 @@
+"""Contrastive pretraining of the embedded tiny CLIP on the procedural world (`tailprompt.data.world`).
+
+The model is open_clip's `CLIP` with a ModifiedResNet image tower (layers (1, 1, 1, 1), width 16,
+32 px; a from-scratch ViT did not learn shape in a CPU budget) and a 4-layer, width-128 text tower with
+context 32 and open_clip's BPE vocabulary (`EMBEDDED_CONFIG`). Each step renders a fresh batch of clean
+scenes, with the colour+shape pairs of `world.held_out_pairs()` never drawn, captions them, and minimises
+CLIP's symmetric InfoNCE (Radford et al. 2021, eq. in Fig. 3), except that images whose captions are the
+same string are all positives for that caption (soft targets spread evenly over them), since a batch of
+256 from a small world repeats short captions such as "a red star.".
+
+`pretrain(cfg)` returns the trained model and its loss history; `save_embedded(...)` writes
+weights.safetensors (fp16), config.json, vocabulary.txt and MANIFEST.md into one folder, the layout
+`tailprompt.backbone.load_backbone("embedded")` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from tailprompt import __version__
+from tailprompt.data import world
+from tailprompt.utils import atomic_path, sha256_file, stable_hash, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "backbone" / "embedded"
+DEFAULT_WEIGHTS = EMBEDDED_DIR / "weights.safetensors"
+
+EMBEDDED_CONFIG: dict[str, Any] = {
+    "embed_dim": 128,
+    "quick_gelu": False,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining schedule: AdamW, linear warm-up then cosine decay to zero (open_clip's `cosine_lr`)."""
+
+    steps: int = 1600
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    seed: int = 0
+    probe_size: int = 512  # fixed held-aside batch whose loss is measured before and after training
+    eval_per_class: int = 50  # test images per class in the zero-shot table (0: no table)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (contrastive pairs), got {self.batch_size}")
+        if self.probe_size < 2:
+            raise ValueError(f"probe_size must be >= 2, got {self.probe_size}")
+
+
+@dataclass
+class PretrainResult:
+    model: torch.nn.Module
+    losses: list[float]  # training loss per step
+    probe_loss_start: float
+    probe_loss_end: float
+    wall_s: float
+    zero_shot: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(config: dict[str, Any] | None = None) -> open_clip.model.CLIP:
+    """The embedded CLIP from its open_clip model config (random weights)."""
+    cfg = dict(config or EMBEDDED_CONFIG)
+    return open_clip.model.CLIP(
+        embed_dim=cfg["embed_dim"],
+        vision_cfg=cfg["vision_cfg"],
+        text_cfg=cfg["text_cfg"],
+        quick_gelu=cfg.get("quick_gelu", False),
+    )
+
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+def make_tokenizer(context_length: int = EMBEDDED_CONFIG["text_cfg"]["context_length"]) -> Tokenizer:
+    """open_clip's BPE tokenizer at the embedded context length, memoised per text -> [N, L] long."""
+    tok = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    memo: dict[str, torch.Tensor] = {}
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in memo]
+        if missing:
+            for text, ids in zip(missing, tok(missing)):
+                if ids[-1] != 0:  # truncated: the EOT token was cut off
+                    raise ValueError(f"text does not fit {context_length} tokens: {text!r}")
+                memo[text] = ids
+        return torch.stack([memo[t] for t in texts])
+
+    return tokenize
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> CLIP-normalised float [N, 3, H, W].
+
+    Matches the backbone's eval preprocessing of a 32 px PIL image (resize and crop are identities).
+    """
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def encode_text(model: open_clip.model.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text` on sequences cut to the longest EOT position -> [N, D].
+
+    The text tower is causal, so the feature at the EOT token ignores later positions: cutting the
+    padding is exact and makes the tower ~2x cheaper on the world's short captions.
+    """
+    eot = tokens.argmax(dim=-1)
+    n = int(eot.max()) + 1
+    x = model.token_embedding(tokens[:, :n]) + model.positional_embedding[:n]
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), eot]
+    return x @ model.text_projection
+
+
+def contrastive_loss(
+    image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: torch.Tensor, caption_ids: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE with multi-positive soft targets.
+
+    Args:
+        image_feats: [B, D] (any norm), text_feats: [B, D], logit_scale: scalar (already exp'd),
+        caption_ids: [B] long, equal for equal caption strings.
+    Returns:
+        scalar: mean of image->text and text->image cross-entropies; targets of row i are uniform
+        over the items with i's caption (reduces to CLIP's loss when all captions differ).
+    """
+    img = F.normalize(image_feats, dim=-1)
+    txt = F.normalize(text_feats, dim=-1)
+    logits = logit_scale * img @ txt.t()  # [B, B]
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)  # symmetric matrix: also the text->image targets
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+def pretraining_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Images (uint8 [B, 32, 32, 3]) and captions of one pretraining step, a function of (seed, step)."""
+    gen = world.seeded_generator("pretrain", world.RENDER_VERSION, seed, step)
+    scenes = world.sample_scenes(batch_size, gen, pairs=world.pretraining_pairs())
+    images = world.quantize(world.render(scenes, world.PRETRAIN_STYLE, gen))
+    rng = random.Random(int(stable_hash(["pretrain-captions", seed, step], length=15), 16))
+    return images, world.captions(scenes, rng)
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Learning rate of step `step` (0-based): linear warm-up over `warmup` steps, then cosine to 0."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # As open_clip's trainer: no decay on gains, biases, norms and the temperature.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        plain = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if plain else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def _batch_loss(
+    model: open_clip.model.CLIP, tokenize: Tokenizer, images: torch.Tensor, texts: list[str]
+) -> torch.Tensor:
+    ids: dict[str, int] = {}
+    caption_ids = torch.tensor([ids.setdefault(t, len(ids)) for t in texts])
+    image_feats = model.encode_image(normalize_images(images))
+    text_feats = encode_text(model, tokenize(texts))
+    return contrastive_loss(image_feats, text_feats, model.logit_scale.exp(), caption_ids)
+
+
+@torch.no_grad()
+def probe_loss(model: open_clip.model.CLIP, tokenize: Tokenizer, seed: int, size: int) -> float:
+    """Contrastive loss (eval mode) on a fixed batch never used for training (step index -1)."""
+    was_training = model.training
+    model.eval()
+    images, texts = pretraining_batch(seed, -1, size)
+    loss = float(_batch_loss(model, tokenize, images, texts))
+    model.train(was_training)
+    return loss
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
+    """Train the embedded CLIP from scratch for `cfg.steps` steps; deterministic given seed and threads."""
+    torch.manual_seed(cfg.seed)
+    model = build_model()
+    tokenize = make_tokenizer()
+    groups = _param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    start_loss = probe_loss(model, tokenize, cfg.seed, cfg.probe_size)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="pretrain-embedded", disable=not progress, mininterval=2.0, unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        images, texts = pretraining_batch(cfg.seed, step, cfg.batch_size)
+        loss = _batch_loss(model, tokenize, images, texts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # CLIP clamps the temperature at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.detach().item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
+            window = losses[-100:]
+            log.info("step %d/%d loss %.4f (mean of last %d)", step + 1, cfg.steps, sum(window) / len(window),
+                     len(window))
+    bar.close()
+    wall = time.perf_counter() - t0
+    model.eval()
+    end_loss = probe_loss(model, tokenize, cfg.seed, cfg.probe_size)
+    result = PretrainResult(model, losses, start_loss, end_loss, wall)
+    if cfg.eval_per_class > 0:
+        result.zero_shot = zero_shot_table(model, tokenize, cfg.eval_per_class)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Zero-shot evaluation
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    model: open_clip.model.CLIP,
+    tokenize: Tokenizer,
+    vocab: world.LabelVocab,
+    style: str,
+    per_class: int,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """Top-1 zero-shot accuracy (%) on the first `per_class` test images per class of a world vocabulary.
+
+    Returns {"all", "base", "new"}: over all classes and over the checkerboard halves (labels below /
+    from `vocab.num_base()`), classifying among all classes in every case.
+    """
+    model.eval()
+    names = vocab.classnames()
+    text = F.normalize(encode_text(model, tokenize([vocab.template.format(c) for c in names])), dim=-1)
+    images, labels = world.render_split(vocab, style, "test", seed, per_class)
+    preds = []
+    for i in range(0, len(images), batch_size):
+        feats = F.normalize(model.encode_image(normalize_images(images[i : i + batch_size])), dim=-1)
+        preds.append((feats @ text.t()).argmax(dim=1))
+    correct = (torch.cat(preds) == labels).float()
+    base = labels < vocab.num_base()
+    return {
+        "all": 100 * float(correct.mean()),
+        "base": 100 * float(correct[base].mean()),
+        "new": 100 * float(correct[~base].mean()),
+    }
+
+
+def zero_shot_table(
+    model: open_clip.model.CLIP, tokenize: Tokenizer, per_class: int
+) -> dict[str, Any]:
+    """{vocab: {style: {"all", "base", "new"}}} over the registered vocabularies and all colour+shape pairs.
+
+    For `colour_shape_all` (80 classes), "new" is replaced by "held_out" (the pairs never pretrained on)
+    and "base" by "seen".
+    """
+    table: dict[str, Any] = {}
+    for vocab in world.VOCABULARIES.values():
+        table[vocab.name] = {
+            s: zero_shot_accuracy(model, tokenize, vocab, s, per_class) for s in world.STYLES
+        }
+    table[world.FULL_COLOUR_SHAPE.name] = {
+        s: _seen_vs_held_out(model, tokenize, per_class, s) for s in world.STYLES
+    }
+    return table
+
+
+@torch.no_grad()
+def _seen_vs_held_out(
+    model: open_clip.model.CLIP, tokenize: Tokenizer, per_class: int, style: str
+) -> dict[str, float]:
+    vocab = world.FULL_COLOUR_SHAPE
+    classes = vocab.classes()
+    held = world.held_out_pairs()
+    prompts = [vocab.template.format(c) for c in vocab.classnames()]
+    text = F.normalize(encode_text(model, tokenize(prompts)), dim=-1)
+    images, labels = world.render_split(vocab, style, "test", 0, per_class)
+    feats = torch.cat([
+        F.normalize(model.encode_image(normalize_images(images[i : i + 512])), dim=-1)
+        for i in range(0, len(images), 512)
+    ])
+    correct = ((feats @ text.t()).argmax(dim=1) == labels).float()
+    is_held = torch.tensor([(classes[int(y)]["colour"], classes[int(y)]["shape"]) in held for y in labels])
+    return {
+        "all": 100 * float(correct.mean()),
+        "seen": 100 * float(correct[~is_held].mean()),
+        "held_out": 100 * float(correct[is_held].mean()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing the embedded model folder
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Write the state dict as safetensors, floats in fp16 (the shipped file stays < 20 MB), atomically."""
+    state = {
+        k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "arch": "tailprompt-embedded"})
+
+
+def manifest_text(
+    cfg: PretrainConfig, result: PretrainResult, command: str, threads: int, weights: Path
+) -> str:
+    """MANIFEST.md: how the weights were made and what they score zero-shot."""
+    n_params = sum(p.numel() for p in result.model.parameters())
+    held = sorted(world.held_out_pairs())
+    lines = [
+        "# Embedded CLIP: how these weights were made",
+        "",
+        f"- command: `{command}`",
+        f"- seed {cfg.seed}, {cfg.steps} steps, batch {cfg.batch_size}, AdamW lr {cfg.lr}"
+        f" wd {cfg.weight_decay}, {cfg.warmup} warm-up steps then cosine; multi-positive symmetric InfoNCE",
+        f"- wall time {result.wall_s / 60:.1f} min on {threads} CPU thread(s)"
+        f" ({platform.processor() or platform.machine()})",
+        f"- tailprompt {__version__}, torch {torch.__version__}, open_clip {open_clip.__version__},"
+        f" world renderer {world.RENDER_VERSION}",
+        f"- parameters {n_params / 1e6:.2f} M; weights `{weights.name}` (fp16)"
+        f" sha256 `{sha256_file(weights)}`",
+        f"- contrastive loss on a fixed probe batch of {cfg.probe_size}:"
+        f" {result.probe_loss_start:.3f} before,"
+        f" {result.probe_loss_end:.3f} after; final training loss (mean of last 50 steps)"
+        f" {sum(result.losses[-50:]) / len(result.losses[-50:]):.3f}",
+        "",
+        f"Pretraining data: `{world.PRETRAIN_STYLE}` style scenes with every attribute random, captioned by"
+        " `tailprompt.data.world.caption`. Colour+shape pairs held out of pretraining (the new half of"
+        " `colour_shape`, which contains the new half of `size_colour_shape`; no image with these pairs was"
+        " ever rendered for pretraining): "
+        + ", ".join(f"{world.COLOURS[c]} {world.SHAPES[s]}" for c, s in held)
+        + ". The new half of `texture_shape` is a set of unseen *label* combinations but its images were"
+        " pretrained on.",
+        "",
+    ]
+    if result.zero_shot:
+        lines += [
+            f"## Zero-shot top-1 (%), template \"{world.TEMPLATE}\","
+            f" {cfg.eval_per_class} test images per class",
+            "",
+            "Classified among all classes of the vocabulary; base / new are its first / second label halves.",
+            "",
+            "| vocabulary | classes | " + " | ".join(f"{s} all / base / new" for s in world.STYLES) + " |",
+            "|---|---|" + "---|" * len(world.STYLES),
+        ]
+        for name, vocab in world.VOCABULARIES.items():
+            row = result.zero_shot[name]
+            cells = [_cell(row[s], ("all", "base", "new")) for s in world.STYLES]
+            lines.append(f"| {name} | {len(vocab.classnames())} | " + " | ".join(cells) + " |")
+        full = result.zero_shot[world.FULL_COLOUR_SHAPE.name]
+        cells = [_cell(full[s], ("all", "seen", "held_out")) for s in world.STYLES]
+        n_full = len(world.FULL_COLOUR_SHAPE.classnames())
+        lines += [
+            f"| all colour+shape pairs (all / seen / held out) | {n_full} | "
+            + " | ".join(cells) + " |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _cell(accs: dict[str, float], keys: tuple[str, ...]) -> str:
+    return " / ".join(f"{accs[k]:.1f}" for k in keys)
+
+
+def save_embedded(
+    result: PretrainResult, cfg: PretrainConfig, out: str | Path, command: str, threads: int
+) -> Path:
+    """Write weights (`out`), config.json, vocabulary.txt and MANIFEST.md (next to `out`); return `out`."""
+    out = Path(out)
+    save_weights(result.model, out)
+    write_json_atomic(out.parent / "config.json", EMBEDDED_CONFIG)
+    write_text_atomic(out.parent / "vocabulary.txt", "\n".join(world.vocabulary()) + "\n")
+    write_text_atomic(out.parent / "MANIFEST.md", manifest_text(cfg, result, command, threads, out))
+    log.info("wrote %s (%.1f MB) and config.json, vocabulary.txt, MANIFEST.md", out, out.stat().st_size / 1e6)
+    return out
+
+
+def load_embedded_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The saved state dict back in fp32 (what `build_model().load_state_dict` takes)."""
+    from safetensors.torch import load_file
+
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+
+
+def summary(result: PretrainResult) -> dict[str, Any]:
+    return json.loads(json.dumps({
+        "probe_loss_start": result.probe_loss_start,
+        "probe_loss_end": result.probe_loss_end,
+        "final_loss": sum(result.losses[-50:]) / len(result.losses[-50:]),
+        "wall_s": result.wall_s,
+        "zero_shot": result.zero_shot,
+    }))

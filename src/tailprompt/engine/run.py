@@ -20,7 +20,9 @@ from torch import Tensor
 
 import tailprompt
 from tailprompt.config import dump_yaml, to_dict
+from tailprompt.data.features import FeatureCache, default_cache_dir
 from tailprompt.data.sampling import sample_training_set
+from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
 from tailprompt.engine.evaluate import SplitOutputs, frozen_text_features, split_outputs
 from tailprompt.engine.inputs import ImageInputs
@@ -40,7 +42,6 @@ from tailprompt.metrics import (
     split_metrics,
     text_geometry,
 )
-from tailprompt.objectives.cpt import semantic_clusters
 from tailprompt.prompts import LEARNERS
 from tailprompt.utils import atomic_path, seed_everything, write_json_atomic, write_text_atomic
 
@@ -104,20 +105,25 @@ def execute_run(
     learner = spec.build(learner_config(cfg), backbone, list(train_ds.classnames), train_ds.template).to(device)
     frozen_text = frozen_text_features(backbone, train_ds.classnames, train_ds.template)
 
-    context: dict[str, Any] = {"frozen_text_feats": frozen_text, "classnames": list(train_ds.classnames), "record": {}}
+    cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    select = ClusterCache(cache_root if cfg.data.cache else None)
+    context: dict[str, Any] = {"frozen_text_feats": frozen_text, "classnames": list(train_ds.classnames),
+                               "record": {}, "select_clusters": select}
     objectives = []
     for i, entry in enumerate(cfg.objectives):
         ospec, ocfg, weights = objective_parts(entry, f"objectives[{i}]")
         objectives.append(BoundObjective(entry["name"], ospec.build(ocfg, context), weights))
-    clusters_record = context["record"].get("clusters") or _geometry_clusters(frozen_text)
+    clusters_record = context["record"].get("clusters")
+    if clusters_record is not None:
+        clusters_record = {**clusters_record, "used_by_objective": True}
+    else:  # no objective clustered: the same auto partition, for geometry only
+        clusters_record = {**select(frozen_text, "auto").record(), "used_by_objective": False}
     clusters = torch.as_tensor(clusters_record["assignment"], device=device)
 
     use_cache = cfg.data.cache and not spec.uses_image_tower
     cache = None
     if use_cache:
-        from tailprompt.data.features import FeatureCache
-
-        cache = FeatureCache(cfg.data.cache_dir)
+        cache = FeatureCache(cache_root)
     inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval)
 
     t0 = time.perf_counter()
@@ -234,18 +240,6 @@ def _fitted_temperature(learner: Any, spec: Any, train_space: EvalSplit, trainin
     items = training.val_items or training.items
     out = split_outputs(learner, spec, train_space.dataset, items, inputs)
     return float(fit_temperature(out.logits, out.labels))
-
-
-def _geometry_clusters(frozen_text: Tensor) -> dict[str, Any]:
-    """Semantic clusters for geometry reporting when no objective computed its own."""
-    k = frozen_text.shape[0]
-    if k < 4:
-        return {"n_clusters": 1, "assignment": [0] * k, "sizes": [k], "criterion": "single (K < 4)",
-                "used_by_objective": False}
-    assignment = semantic_clusters(frozen_text, "auto", seed=0)
-    sizes = torch.bincount(assignment).tolist()
-    return {"n_clusters": len(sizes), "assignment": assignment.tolist(), "sizes": sizes,
-            "criterion": "auto (geometry only)", "used_by_objective": False}
 
 
 def versions() -> dict[str, str]:

@@ -315,12 +315,15 @@ def build_cpt(cfg: CPTConfig, context: dict[str, Any]):
 
     The partition is recorded in `context["record"]["clusters"]`. Without frozen features in the
     context, `StepState.clusters` is used, or else the first step's `frozen_text_feats` are clustered.
+    `context["select_clusters"]`, when given, replaces `select_clusters` (the engine passes a version
+    memoised on disk, since `auto` is expensive for hundreds of classes).
     """
     record = context.setdefault("record", {})
     fixed: dict[str, Tensor] = {}
+    select = context.get("select_clusters", select_clusters)
 
     def cluster(frozen: Tensor) -> None:
-        result = select_clusters(
+        result = select(
             frozen, cfg.n_clusters, cfg.cluster_seed, cfg.min_cluster_size, cfg.max_cluster_size
         )
         fixed["cpu"] = result.assignment

@@ -1,0 +1,52 @@
+"""K-means partitions of frozen class prototypes, memoised on disk.
+
+`auto` clustering runs K-means for up to 24 values of M (about 2 minutes for 500 classes), and every
+run of a sweep on the same dataset and backbone would repeat it. The partition depends only on the
+frozen features and the clustering settings, so it is stored under `<cache>/clusters/<hash>.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tailprompt.objectives.cpt import ClusterResult, select_clusters
+from tailprompt.utils import stable_hash, write_json_atomic
+
+
+class ClusterCache:
+    """`select_clusters` with the same signature, reading and writing JSON records under `root`."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root / "clusters" if root is not None else None
+        self.hits = 0
+
+    def __call__(
+        self,
+        frozen_text_feats: Tensor,
+        n_clusters: int | str = "auto",
+        seed: int = 0,
+        min_cluster_size: int = 2,
+        max_cluster_size: int | None = None,
+    ) -> ClusterResult:
+        settings = [n_clusters, seed, min_cluster_size, max_cluster_size]
+        if self.root is None:
+            return select_clusters(frozen_text_feats, *settings)
+        digest = hashlib.sha256(frozen_text_feats.detach().to("cpu", torch.float32).numpy().tobytes()).hexdigest()
+        path = self.root / f"{stable_hash({'features': digest, 'settings': settings}, 24)}.json"
+        if path.is_file():
+            try:
+                data: dict[str, Any] = json.loads(path.read_text())
+                self.hits += 1
+                silhouettes = {int(k): float(v) for k, v in data.get("silhouettes", {}).items()}
+                return ClusterResult(torch.tensor(data["assignment"], dtype=torch.long), data["criterion"], silhouettes)
+            except (json.JSONDecodeError, KeyError, ValueError):
+                pass  # a damaged entry is recomputed and overwritten
+        result = select_clusters(frozen_text_feats, *settings)
+        write_json_atomic(path, {**result.record(), "silhouettes": result.silhouettes})
+        return result

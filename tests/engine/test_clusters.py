@@ -1,0 +1,32 @@
+import torch
+
+from tailprompt.engine.clusters import ClusterCache
+from tailprompt.objectives.cpt import select_clusters
+
+
+def _prototypes() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g)
+    return torch.cat([c + 0.05 * torch.randn(4, 16, generator=g) for c in centres])  # 3 groups of 4
+
+
+def test_cluster_cache_returns_the_same_partition_and_hits_on_second_call(tmp_path):
+    feats = _prototypes()
+    cache = ClusterCache(tmp_path)
+    first = cache(feats, "auto")
+    assert cache.hits == 0 and len(list((tmp_path / "clusters").glob("*.json"))) == 1
+    second = ClusterCache(tmp_path)(feats, "auto")
+    direct = select_clusters(feats, "auto")
+    assert torch.equal(first.assignment, direct.assignment) and torch.equal(second.assignment, direct.assignment)
+    assert second.criterion == direct.criterion and first.n_clusters == 3
+
+
+def test_cluster_cache_misses_when_features_or_settings_change(tmp_path):
+    feats = _prototypes()
+    cache = ClusterCache(tmp_path)
+    cache(feats, "auto")
+    cache(feats, 2)
+    cache(feats + 0.01, "auto")
+    assert cache.hits == 0 and len(list((tmp_path / "clusters").glob("*.json"))) == 3
+    cache(feats, 2)
+    assert cache.hits == 1

@@ -161,7 +161,7 @@ def contrastive_loss(
 
 def pretraining_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
     """Images (uint8 [B, 32, 32, 3]) and captions of one pretraining step, a function of (seed, step)."""
-    gen = world.seeded_generator("pretrain", world.RENDER_VERSION, seed, step)
+    gen = world.seeded_generator("pretrain", world.STREAM_VERSION, seed, step)
     scenes = world.sample_scenes(batch_size, gen, pairs=world.pretraining_pairs())
     images = world.quantize(world.render(scenes, world.PRETRAIN_STYLE, gen))
     rng = random.Random(int(stable_hash(["pretrain-captions", seed, step], length=15), 16))
@@ -369,28 +369,52 @@ def manifest_text(
         "",
     ]
     if result.zero_shot:
-        lines += [
-            f"## Zero-shot top-1 (%), template \"{world.TEMPLATE}\","
-            f" {cfg.eval_per_class} test images per class",
-            "",
-            "Classified among all classes of the vocabulary; base / new are its first / second label halves.",
-            "",
-            "| vocabulary | classes | " + " | ".join(f"{s} all / base / new" for s in world.STYLES) + " |",
-            "|---|---|" + "---|" * len(world.STYLES),
-        ]
-        for name, vocab in world.VOCABULARIES.items():
-            row = result.zero_shot[name]
-            cells = [_cell(row[s], ("all", "base", "new")) for s in world.STYLES]
-            lines.append(f"| {name} | {len(vocab.classnames())} | " + " | ".join(cells) + " |")
-        full = result.zero_shot[world.FULL_COLOUR_SHAPE.name]
-        cells = [_cell(full[s], ("all", "seen", "held_out")) for s in world.STYLES]
-        n_full = len(world.FULL_COLOUR_SHAPE.classnames())
-        lines += [
-            f"| all colour+shape pairs (all / seen / held out) | {n_full} | "
-            + " | ".join(cells) + " |",
-            "",
-        ]
+        lines += zero_shot_section(result.zero_shot, cfg.eval_per_class)
     return "\n".join(lines)
+
+
+ZERO_SHOT_HEADING = "## Zero-shot top-1 (%)"
+
+
+def zero_shot_section(table: dict[str, Any], per_class: int, note: str = "") -> list[str]:
+    """MANIFEST.md lines of the zero-shot table from `zero_shot_table`."""
+    lines = [
+        f"{ZERO_SHOT_HEADING}, template \"{world.TEMPLATE}\", {per_class} test images per class",
+        "",
+        "Classified among all classes of the vocabulary; base / new are its first / second label halves.",
+        *([note] if note else []),
+        "",
+        "| vocabulary | classes | " + " | ".join(f"{s} all / base / new" for s in world.STYLES) + " |",
+        "|---|---|" + "---|" * len(world.STYLES),
+    ]
+    for name, vocab in world.VOCABULARIES.items():
+        cells = [_cell(table[name][s], ("all", "base", "new")) for s in world.STYLES]
+        lines.append(f"| {name} | {len(vocab.classnames())} | " + " | ".join(cells) + " |")
+    full = table[world.FULL_COLOUR_SHAPE.name]
+    cells = [_cell(full[s], ("all", "seen", "held_out")) for s in world.STYLES]
+    n_full = len(world.FULL_COLOUR_SHAPE.classnames())
+    lines += [f"| all colour+shape pairs (all / seen / held out) | {n_full} | " + " | ".join(cells) + " |", ""]
+    return lines
+
+
+def rescore(weights: str | Path, per_class: int) -> dict[str, Any]:
+    """Re-measure the zero-shot table of existing weights and rewrite that section of MANIFEST.md.
+
+    For renderer changes that leave the pretraining data alone (an evaluation style's pixels): the
+    weights stay as they are and the table says which renderer scored it.
+    """
+    weights = Path(weights)
+    model = build_model()
+    model.load_state_dict(load_embedded_state(weights))
+    table = zero_shot_table(model.eval(), make_tokenizer(), per_class)
+    manifest = weights.parent / "MANIFEST.md"
+    head = manifest.read_text(encoding="utf-8").split(ZERO_SHOT_HEADING)[0] if manifest.is_file() else ""
+    note = (
+        f"Re-scored by `tailprompt pretrain-embedded --rescore --eval-per-class {per_class}` with world"
+        f" renderer {world.RENDER_VERSION} (weights unchanged, sha256 `{sha256_file(weights)}`)."
+    )
+    write_text_atomic(manifest, head.rstrip() + "\n\n" + "\n".join(zero_shot_section(table, per_class, note)))
+    return table
 
 
 def _cell(accs: dict[str, float], keys: tuple[str, ...]) -> str:

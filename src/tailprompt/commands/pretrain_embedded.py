@@ -35,18 +35,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"(default {d.eval_per_class})")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--rescore", action="store_true",
+                   help="do not train: re-measure the zero-shot table of the weights at --out and rewrite that "
+                   "section of MANIFEST.md (after a renderer change that leaves the pretraining data alone)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tailprompt.config import ConfigError, from_dict
-    from tailprompt.pretrain import PretrainConfig, pretrain, save_embedded, summary
+    from tailprompt.pretrain import PretrainConfig, pretrain, rescore, save_embedded, summary
     from tailprompt.utils import configure_threads
 
     if args.out.suffix != ".safetensors":
         raise UserError(f"--out {args.out}: expected a .safetensors file path")
     if args.out.exists() and args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder, expected a .safetensors file path")
+    if args.rescore:
+        if not args.out.is_file():
+            raise UserError(f"--rescore: no weights at {args.out} (train them first)")
+        if args.eval_per_class < 1:
+            raise UserError(f"--rescore needs --eval-per-class >= 1, got {args.eval_per_class}")
+        configure_threads(args.threads)
+        table = rescore(args.out, args.eval_per_class)
+        print(json.dumps({"weights": str(args.out), "zero_shot": table}, indent=2))
+        return 0
     try:
         cfg = from_dict(PretrainConfig, {
             "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,

@@ -15,7 +15,9 @@ papers' protocols run unchanged on a CPU with no downloads (design §6).
 Label order puts a checkerboard half of each vocabulary's attribute grid first, so the base half
 (first ceil(K/2) labels) and the new half both cover every attribute value: "new" classes are new
 *combinations*. The new halves of `colour_shape` (and hence of `size_colour_shape`) are
-`HELD_OUT_PAIRS`: those colour+shape pairs never occur in pretraining.
+`held_out_pairs()`: those colour+shape pairs never occur in pretraining. The sketch style draws an
+outline only, so `world_texture_shape_sketch` carries no texture information (a deliberately broken
+domain: only the shape half of each label is visible).
 
 Rendering is deterministic: a split is a sequence of images whose index j has class j % K; images are
 rendered in chunks of `CHUNK` indices from a generator seeded by (vocabulary, split, seed, chunk), so the

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tailprompt.data.readers import ENSEMBLE_TEMPLATES
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
@@ -26,16 +27,9 @@ from tailprompt.prompts.common import (
     prompt_state_of,
 )
 
-# CoOp `trainers/imagenet_templates.py` IMAGENET_TEMPLATES_SELECT (ZeroshotCLIP2's ensemble).
-IMAGENET_TEMPLATES_SELECT = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
+# CoOp `trainers/imagenet_templates.py` IMAGENET_TEMPLATES_SELECT (ZeroshotCLIP2's ensemble); one copy,
+# kept with the dataset templates.
+IMAGENET_TEMPLATES_SELECT = ENSEMBLE_TEMPLATES
 
 
 @dataclass

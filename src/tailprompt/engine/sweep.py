@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tailprompt.config import ConfigError, load_yaml
 from tailprompt.engine.config import RunConfig
@@ -80,11 +81,13 @@ def run_all(
     """Run configs in order, skipping complete ones; safe to kill and rerun at any moment."""
     backbones = BackboneCache()
     outcomes = []
-    bar = tqdm(configs, desc="sweep", unit="run", disable=not progress)
-    for cfg in bar:
-        bar.set_postfix_str(f"{cfg.method or cfg.learner['name']} tau={cfg.data.tau} seed={cfg.seed}")
-        outcome = execute_run(cfg, backbones)
-        outcomes.append(outcome)
-        if on_result:
-            on_result(cfg, outcome)
+    # Log lines go through tqdm.write so they do not tear the progress bar.
+    with logging_redirect_tqdm():
+        bar = tqdm(configs, desc="sweep", unit="run", disable=not progress)
+        for cfg in bar:
+            bar.set_postfix_str(f"{cfg.method or cfg.learner['name']} tau={cfg.data.tau} seed={cfg.seed}")
+            outcome = execute_run(cfg, backbones)
+            outcomes.append(outcome)
+            if on_result:
+                on_result(cfg, outcome)
     return outcomes

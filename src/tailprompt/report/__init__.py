@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tailprompt.report.aggregate import Cell, harmonic_mean, seed_statistics
+from tailprompt.report.aggregate import Cell, dataset_average_cell, harmonic_mean, seed_statistics
 from tailprompt.report.results import ReportError, deduplicated, load_results
 from tailprompt.report.tables import (
     FILE_SUFFIX,
@@ -35,7 +35,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
     """Aggregate every run under `runs_dir` and write the report files atomically.
 
     Writes `tables.<md|csv|tex>`, `summary.json` (mean ± std over seeds of every metric per
-    (experiment, method, tau), plus the tables' numbers) and, with `plots`, the PNG figures.
+    (experiment, method, tau), plus the tables' numbers, the averages over datasets included) and,
+    with `plots`, the PNG figures.
 
     Args:
         runs_dir: folder holding `<run_id>/result.json`.
@@ -71,7 +72,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
         "runs_dir": str(runs_dir),
         "n_runs": len(kept),
         "ignored_duplicates": dropped,
-        "statistics": "mean and population std (ddof=0) over seeds; HM and target averages per seed first",
+        "statistics": "mean and population std (ddof=0) over seeds; HM and target averages per seed first; "
+                      "averages over datasets per seed first, HM per dataset and seed before averaging",
         "experiments": seed_statistics(kept, order),
         "tables": [t.to_dict() for t in tables],
     })
@@ -83,6 +85,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
     return paths
 
 
-__all__ = ["Cell", "Column", "FORMATS", "NOTE", "ReportError", "Row", "Table", "harmonic_mean",
+__all__ = ["Cell", "Column", "FORMATS", "NOTE", "ReportError", "Row", "Table", "dataset_average_cell",
+           "harmonic_mean",
            "latex_escape", "load_results", "render_table", "render_tables", "seed_statistics",
            "summary_tables", "write_report"]

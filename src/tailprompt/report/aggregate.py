@@ -1,9 +1,11 @@
 """Seed statistics: per-run metrics, then mean ± std over seeds.
 
-Derived numbers (HM, the average over target datasets) are computed per seed first and only then
-averaged, as the papers' tables do: the mean of HMs is not the HM of mean accuracies. The spread is
-the population standard deviation over seeds (numpy's default, `ddof=0`), the convention of the
-reference's `parse_test_res.py` (Dassl) that CoOp, MaPLe and KgCoOp report with.
+Derived numbers (HM, the average over target datasets, the average over evaluated datasets) are
+computed per seed first and only then averaged, as the papers' tables do: the mean of HMs is not the
+HM of mean accuracies. The average over datasets takes each dataset's own per-seed HM ("HM per
+dataset, then averaged over datasets", design.md §8), never the HM of averaged base / new accuracy.
+The spread is the population standard deviation over seeds (numpy's default, `ddof=0`), the
+convention of the reference's `parse_test_res.py` (Dassl) that CoOp, MaPLe and KgCoOp report with.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ _SPLIT_SCALARS = ("accuracy", "ece", "mce", "aece", "nll", "ece_temperature_scal
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: a metric's value for each seed that has it, in seed order."""
+    """One table cell: a metric's value for each seed that has it, in seed order.
+
+    `datasets` is set for a cell of an average over datasets: the datasets each of its per-seed
+    values averages (the same for every seed of the cell).
+    """
 
     seeds: tuple[int, ...] = ()
     values: tuple[float, ...] = ()
+    datasets: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -49,8 +56,11 @@ class Cell:
         return float(np.std(self.values)) if self.values else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n,
-                "values": {str(s): v for s, v in zip(self.seeds, self.values)}}
+        out: dict[str, Any] = {"mean": self.mean, "std": self.std, "n": self.n,
+                               "values": {str(s): v for s, v in zip(self.seeds, self.values)}}
+        if self.datasets:
+            out["datasets"] = list(self.datasets)
+        return out
 
 
 def seed_cell(records: Sequence[dict[str, Any]], metric: Metric) -> Cell:
@@ -58,6 +68,34 @@ def seed_cell(records: Sequence[dict[str, Any]], metric: Metric) -> Cell:
     pairs = sorted((r["seed"], metric(r)) for r in records)
     kept = [(s, float(v)) for s, v in pairs if v is not None and math.isfinite(float(v))]
     return Cell(tuple(s for s, _ in kept), tuple(v for _, v in kept))
+
+
+def dataset_average_cell(records: Sequence[dict[str, Any]], metric: Metric) -> Cell:
+    """Per seed, the mean of `metric` over datasets; the cell then holds those per-seed means.
+
+    `records` are the runs of one method at one tau on several datasets (at most one per dataset
+    and seed, as `deduplicated` leaves them). `metric` is evaluated on each run, so a derived
+    number such as HM is computed per dataset and per seed before it is averaged over datasets.
+
+    The cell's datasets are those where the method has the metric for at least one seed; a seed
+    counts only if it has the metric on every one of them, so that every per-seed value averages
+    the same datasets (a seed still missing on one dataset would otherwise shift the mean by the
+    datasets' difference, not by the seed's). Seeds missing somewhere show as a smaller `n`.
+
+    Returns:
+        A `Cell` with `datasets` set (sorted); empty values when no seed covers every dataset.
+    """
+    per_dataset: dict[str, dict[int, float]] = {}
+    for r in records:
+        value = _number(metric(r))
+        if value is not None:
+            per_dataset.setdefault(r["dataset"], {})[r["seed"]] = value
+    if not per_dataset:
+        return Cell()
+    datasets = sorted(per_dataset)
+    seeds = sorted(set.intersection(*(set(by_seed) for by_seed in per_dataset.values())))
+    values = tuple(float(np.mean([per_dataset[d][s] for d in datasets])) for s in seeds)
+    return Cell(tuple(seeds), values, tuple(datasets))
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -190,5 +228,5 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-__all__ = ["Cell", "base_new_hm", "harmonic_mean", "record_metrics", "seed_cell",
+__all__ = ["Cell", "base_new_hm", "dataset_average_cell", "harmonic_mean", "record_metrics", "seed_cell",
            "seed_statistics", "split_value", "target_average"]

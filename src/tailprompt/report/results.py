@@ -189,9 +189,10 @@ def experiment_slugs(keys: Iterable[ExperimentKey]) -> dict[ExperimentKey, str]:
     keys = list(keys)
     base = {k: f"{k.dataset}__{k.protocol}" for k in keys}
     clashes = {b for b in base.values() if list(base.values()).count(b) > 1}
-    return {k: _safe_name(b if b not in clashes else f"{b}__{k.backbone}_{k.shots}shot")
+    return {k: safe_name(b if b not in clashes else f"{b}__{k.backbone}_{k.shots}shot")
             for k, b in base.items()}
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
+    """`text` with every character but letters, digits and `._-` replaced by `-` (file-name stems)."""
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)

@@ -1,6 +1,10 @@
 """Paper-style tables from run records: rows are methods, columns tau values or target datasets.
 
 Layouts (one set of tables per experiment = (dataset, protocol, backbone, shots)):
+- average over datasets (base-to-new and all classes, when a method was run on two or more
+  datasets of one (protocol, backbone, shots) setting): Base / New / HM (or Acc) per tau and ECE per
+  tau, each dataset's per-seed number averaged over datasets (HM per dataset first), then mean ± std
+  over seeds — the papers' "Average over 11 datasets" table. It comes first in its setting.
 - base-to-new: accuracy (Base / New / HM per tau), head / medium / tail accuracy per tau,
   calibration (ECE base / ECE new per tau) and, when recorded, post-hoc calibration (ECE after
   temperature scaling, ECE with DAC on new classes) — the layout of CPT's and TCPT's tables.
@@ -8,13 +12,14 @@ Layouts (one set of tables per experiment = (dataset, protocol, backbone, shots)
 - cross-dataset and domain generalization: accuracy and ECE on the source and each target plus
   the average over targets (CoOp's cross-dataset table); rows carry tau when several were run.
 Every cell is mean ± std over seeds (`aggregate.Cell`); derived numbers are computed per seed first.
+Tables are ordered by setting (protocol, backbone, shots), then the average, then dataset by dataset.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +27,7 @@ from tailprompt.report.aggregate import (
     Cell,
     Metric,
     base_new_hm,
+    dataset_average_cell,
     group_value,
     seed_cell,
     split_value,
@@ -33,6 +39,7 @@ from tailprompt.report.results import (
     experiment_slugs,
     grouped_by_experiment,
     method_order,
+    safe_name,
     target_splits,
     tau_key,
 )
@@ -40,8 +47,14 @@ from tailprompt.report.results import (
 FORMATS = ("md", "csv", "latex")
 FILE_SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
 NOTE = ("Cells are mean ± std over seeds (population std, ddof=0, as Dassl's parse_test_res.py); HM and "
-        "target averages are computed per seed, then averaged. A cell over fewer seeds than the rest of its "
-        "table says so (n=...). Bold marks the best mean per column (highest accuracy, lowest ECE).")
+        "target averages are computed per seed, then averaged; averages over datasets take each dataset's "
+        "per-seed numbers (HM per dataset), average them over datasets per seed, then over seeds. A cell over "
+        "fewer seeds than the rest of its table says so (n=...). Bold marks the best mean per column (highest "
+        "accuracy, lowest ECE).")
+# Protocols whose per-dataset tables get an average over datasets (transfer protocols already
+# average over their targets).
+AVERAGED_PROTOCOLS = ("base_to_new", "all_classes")
+AVERAGE_DATASET = "average"  # the `dataset` of an average table (csv's dataset column)
 
 
 @dataclass(frozen=True)
@@ -81,15 +94,22 @@ class Table:
     columns: list[Column]
     rows: list[Row] = field(default_factory=list)
     tau_rows: bool = False  # rows are (method, tau) pairs (transfer protocols with several tau)
+    datasets: list[str] = field(default_factory=list)  # the datasets an average table is over
 
     @property
     def max_seeds(self) -> int:
         return max((c.n for r in self.rows for c in r.cells), default=0)
 
+    def missing_datasets(self, cell: Cell) -> list[str]:
+        """The table's datasets a cell of an average table does not average (empty elsewhere)."""
+        if not self.datasets or not cell.datasets:
+            return []
+        return [d for d in self.datasets if d not in cell.datasets]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": self.key, "title": self.title, "caption": self.caption, "dataset": self.dataset,
-            "protocol": self.protocol, "kind": self.kind,
+            "protocol": self.protocol, "kind": self.kind, "datasets": list(self.datasets),
             "columns": [{"name": c.name, "tau": c.tau, "higher_is_better": c.higher_is_better}
                         for c in self.columns],
             "rows": [{"method": r.method, "tau": r.tau, "cells": [c.to_dict() for c in r.cells]}
@@ -132,8 +152,32 @@ def _all_classes_specs() -> list[tuple[str, str, _Spec]]:
     ]
 
 
+def _average_specs(protocol: str) -> list[tuple[str, str, _Spec]]:
+    """The columns averaged over datasets: the papers' average table (accuracy) plus ECE."""
+    if protocol == "base_to_new":
+        return [
+            ("accuracy", "Top-1 accuracy (%) on base and new classes and their harmonic mean.",
+             [("Base", split_value("base", "accuracy"), True), ("New", split_value("new", "accuracy"), True),
+              ("HM", base_new_hm, True)]),
+            ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
+             [("ECE base", split_value("base", "ece"), False),
+              ("ECE new", split_value("new", "ece"), False)]),
+        ]
+    return [
+        ("accuracy", "Top-1 accuracy (%) on all classes.", [("Acc", split_value("all", "accuracy"), True)]),
+        ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
+         [("ECE", split_value("all", "ece"), False)]),
+    ]
+
+
+CellOf = Callable[[Sequence[dict[str, Any]], Metric], Cell]
+
+
 def summary_tables(results: Sequence[dict[str, Any]], order: Sequence[str] | None = None) -> list[Table]:
     """Aggregate run records into paper-style tables (see the module docstring for layouts).
+
+    Tables come setting by setting ((protocol, backbone, shots), sorted); within a setting the
+    average over datasets (when one is made) comes first, then each dataset's tables.
 
     Args:
         results: records as returned by `load_results` (duplicates of a (method, tau, seed) cell
@@ -143,20 +187,66 @@ def summary_tables(results: Sequence[dict[str, Any]], order: Sequence[str] | Non
     kept, _ = deduplicated(results)
     groups = grouped_by_experiment(kept)
     slugs = experiment_slugs(groups)
+    settings: dict[tuple[str, str, int], list[ExperimentKey]] = {}
+    for key in groups:
+        settings.setdefault((key.protocol, key.backbone, key.shots), []).append(key)
     tables: list[Table] = []
-    for key, records in groups.items():
-        methods = method_order(records, order)
-        if key.protocol == "base_to_new":
-            tables += _tau_column_tables(key, slugs[key], records, methods, _base_to_new_specs())
-        elif key.protocol == "all_classes":
-            tables += _tau_column_tables(key, slugs[key], records, methods, _all_classes_specs())
-        else:  # cross_dataset, domain_generalization and any other split-per-dataset protocol
-            tables += _transfer_tables(key, slugs[key], records, methods)
+    for setting in sorted(settings):
+        keys = sorted(settings[setting])
+        if setting[0] in AVERAGED_PROTOCOLS:
+            shared = sum(s[0] == setting[0] for s in settings) > 1  # name the setting in the key
+            tables += _dataset_average_tables(setting, [r for k in keys for r in groups[k]], order, shared)
+        for key in keys:
+            records = groups[key]
+            methods = method_order(records, order)
+            if key.protocol == "base_to_new":
+                tables += _tau_column_tables(key, slugs[key], records, methods, _base_to_new_specs())
+            elif key.protocol == "all_classes":
+                tables += _tau_column_tables(key, slugs[key], records, methods, _all_classes_specs())
+            else:  # cross_dataset, domain_generalization and any other split-per-dataset protocol
+                tables += _transfer_tables(key, slugs[key], records, methods)
+    return tables
+
+
+def _dataset_average_tables(setting: tuple[str, str, int], records: list[dict[str, Any]],
+                            order: Sequence[str] | None, name_setting: bool) -> list[Table]:
+    """The "Average over N datasets" tables of one (protocol, backbone, shots) setting.
+
+    Made only when some method was run on two or more of the setting's datasets. Each cell is
+    `dataset_average_cell`: per seed the mean over datasets of the per-dataset number (HM per
+    dataset and seed first), then mean ± std over seeds. A method lacking a dataset keeps a row
+    averaged over the datasets it has, marked "without ..." and never bold, since its number
+    averages other datasets than the rest of the column.
+
+    Args:
+        setting: (protocol, backbone, shots).
+        records: every run of the setting, all datasets.
+        order: preferred row order of methods.
+        name_setting: put backbone and shots in the table key (the protocol has other settings).
+    """
+    protocol, backbone, shots = setting
+    methods = method_order(records, order)
+    if not any(len({r["dataset"] for r in records if r["method"] == m}) > 1 for m in methods):
+        return []
+    datasets = sorted({r["dataset"] for r in records})
+    key = ExperimentKey(f"Average over {len(datasets)} datasets", protocol, backbone, shots)
+    slug = f"{AVERAGE_DATASET}__{protocol}" + (f"__{backbone}_{shots}shot" if name_setting else "")
+    note = (f" Averaged over {len(datasets)} datasets: {', '.join(datasets)}. For each method, tau and seed "
+            "the per-dataset numbers are averaged over datasets (HM computed per dataset and seed from that "
+            "dataset's base and new accuracy, then averaged, not the HM of averaged accuracies); cells are mean "
+            "± std over seeds of those averages. A seed counts only where the method has it on every dataset "
+            "it was run on; a method missing a dataset is averaged over the others, marked (without ...) and "
+            "not bolded.")
+    tables = _tau_column_tables(key, safe_name(slug), records, methods, _average_specs(protocol),
+                                cell_of=dataset_average_cell, dataset=AVERAGE_DATASET, caption_suffix=note)
+    for table in tables:
+        table.datasets = datasets
     return tables
 
 
 def _tau_column_tables(key: ExperimentKey, slug: str, records: list[dict[str, Any]], methods: list[str],
-                       specs: list[tuple[str, str, _Spec]]) -> list[Table]:
+                       specs: list[tuple[str, str, _Spec]], cell_of: CellOf = seed_cell,
+                       dataset: str | None = None, caption_suffix: str = "") -> list[Table]:
     taus = sorted({tau_key(r["tau"]) for r in records}, reverse=True)
     tables = []
     for kind, caption, spec in specs:
@@ -168,11 +258,12 @@ def _tau_column_tables(key: ExperimentKey, slug: str, records: list[dict[str, An
         rows = []
         for method in methods:
             runs = [r for r in records if r["method"] == method]
-            cells = [seed_cell([r for r in runs if tau_key(r["tau"]) == c.tau], m)
+            cells = [cell_of([r for r in runs if tau_key(r["tau"]) == c.tau], m)
                      for c, m in zip(columns, metrics)]
             rows.append(Row(method, None, cells))
-        table = _without_empty_columns(Table(f"{slug}__{kind}", key.title(), caption, key.dataset,
-                                             key.protocol, kind, columns, rows))
+        table = _without_empty_columns(Table(f"{slug}__{kind}", key.title(), caption + caption_suffix,
+                                             key.dataset if dataset is None else dataset, key.protocol, kind,
+                                             columns, rows))
         if table.columns:
             tables.append(table)
     return tables
@@ -253,7 +344,9 @@ def _best_means(table: Table) -> list[float | None]:
     """Per column, the best mean rounded as printed (ties all win); None unless two means differ."""
     best: list[float | None] = []
     for j, col in enumerate(table.columns):
-        means = [round(m, 2) for r in table.rows if (m := r.cells[j].mean) is not None]
+        # an average missing a dataset is not comparable with the column's full averages
+        means = [round(m, 2) for r in table.rows
+                 if (m := r.cells[j].mean) is not None and not table.missing_datasets(r.cells[j])]
         if len(set(means)) < 2:  # one value, or all tied: nothing stands out
             best.append(None)
         else:
@@ -261,18 +354,19 @@ def _best_means(table: Table) -> list[float | None]:
     return best
 
 
-def _cell_text(cell: Cell, n_max: int, best: float | None, style: str) -> str:
+def _cell_text(cell: Cell, n_max: int, best: float | None, style: str, missing: Sequence[str] = ()) -> str:
     if cell.mean is None:
         return {"md": "–", "latex": "--"}[style]
     mean = f"{cell.mean:.2f}"
-    is_best = best is not None and round(cell.mean, 2) == best
+    is_best = best is not None and not missing and round(cell.mean, 2) == best
+    marks = ([f"n={cell.n}"] if cell.n < n_max else []) + ([f"without {', '.join(missing)}"] if missing else [])
     if style == "md":
         text = f"**{mean}**" if is_best else mean
         text += f" ± {cell.std:.2f}" if cell.n > 1 else ""
-        return text + (f" (n={cell.n})" if cell.n < n_max else "")
+        return text + (f" ({_md_escape('; '.join(marks))})" if marks else "")
     text = f"\\mathbf{{{mean}}}" if is_best else mean
     text += f" \\pm {cell.std:.2f}" if cell.n > 1 else ""
-    return f"${text}$" + (f"\\,(n={cell.n})" if cell.n < n_max else "")
+    return f"${text}$" + (f"\\,({latex_escape('; '.join(marks))})" if marks else "")
 
 
 def _row_labels(table: Table, row: Row) -> list[str]:
@@ -286,7 +380,7 @@ def _markdown(table: Table) -> str:
              "|" + "|".join([":--"] * len(label_headers) + ["--:"] * len(table.columns)) + "|"]
     best, n_max = _best_means(table), table.max_seeds
     for row in table.rows:
-        cells = [_cell_text(c, n_max, b, "md") for c, b in zip(row.cells, best)]
+        cells = [_cell_text(c, n_max, b, "md", table.missing_datasets(c)) for c, b in zip(row.cells, best)]
         labels = [_md_escape(x) for x in _row_labels(table, row)]
         lines.append("| " + " | ".join(labels + cells) + " |")
     return "\n".join(lines) + "\n"
@@ -299,8 +393,9 @@ def _md_escape(text: str) -> str:
 def _csv(tables: Sequence[Table]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    # `datasets`: for average tables, the datasets the cell averages (space-separated); empty elsewhere.
     writer.writerow(["table", "dataset", "protocol", "kind", "method", "tau", "column", "mean", "std",
-                     "n_seeds", "seeds"])
+                     "n_seeds", "seeds", "datasets"])
     for t in tables:
         for row in t.rows:
             for col, cell in zip(t.columns, row.cells):
@@ -308,7 +403,7 @@ def _csv(tables: Sequence[Table]) -> str:
                 writer.writerow([
                     t.key, t.dataset, t.protocol, t.kind, row.method, "" if tau is None else f"{tau:g}",
                     col.name, _csv_number(cell.mean), _csv_number(cell.std), cell.n,
-                    " ".join(str(s) for s in cell.seeds),
+                    " ".join(str(s) for s in cell.seeds), " ".join(cell.datasets),
                 ])
     return buf.getvalue()
 
@@ -350,7 +445,7 @@ def _latex(table: Table) -> str:
     lines.append(r"  \midrule")
     best, n_max = _best_means(table), table.max_seeds
     for row in table.rows:
-        cells = [_cell_text(c, n_max, b, "latex") for c, b in zip(row.cells, best)]
+        cells = [_cell_text(c, n_max, b, "latex", table.missing_datasets(c)) for c, b in zip(row.cells, best)]
         labels = [latex_escape(x) for x in _row_labels(table, row)]
         lines.append("  " + " & ".join(labels + cells) + r" \\")
     lines += [r"  \bottomrule", r"  \end{tabular}", r"\end{table}"]

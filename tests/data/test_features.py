@@ -163,3 +163,17 @@ def test_real_tiny_vit_backbone(eurosat, tmp_path):
     assert (cache.hits, cache.misses) == (len(eurosat.val), len(eurosat.val))
     key = (cache.space_dir(model) / "key.json").read_text()
     assert model.identity in key and model.preprocess_id in key
+
+
+def test_worker_processes_give_the_same_cached_features(tmp_path):
+    from tailprompt.backbone import load_backbone
+    from tailprompt.data.features import FeatureCache
+    from tailprompt.data.fixtures import make_eurosat_tree
+    from tailprompt.data.registry import load_dataset
+
+    ds = load_dataset("eurosat", make_eurosat_tree(tmp_path / "data", images_per_class=4))
+    backbone = load_backbone("tiny-vit")
+    items = ds.train
+    serial = FeatureCache(tmp_path / "a").get(backbone, ds, items, view=1, batch_size=8)
+    parallel = FeatureCache(tmp_path / "b", num_workers=2).get(backbone, ds, items, view=1, batch_size=8)
+    assert torch.equal(serial, parallel)

@@ -146,3 +146,14 @@ def test_sweep_command_dry_run_and_run(base_overrides, tmp_path, capsys):
     assert "4 run now, 0 already complete" in capsys.readouterr().out
     assert main(["sweep", str(sweep)]) == 0
     assert "0 run now, 4 already complete" in capsys.readouterr().out
+
+
+def test_exact_mode_is_deterministic_and_independent_of_worker_processes(base_overrides):
+    exact = base_overrides + ["data.cache=false", "optim.batch_size=8"]
+    backbones = BackboneCache()
+    serial = execute_run(resolve_config("coop", exact), backbones).result
+    parallel = execute_run(resolve_config("coop", exact + ["data.num_workers=2"]), backbones).result
+    assert serial["loss_curve"] == parallel["loss_curve"]
+    assert serial["splits"]["new"]["per_class_accuracy"] == parallel["splits"]["new"]["per_class_accuracy"]
+    cached = execute_run(resolve_config("coop", base_overrides + ["optim.batch_size=8"]), backbones).result
+    assert cached["loss_curve"] != serial["loss_curve"]  # cached views are different draws than fresh ones

@@ -68,8 +68,9 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     spec = LEARNERS.get(cfg.learner["name"])
     learner = spec.build(learner_config(cfg), backbone, list(ds.classnames), ds.template).to(backbone.device)
     learner.load_prompt_state(state)
-    cache = FeatureCache(cfg.data.cache_dir) if cfg.data.cache and not spec.uses_image_tower else None
-    inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval)
+    use_cache = cfg.data.cache and not spec.uses_image_tower
+    cache = FeatureCache(cfg.data.cache_dir, cfg.data.num_workers) if use_cache else None
+    inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers)
     out = split_outputs(learner, spec, ds, ds.test, inputs)
     metrics = {"dataset": dataset, "classes": classes,
                **split_metrics(out.logits, out.labels, list(ds.classnames), n_bins=cfg.eval.ece_bins)}

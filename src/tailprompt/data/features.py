@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.utils import atomic_path, stable_hash, write_json_atomic
@@ -53,6 +54,13 @@ def augmentation_seed(view: int, key: str) -> int:
     return derived_seed("view", view, key)
 
 
+def view_transform(backbone: Any, view: int) -> tuple[Any, tuple | None]:
+    """(transform, seed parts) of a view: eval preprocessing for 0, seeded training augmentation for v >= 1."""
+    if view == 0:
+        return backbone.preprocess_eval, None
+    return backbone.preprocess_train, ("view", view)
+
+
 def view_batch(backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int) -> torch.Tensor:
     """Preprocessed images of one view -> [B, 3, S, S].
 
@@ -60,15 +68,16 @@ def view_batch(backbone: Any, dataset: DatasetSplits, items: Sequence[Item], vie
     torch's RNG seeded by `augmentation_seed(v, item.key)` inside `torch.random.fork_rng`, so the
     result does not depend on (nor change) the global RNG state.
     """
-    if view == 0:
-        return dataset.load_batch(items, backbone.preprocess_eval)
-    out = []
-    for it in items:
-        image = dataset.load_image(it)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(augmentation_seed(view, it.key))
-            out.append(backbone.preprocess_train(image))
-    return torch.stack(out)
+    transform, seed_parts = view_transform(backbone, view)
+    return next(image_batches(dataset, items, transform, seed_parts, batch_size=max(1, len(items))))
+
+
+def view_batches(
+    backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int, batch_size: int, num_workers: int
+) -> Iterator[torch.Tensor]:
+    """`view_batch` over consecutive chunks of `items`, decoded by `num_workers` processes when > 0."""
+    transform, seed_parts = view_transform(backbone, view)
+    return image_batches(dataset, items, transform, seed_parts, batch_size, num_workers)
 
 
 @torch.no_grad()
@@ -88,14 +97,14 @@ def compute_features(
     view: int,
     batch_size: int = 256,
     progress: bool = False,
+    num_workers: int = 0,
 ) -> torch.Tensor:
     """Encode `items` under `view` without any cache (the exact no-cache path) -> fp32 [N, D]."""
     chunks = []
     bar = tqdm(total=len(items), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        chunks.append(encode_batch(backbone, view_batch(backbone, dataset, batch, view)))
-        bar.update(len(batch))
+    for images in view_batches(backbone, dataset, items, view, batch_size, num_workers):
+        chunks.append(encode_batch(backbone, images))
+        bar.update(len(images))
     bar.close()
     if not chunks:
         return torch.empty(0, int(backbone.embed_dim))
@@ -108,8 +117,9 @@ class FeatureCache:
     `hits` / `misses` count distinct images looked up over the cache's lifetime.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, num_workers: int = 0) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.num_workers = num_workers  # image-decoding processes for misses (0: in this process)
         self.hits = 0
         self.misses = 0
         self._index: dict[Path, dict[str, tuple[str, int]]] = {}  # view dir -> entry -> (shard, row)
@@ -169,11 +179,12 @@ class FeatureCache:
     ) -> dict[str, torch.Tensor]:
         fresh: dict[str, torch.Tensor] = {}
         bar = tqdm(total=len(missing), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
-        for start in range(0, len(missing), batch_size):
+        batches = view_batches(
+            backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers
+        )
+        for start, images in zip(range(0, len(missing), batch_size), batches):
             batch = missing[start : start + batch_size]
-            feats = encode_batch(
-                backbone, view_batch(backbone, dataset, [first_item[e] for e in batch], view)
-            )
+            feats = encode_batch(backbone, images)
             self._write_shard(
                 view_dir, batch, feats
             )  # one shard per batch: an interrupted run keeps its work

@@ -27,6 +27,7 @@ class DataConfig:
     cache_dir: str | None = None  # default ~/.cache/tailprompt
     n_views: int = 4  # augmented training views cached per image
     batch_size_eval: int = 256
+    num_workers: int = 0  # processes decoding images (cache fill, exact mode, MaPLe); results do not change
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific reader options
 
 

@@ -46,8 +46,7 @@ def split_outputs(
         text = None if spec.instance_conditioned else learner.text_features(None).float()
     if spec.uses_image_tower:
         chunks = []
-        for start in range(0, len(items), inputs.batch_size):
-            images = inputs.images(dataset, items[start : start + inputs.batch_size], train=False)
+        for images in inputs.image_batches(dataset, items, inputs.batch_size):
             with autocast_for(device):
                 chunks.append(learner.image_features(images).float())
         image_feats = torch.cat(chunks) if chunks else torch.zeros(0, inputs.backbone.embed_dim, device=device)

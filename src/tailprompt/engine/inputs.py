@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from tailprompt.data.loading import image_batches
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.steps import autocast_for, normalized
 
@@ -20,6 +21,7 @@ class ImageInputs:
     cache: object | None  # tailprompt.data.features.FeatureCache
     device: torch.device
     batch_size: int = 256
+    num_workers: int = 0  # image-decoding processes (0: decode in this process)
 
     def features(self, dataset: DatasetSplits, items: Sequence[Item], view: int = 0) -> Tensor:
         """[N, D] normalised features of `items` for `view` (0 = eval preprocessing)."""
@@ -30,8 +32,7 @@ class ImageInputs:
             return normalized(feats.to(self.device))
         assert view == 0, "uncached features exist for the eval view only; training augments per step"
         chunks = []
-        for start in range(0, len(items), self.batch_size):
-            images = self.images(dataset, items[start : start + self.batch_size], train=False)
+        for images in self.image_batches(dataset, items, self.batch_size):
             with torch.no_grad(), autocast_for(self.device):
                 chunks.append(normalized(self.backbone.encode_image(images)))
         return torch.cat(chunks)
@@ -40,7 +41,15 @@ class ImageInputs:
         """[V, N, D] normalised features of `n_views` cached augmented views (views 1..V)."""
         return torch.stack([self.features(dataset, items, view=v) for v in range(1, n_views + 1)])
 
-    def images(self, dataset: DatasetSplits, items: Sequence[Item], train: bool) -> Tensor:
-        """[B, 3, S, S] preprocessed images (fresh augmentation when `train`)."""
-        tf = self.backbone.preprocess_train if train else self.backbone.preprocess_eval
-        return dataset.load_batch(list(items), tf).to(self.device)
+    def image_batches(
+        self, dataset: DatasetSplits, items: Sequence[Item], batch_size: int, train_seed: tuple | None = None
+    ) -> Iterator[Tensor]:
+        """Consecutive batches `[b, 3, S, S]` of `items` on the device.
+
+        `train_seed` None: eval preprocessing. Otherwise training augmentation, each image's drawn from
+        torch's RNG seeded by `train_seed + (item key,)`, so the tensors do not depend on `num_workers`.
+        """
+        tf = self.backbone.preprocess_train if train_seed is not None else self.backbone.preprocess_eval
+        parts = ("train", *train_seed) if train_seed is not None else None
+        for images in image_batches(dataset, items, tf, parts, batch_size, self.num_workers):
+            yield images.to(self.device)

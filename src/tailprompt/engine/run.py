@@ -123,8 +123,8 @@ def execute_run(
     use_cache = cfg.data.cache and not spec.uses_image_tower
     cache = None
     if use_cache:
-        cache = FeatureCache(cache_root)
-    inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval)
+        cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers)
+    inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval, cfg.data.num_workers)
 
     t0 = time.perf_counter()
     train_views = inputs.train_views(train_ds, training.items, cfg.data.n_views) if use_cache else None

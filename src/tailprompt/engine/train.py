@@ -68,17 +68,23 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
     epochs = range(setup.optim.epochs)
     for epoch in tqdm(epochs, desc="train", disable=not setup.progress, leave=False):
         set_lr(optimizer, lr_at_epoch(epoch, setup.optim))
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen)[: steps_per_epoch * bs]  # drop_last when a batch is full
+        exact = setup.train_views is None or setup.spec.uses_image_tower
+        # Exact mode: the epoch's images are decoded (in worker processes if any) in batch order, each
+        # augmented with its own seed (run seed, epoch, image), as fresh as the reference's per-step draw.
+        image_iter = inputs.image_batches(
+            setup.dataset, [setup.items[i] for i in order.tolist()], bs, train_seed=(setup.seed, epoch)
+        ) if exact else None
         sums: dict[str, Tensor] = {}
         for b in range(steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs]
             labels = labels_all[idx.to(device)]
             images = None
-            if setup.train_views is not None and not setup.spec.uses_image_tower:
+            if image_iter is None:
                 view = torch.randint(setup.train_views.shape[0], (len(idx),), generator=gen)
                 frozen_img = setup.train_views[view.to(device), idx.to(device)]
             else:
-                images = inputs.images(setup.dataset, [setup.items[i] for i in idx.tolist()], train=True)
+                images = next(image_iter)
                 with torch.no_grad(), autocast_for(device):
                     frozen_img = normalized(inputs.backbone.encode_image(images))
             with autocast_for(device):

@@ -27,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shots", type=int, help="only the few-shot subsets (tau = 1, a superset of any tau)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --shots (default 1 2 3)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes decoding images (default 0: in this process); features do not change")
     parser.set_defaults(func=run)
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shots is not None and not ds.train:
         raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
     backbone = _load_backbone(args)
-    cache = FeatureCache(args.cache_dir)
+    cache = FeatureCache(args.cache_dir, num_workers=args.workers)
     print(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
     for split in splits:
         items = selected_items(ds, split, args.shots, args.seeds)

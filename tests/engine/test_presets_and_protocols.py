@@ -58,3 +58,19 @@ def test_cross_dataset_on_explicit_targets(base_overrides, eurosat_root, tmp_pat
     assert set(r["splits"]) == {"source", "dtd"}
     assert len(r["splits"]["source"]["classnames"]) == 10 and len(r["splits"]["dtd"]["classnames"]) == 6
     assert r["splits"]["dtd"]["ece_dac"] is not None  # DAC applies to classes the prompts were not trained on
+
+
+@pytest.mark.parametrize("protocol, expected", [
+    ("domain_generalization", {"world_colour_shape_clean", "world_colour_shape_noisy", "world_colour_shape_blurred"}),
+    ("cross_dataset", {"world_texture_shape_sketch", "world_size_colour_shape_sketch"}),
+])
+def test_world_alias_resolves_default_transfer_targets(protocol, expected, tmp_path, backbones):
+    small = "{train_per_class: 16, val_per_class: 2, test_per_class: 3}"
+    cfg = resolve_config("coop", [
+        "backbone.name=embedded", "data.name=world", f"protocol.name={protocol}", f"data.options={small}",
+        f"protocol.target_options={small}", f"output_dir={tmp_path}", f"data.cache_dir={tmp_path / 'c'}",
+    ] + SHORT)
+    r = execute_run(cfg, backbones).result
+    assert set(r["splits"]) == {"source"} | expected
+    assert len(r["splits"]["world_colour_shape_clean" if "world_colour_shape_clean" in expected
+                         else "world_texture_shape_sketch"]["per_class_accuracy"]) in (36, 32)

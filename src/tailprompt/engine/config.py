@@ -35,6 +35,7 @@ class DataConfig:
 class ProtocolConfig:
     name: str = "base_to_new"  # base_to_new | cross_dataset | domain_generalization | all_classes
     targets: list[str] = field(default_factory=list)  # target datasets (cross_dataset, domain_generalization)
+    target_options: dict[str, Any] = field(default_factory=dict)  # reader options for every target dataset
 
 
 @dataclass

@@ -42,7 +42,10 @@ XD_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "f
 
 
 def _load(cfg: RunConfig, name: str | None = None) -> DatasetSplits:
-    return load_dataset(name or cfg.data.name, cfg.data.root, cfg.data.options)
+    """The source dataset (`name` None, with `data.options`) or a target (with `protocol.target_options`)."""
+    if name is None:
+        return load_dataset(cfg.data.name, cfg.data.root, cfg.data.options)
+    return load_dataset(name, cfg.data.root, cfg.protocol.target_options)
 
 
 def base_to_new(cfg: RunConfig) -> ProtocolPlan:
@@ -62,13 +65,14 @@ def all_classes(cfg: RunConfig) -> ProtocolPlan:
     return ProtocolPlan(train=full, evals=[EvalSplit("all", full, True)])
 
 
-def _default_targets(cfg: RunConfig, dg: bool) -> list[str]:
+def _default_targets(cfg: RunConfig, source: str, dg: bool) -> list[str]:
+    """`protocol.targets`, else the papers' targets for `source` (the loaded dataset's own name, so that
+    aliases such as `world` resolve to the registered dataset they stand for)."""
     from tailprompt.data.registry import DATASETS
 
     if cfg.protocol.targets:
         return list(cfg.protocol.targets)
-    source = cfg.data.name
-    if source.startswith("world"):
+    if source.startswith("world_"):
         # Same vocabulary in other rendering styles (DG) or other vocabularies (cross-dataset).
         worlds = [n for n in DATASETS.names("world_*") if n != source]
         if dg:
@@ -84,7 +88,7 @@ def _default_targets(cfg: RunConfig, dg: bool) -> list[str]:
 def _transfer(cfg: RunConfig, dg: bool) -> ProtocolPlan:
     source = select_classes(_load(cfg), "all")
     evals = [EvalSplit("source", source, True)]
-    for name in _default_targets(cfg, dg):
+    for name in _default_targets(cfg, source.name, dg):
         evals.append(EvalSplit(name, select_classes(_load(cfg, name), "all"), False))
     return ProtocolPlan(train=source, evals=evals)
 

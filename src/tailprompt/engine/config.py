@@ -50,6 +50,8 @@ class OptimConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     max_steps: int | None = None  # optional cap on steps per run (smoke tests)
+    checkpoint_every_s: float | None = 60.0  # save a resumable checkpoint after an epoch when this many
+    # seconds passed since the last save (0: every epoch, null: never); does not change results
 
 
 @dataclass

@@ -113,10 +113,21 @@ def objective_parts(entry: dict[str, Any], where: str) -> tuple[Any, Any, dict[s
     return spec, from_dict(spec.config_cls, rest, where), weights
 
 
+# Keys that change where or how fast a run goes, never its numbers: left out of the run id, so that
+# changing them finds the existing result.
+RUN_ID_IGNORED = (
+    ("output_dir",), ("description",), ("data", "cache_dir"), ("data", "num_workers"), ("optim", "checkpoint_every_s"),
+)
+
+
 def run_id(cfg: RunConfig, backbone_identity: str) -> str:
-    """Hash of the resolved config (output location excluded) and the backbone's identity."""
+    """Hash of the resolved config (`RUN_ID_IGNORED` left out) and the backbone's identity."""
     data = to_dict(cfg)
-    data.pop("output_dir", None)
+    for path in RUN_ID_IGNORED:
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node.pop(path[-1], None)
     return stable_hash({"config": data, "backbone": backbone_identity}, length=12)
 
 

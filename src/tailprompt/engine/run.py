@@ -47,6 +47,8 @@ from tailprompt.utils import atomic_path, seed_everything, write_json_atomic, wr
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT = "checkpoint.safetensors"  # resumable training state while a run is unfinished
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -137,7 +139,7 @@ def execute_run(
     curve = train_prompts(TrainSetup(
         learner=learner, spec=spec, objectives=objectives, frozen_text=frozen_text, clusters=clusters,
         dataset=train_ds, items=training.items, inputs=inputs, train_views=train_views, optim=cfg.optim,
-        seed=cfg.seed, progress=progress,
+        seed=cfg.seed, progress=progress, checkpoint=run_dir / CHECKPOINT,
     ))
     t_train = time.perf_counter() - t0
 
@@ -190,6 +192,7 @@ def execute_run(
                     "total_s": time.perf_counter() - t_start},
     }
     write_run(run_dir, cfg, learner, backbone, learned_text, frozen_text, result)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; nothing to resume
     return RunOutcome(run_dir, result, skipped=False)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.engine.checkpoint import TrainProgress, load_checkpoint, save_checkpoint
 from tailprompt.engine.config import OptimConfig
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
@@ -41,6 +44,7 @@ class TrainSetup:
     optim: OptimConfig
     seed: int
     progress: bool = False
+    checkpoint: Path | None = None  # where to keep a resumable training checkpoint (None: never)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -58,14 +62,22 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
         return curve  # zero-shot: nothing to train
     optimizer = build_optimizer(params, setup.optim)
     gen = torch.Generator().manual_seed(setup.seed)
+    start_epoch, step = 0, 0
+    if setup.checkpoint is not None:
+        resumed = load_checkpoint(setup.checkpoint, learner, optimizer, gen)
+        if resumed is not None:
+            start_epoch, step, curve = resumed.epoch, resumed.step, resumed.curve
+            log.info("resuming training at epoch %d from %s", start_epoch, setup.checkpoint)
+    last_save = time.monotonic()
     labels_all = torch.tensor([it.label for it in setup.items], device=device)
     n, bs = len(setup.items), setup.optim.batch_size
     steps_per_epoch = batches_per_epoch(n, bs)
     class_ids = torch.arange(setup.dataset.num_classes, device=device)
     scale = float(inputs.backbone.logit_scale)
-    step = 0
     learner.train()
-    epochs = range(setup.optim.epochs)
+    epochs = range(start_epoch, setup.optim.epochs)
+    if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
+        epochs = range(0)
     for epoch in tqdm(epochs, desc="train", disable=not setup.progress, leave=False):
         set_lr(optimizer, lr_at_epoch(epoch, setup.optim))
         order = torch.randperm(n, generator=gen)[: steps_per_epoch * bs]  # drop_last when a batch is full
@@ -87,23 +99,22 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
                 images = next(image_iter)
                 with torch.no_grad(), autocast_for(device):
                     frozen_img = normalized(inputs.backbone.encode_image(images))
-            with autocast_for(device):
+            with autocast_for(device):  # the towers in bf16 on CUDA; objectives below in fp32
                 img, txt = learner_outputs(learner, setup.spec, frozen_img, images)
-                img, txt = img.float(), txt.float()
-                logits = scaled_logits(img, txt, scale)
-                state = StepState(
-                    logits=logits,
-                    labels=labels,
-                    image_feats=img,
-                    text_feats=txt,
-                    frozen_text_feats=setup.frozen_text,
-                    frozen_image_feats=frozen_img,
-                    zeroshot_logits=scaled_logits(frozen_img, setup.frozen_text, scale),
-                    class_ids=class_ids,
-                    logit_scale=scale,
-                    clusters=setup.clusters,
-                )
-                loss, terms = objective_terms(setup.objectives, state)
+            img, txt, frozen_img = img.float(), txt.float(), frozen_img.float()
+            state = StepState(
+                logits=scaled_logits(img, txt, scale),
+                labels=labels,
+                image_feats=img,
+                text_feats=txt,
+                frozen_text_feats=setup.frozen_text,
+                frozen_image_feats=frozen_img,
+                zeroshot_logits=scaled_logits(frozen_img, setup.frozen_text, scale),
+                class_ids=class_ids,
+                logit_scale=scale,
+                clusters=setup.clusters,
+            )
+            loss, terms = objective_terms(setup.objectives, state)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -116,6 +127,10 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
                 break
         for k, v in sums.items():
             curve.setdefault(k, []).append(float(v) / (b + 1))
+        every = setup.optim.checkpoint_every_s
+        if setup.checkpoint is not None and every is not None and time.monotonic() - last_save >= every:
+            save_checkpoint(setup.checkpoint, learner, optimizer, gen, TrainProgress(epoch + 1, step, curve))
+            last_save = time.monotonic()
         if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
             break
     learner.eval()

@@ -16,12 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train one run (learner + objectives + protocol) and write runs/<run_id>/",
         description="Resolve defaults <- preset/file <- --set overrides, train, evaluate, and write "
         "config.yaml, result.json, prompts.safetensors and features.safetensors under OUTPUT_DIR/<run_id>/. "
-        "An existing complete run is not redone (use --force).",
+        "An existing complete run is not redone (use --force); an unfinished one resumes from its last "
+        "training checkpoint.",
     )
     p.add_argument("--config", default="coop", help="a method preset (see `tailprompt list`) or a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.tau=0.06 (repeatable)")
-    p.add_argument("--force", action="store_true", help="redo the run even if its result exists")
+    p.add_argument("--force", action="store_true", help="redo the run from scratch even if its result or a checkpoint exists")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 

@@ -94,6 +94,8 @@ def execute_run(
     result_path = run_dir / "result.json"
     if result_path.is_file() and not force:
         return RunOutcome(run_dir, json.loads(result_path.read_text()), skipped=True)
+    if force:  # start from scratch, not from an unfinished attempt's checkpoint
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
     seed_everything(cfg.seed)
     device = backbone.device if isinstance(backbone.device, torch.device) else torch.device(backbone.device)
 

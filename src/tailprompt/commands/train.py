@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="coop", help="a method preset (see `tailprompt list`) or a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.tau=0.06 (repeatable)")
-    p.add_argument("--force", action="store_true", help="redo the run from scratch even if its result or a checkpoint exists")
+    p.add_argument("--force", action="store_true",
+                   help="redo the run from scratch even if its result or a checkpoint exists")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 

@@ -9,6 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tailprompt.cli import main
+from tailprompt.config import ConfigError
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
 from tailprompt.engine.sweep import SweepSpec, expand, run_all
@@ -157,3 +158,12 @@ def test_exact_mode_is_deterministic_and_independent_of_worker_processes(base_ov
     assert serial["splits"]["new"]["per_class_accuracy"] == parallel["splits"]["new"]["per_class_accuracy"]
     cached = execute_run(resolve_config("coop", base_overrides + ["optim.batch_size=8"]), backbones).result
     assert cached["loss_curve"] != serial["loss_curve"]  # cached views are different draws than fresh ones
+
+
+def test_threshold_groups_for_user_long_tail_data(base_overrides):
+    r = execute_run(resolve_config("coop", base_overrides + ["eval.groups=thresholds"])).result
+    # tau=0.06 counts [16, 7, 3, 1, 1]: all under 20 images, so every class is "few" (tail).
+    assert r["groups"]["classes"]["tail"] == list(r["sampling"]["counts"])
+    assert r["groups"]["head"] is None and r["groups"]["medium"] is None
+    with pytest.raises(ConfigError, match="eval.groups"):
+        resolve_config("coop", base_overrides + ["eval.groups=quartiles"])

@@ -42,3 +42,10 @@ def test_group_accuracy_means_per_class_values():
     per_class = torch.tensor([100.0, 50.0, float("nan"), 0.0])
     groups = {"head": [0, 1], "medium": [2, 3], "tail": []}
     assert group_accuracy(per_class, groups) == {"head": 75.0, "medium": 0.0, "tail": None}
+
+
+def test_threshold_groups_follow_the_long_tail_benchmarks_rule():
+    from tailprompt.metrics import threshold_groups
+
+    groups = threshold_groups([500, 101, 100, 20, 19, 1])
+    assert groups == {"head": [0, 1], "medium": [2, 3], "tail": [4, 5]}

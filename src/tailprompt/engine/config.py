@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -62,6 +62,9 @@ class EvalConfig:
     dac_k: int = 5
     ece_bins: int = 10
     geometry: bool = True
+    # head / medium / tail: "thirds" sorts the classes by shots and cuts them in 3 (the papers);
+    # "thresholds" uses the long-tail benchmarks' > 100 / 20-100 / < 20 training images
+    groups: Literal["thirds", "thresholds"] = "thirds"
 
 
 @dataclass

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 import tailprompt
-from tailprompt.config import dump_yaml, to_dict
+from tailprompt.config import ConfigError, dump_yaml, to_dict
 from tailprompt.data.features import FeatureCache, default_cache_dir
 from tailprompt.data.sampling import sample_training_set
 from tailprompt.engine.clusters import ClusterCache
@@ -41,6 +41,7 @@ from tailprompt.metrics import (
     shot_groups,
     split_metrics,
     text_geometry,
+    threshold_groups,
 )
 from tailprompt.prompts import LEARNERS
 from tailprompt.utils import atomic_path, seed_everything, write_json_atomic, write_text_atomic
@@ -151,7 +152,7 @@ def execute_run(
 
     train_split = evaluation.train_split
     per_class = torch.tensor([train_split["per_class_accuracy"][c] for c in train_ds.classnames])
-    groups_idx = shot_groups(list(training.counts.values()))  # label order
+    groups_idx = class_groups(list(training.counts.values()), cfg.eval.groups)  # label order
     groups = group_accuracy(per_class, groups_idx)
     groups["classes"] = {g: [train_ds.classnames[i] for i in idx] for g, idx in groups_idx.items()}
 
@@ -245,6 +246,15 @@ def _fitted_temperature(learner: Any, spec: Any, train_space: EvalSplit, trainin
     items = training.val_items or training.items
     out = split_outputs(learner, spec, train_space.dataset, items, inputs)
     return float(fit_temperature(out.logits, out.labels))
+
+
+def class_groups(counts: list[int], rule: str) -> dict[str, list[int]]:
+    """Head / medium / tail classes: the papers' thirds, or the long-tail benchmarks' shot thresholds."""
+    if rule == "thirds":
+        return shot_groups(counts)
+    if rule == "thresholds":
+        return threshold_groups(counts)
+    raise ConfigError(f"eval.groups: expected 'thirds' or 'thresholds', got {rule!r}")
 
 
 def versions() -> dict[str, str]:

@@ -16,6 +16,7 @@ from tailprompt.metrics.classification import (
     harmonic_mean,
     per_class_accuracy,
     shot_groups,
+    threshold_groups,
     top1_accuracy,
 )
 from tailprompt.metrics.geometry import effective_rank, image_geometry, text_geometry
@@ -37,5 +38,6 @@ __all__ = [
     "shot_groups",
     "split_metrics",
     "text_geometry",
+    "threshold_groups",
     "top1_accuracy",
 ]

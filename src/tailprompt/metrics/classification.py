@@ -51,6 +51,20 @@ def shot_groups(counts: Sequence[int]) -> dict[str, list[int]]:
     return {name: [int(k) for k in part] for name, part in zip(GROUP_NAMES, parts)}
 
 
+def threshold_groups(counts: Sequence[int], many: int = 100, few: int = 20) -> dict[str, list[int]]:
+    """Many / medium / few-shot class indices as real long-tail benchmarks report them.
+
+    ImageNet-LT, Places-LT and iNaturalist 2018 (Liu et al. 2019, and LIFT/Decoder after them): "many"
+    > `many` training images, "few" < `few`, "medium" in between. Returned under the names head /
+    medium / tail so the result records keep one layout; classes in label order within each group.
+    """
+    groups: dict[str, list[int]] = {name: [] for name in GROUP_NAMES}
+    for k, n in enumerate(counts):
+        name = GROUP_NAMES[0] if n > many else GROUP_NAMES[2] if n < few else GROUP_NAMES[1]
+        groups[name].append(k)
+    return groups
+
+
 def group_accuracy(per_class: Tensor, groups: Mapping[str, Sequence[int]]) -> dict[str, float | None]:
     """Mean per-class accuracy inside each group (classes without test samples skipped).
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    SharedBackbone,
+    PromptModule,
     assemble_prompts,
     class_prompts,
     count_words,
@@ -27,7 +27,6 @@ from tailprompt.prompts.common import (
     frozen_image_features,
     install_class_prompts,
     load_prompt_state_into,
-    prompt_state_of,
     random_context,
     word_context,
 )
@@ -67,7 +66,7 @@ def meta_net(vis_dim: int, ctx_dim: int) -> nn.Sequential:
     )
 
 
-class CoCoOp(nn.Module):
+class CoCoOp(PromptModule):
     """CoCoOp prompt learner. Trainable: `ctx` `[M, W]`, `meta_net.linear{1,2}.{weight,bias}`."""
 
     def __init__(
@@ -78,9 +77,8 @@ class CoCoOp(nn.Module):
         ctx_init: str = "a photo of a",
         max_sequences_per_call: int = 8192,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone)
         check_context_config(n_ctx, ctx_init)
-        self._shared = SharedBackbone(backbone)
         self.max_sequences_per_call = max_sequences_per_call
         # Same construction (and global-RNG) order as the reference: ctx, then the meta-net.
         if ctx_init:
@@ -96,11 +94,6 @@ class CoCoOp(nn.Module):
         self.meta_net = meta_net(backbone.embed_dim, backbone.text_width).to(backbone.device)
         self.classnames: list[str] = []
         self.set_classnames(classnames, "{}")
-
-    @property
-    def backbone(self) -> Any:
-        """The frozen `FrozenVLM` (shared, not a submodule)."""
-        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Rebuild the class-name buffers for a new label space; `ctx` and the meta-net are kept."""
@@ -148,10 +141,6 @@ class CoCoOp(nn.Module):
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised frozen image features `[B, D]` of images `[B, 3, H, W]`."""
         return frozen_image_features(self.backbone, images)
-
-    def prompt_state(self) -> dict[str, Tensor]:
-        """`ctx`, `meta_net.linear1.weight/bias`, `meta_net.linear2.weight/bias` (reference names)."""
-        return prompt_state_of(self)
 
     def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
         """Load from our `prompt_state` or a reference CoCoOp prompt-learner state dict."""

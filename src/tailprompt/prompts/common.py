@@ -56,6 +56,23 @@ class SharedBackbone:
         return self
 
 
+class PromptModule(nn.Module):
+    """What every learner shares: the frozen backbone held by reference and a prompts-only state."""
+
+    def __init__(self, backbone: Any) -> None:
+        super().__init__()
+        self._shared = SharedBackbone(backbone)
+
+    @property
+    def backbone(self) -> Any:
+        """The frozen `FrozenVLM` (shared, not a submodule)."""
+        return self._shared.backbone
+
+    def prompt_state(self) -> dict[str, Tensor]:
+        """Trainable prompt parameters only, under the reference implementations' names."""
+        return prompt_state_of(self)
+
+
 def clean_classnames(classnames: Sequence[str]) -> list[str]:
     """Class names as the references write them into prompts (`_` -> space)."""
     return [name.replace("_", " ") for name in classnames]

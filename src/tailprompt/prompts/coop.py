@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    SharedBackbone,
+    PromptModule,
     assemble_prompts,
     class_prompts,
     class_token_order,
@@ -25,7 +25,6 @@ from tailprompt.prompts.common import (
     frozen_image_features,
     install_class_prompts,
     load_prompt_state_into,
-    prompt_state_of,
     random_context,
     word_context,
 )
@@ -68,7 +67,7 @@ def check_context_config(n_ctx: int, ctx_init: str, csc: bool = False) -> None:
             )
 
 
-class CoOp(nn.Module):
+class CoOp(PromptModule):
     """CoOp prompt learner (also KgCoOp's, which is CoOp with a guidance objective).
 
     Trainable parameters: `ctx` `[M, W]`, or `[K, M, W]` with class-specific contexts.
@@ -85,9 +84,8 @@ class CoOp(nn.Module):
         name: str = "coop",
         ignored_reference_keys: Iterable[str] = (),
     ) -> None:
-        super().__init__()
+        super().__init__(backbone)
         check_context_config(n_ctx, ctx_init, csc)
-        self._shared = SharedBackbone(backbone)
         self.name = name
         self.class_token_position = class_token_position
         self.csc = csc
@@ -105,11 +103,6 @@ class CoOp(nn.Module):
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.classnames: list[str] = []
         self.set_classnames(classnames, "{}")
-
-    @property
-    def backbone(self) -> Any:
-        """The frozen `FrozenVLM` (shared, not a submodule)."""
-        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Rebuild the class-name buffers for a new label space; the context is kept.
@@ -145,10 +138,6 @@ class CoOp(nn.Module):
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised frozen image features `[B, D]` of images `[B, 3, H, W]`."""
         return frozen_image_features(self.backbone, images)
-
-    def prompt_state(self) -> dict[str, Tensor]:
-        """`{"ctx": [M, W] or [K, M, W]}`, the reference's parameter name."""
-        return prompt_state_of(self)
 
     def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
         """Load `ctx` from our `prompt_state` or a reference prompt-learner state dict."""

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    SharedBackbone,
+    PromptModule,
     assemble_prompts,
     backbone_dtype,
     class_prompts,
@@ -34,7 +34,6 @@ from tailprompt.prompts.common import (
     install_class_prompts,
     load_prompt_state_into,
     normalized,
-    prompt_state_of,
     random_context,
     word_context,
 )
@@ -91,7 +90,7 @@ def effective_depth(backbone: Any, prompt_depth: int) -> int:
     return limit
 
 
-class MaPLe(nn.Module):
+class MaPLe(PromptModule):
     """MaPLe prompt learner; parameter names follow the reference's `MultiModalPromptLearner`.
 
     Trainable: `ctx` `[n, W]`, `proj.{weight,bias}` (`W -> Wv`), `compound_prompts_text.<i>` `[n, W]`,
@@ -106,14 +105,13 @@ class MaPLe(nn.Module):
         ctx_init: str = "a photo of a",
         prompt_depth: int = 9,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone)
         if not getattr(backbone, "has_vit", False) or backbone.vision_width is None:
             raise LearnerError(
                 f"maple prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
                 "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
                 "backbone.name=tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"
             )
-        self._shared = SharedBackbone(backbone)
         self.prompt_depth = effective_depth(backbone, prompt_depth)
         self.n_ctx = n_ctx
         width, vision_width = backbone.text_width, backbone.vision_width
@@ -138,11 +136,6 @@ class MaPLe(nn.Module):
         self.to(backbone.device)
         self.classnames: list[str] = []
         self.set_classnames(classnames, "{}")
-
-    @property
-    def backbone(self) -> Any:
-        """The frozen `FrozenVLM` (shared, not a submodule)."""
-        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Rebuild the class-name buffers for a new label space; every prompt parameter is kept."""
@@ -177,10 +170,6 @@ class MaPLe(nn.Module):
             images.to(dtype), shared.to(dtype), [d.to(dtype) for d in deep] or None
         )
         return normalized(out)
-
-    def prompt_state(self) -> dict[str, Tensor]:
-        """All prompt parameters under the reference's names (without the `prompt_learner.` prefix)."""
-        return prompt_state_of(self)
 
     def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
         """Load from our `prompt_state`, a reference prompt-learner state dict or a reference whole-model

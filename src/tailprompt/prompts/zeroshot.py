@@ -12,19 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tailprompt.data.readers import ENSEMBLE_TEMPLATES
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    SharedBackbone,
+    PromptModule,
     check_template,
     clean_classnames,
     frozen_image_features,
     load_prompt_state_into,
     normalized,
-    prompt_state_of,
 )
 
 # CoOp `trainers/imagenet_templates.py` IMAGENET_TEMPLATES_SELECT (ZeroshotCLIP2's ensemble); one copy,
@@ -67,21 +66,15 @@ def template_text_features(backbone: Any, classnames: list[str], templates: list
         return normalized(total / len(per_template))
 
 
-class ZeroShot(nn.Module):
+class ZeroShot(PromptModule):
     """Frozen class features from templates; `prompt_state()` is empty."""
 
     def __init__(self, backbone: Any, classnames: list[str], template: str, config: ZeroshotConfig) -> None:
-        super().__init__()
-        self._shared = SharedBackbone(backbone)
+        super().__init__(backbone)
         self.config = config
         self.classnames: list[str] = []
         self.templates: list[str] = []
         self.set_classnames(classnames, template)
-
-    @property
-    def backbone(self) -> Any:
-        """The frozen `FrozenVLM` (shared, not a submodule)."""
-        return self._shared.backbone
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Encode the class features of a new label space with that dataset's `template`."""
@@ -105,10 +98,6 @@ class ZeroShot(nn.Module):
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised frozen image features `[B, D]`."""
         return frozen_image_features(self.backbone, images)
-
-    def prompt_state(self) -> dict[str, Tensor]:
-        """Always `{}`: nothing trains."""
-        return prompt_state_of(self)
 
     def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
         """Accepts only an empty state (after dropping reference class-name buffers)."""

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_run(Path(args.run), args.dataset, args.root, args.classes)
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
         raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
-    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class_accuracy", "reliability")}, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class_accuracy", "reliability", "classnames")}, indent=2))
     return 0
 
 

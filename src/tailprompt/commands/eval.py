@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_run(Path(args.run), args.dataset, args.root, args.classes)
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
         raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
-    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class_accuracy", "reliability", "classnames")}, indent=2))
+    long_fields = ("per_class_accuracy", "reliability", "classnames")  # kept in the saved JSON only
+    print(json.dumps({k: v for k, v in metrics.items() if k not in long_fields}, indent=2))
     return 0
 
 

@@ -6,6 +6,10 @@ and the split files the real dataset ships (CoOp's `split_zhou_*.json`, the offi
 Each maker returns `root`, the folder to pass as `--root` (the dataset folder is inside it), except
 that an `imagefolder` tree puts its class folders directly in `root`.
 
+The long-tailed benchmarks' trees (`imagenet_lt`, `places_lt`, `inat2018`) are long-tailed in train
+(`longtail_train_counts`: 12, 6, 3, 2 training images for 4 classes at the default 6) and balanced in
+val/test.
+
     root = make_eurosat_tree(tmp_path)            # tmp_path/eurosat/{2750/..., split_zhou_EuroSAT.json}
     ds = load_dataset("eurosat", root)
 """
@@ -20,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from tailprompt.data.readers import stanford_cars_classname, ucf101_classname
+from tailprompt.data.sampling import longtail_counts
 from tailprompt.data.seeding import derived_rng
 
 EUROSAT_FOLDERS = [
@@ -33,6 +38,18 @@ EUROSAT_NAMES = [
 IMAGENET_CLASSES = [
     ("n01440764", "tench"), ("n01443537", "goldfish"), ("n01484850", "great white shark"),
     ("n01491361", "tiger shark"), ("n01494475", "hammerhead shark"), ("n01496331", "electric ray"),
+]  # fmt: skip
+PLACES_LT_FOLDERS = ["airfield", "apartment_building-outdoor", "booth-indoor", "botanical_garden"]
+# (id, name, supercategory, kingdom, phylum, class, order, family, genus) as in iNat 2018's categories.json
+INAT_CATEGORIES = [
+    (0, "Hermodice carunculata", "Animalia", "Animalia", "Annelida", "Polychaeta", "Phyllodocida",
+     "Amphinomidae", "Hermodice"),
+    (1, "Phragmatopoma californica", "Animalia", "Animalia", "Annelida", "Polychaeta", "Sabellida",
+     "Sabellariidae", "Phragmatopoma"),
+    (2, "Quercus agrifolia", "Plantae", "Plantae", "Tracheophyta", "Magnoliopsida", "Fagales", "Fagaceae",
+     "Quercus"),
+    (3, "Argiope aurantia", "Arachnida", "Animalia", "Arthropoda", "Arachnida", "Araneae", "Araneidae",
+     "Argiope"),
 ]  # fmt: skip
 IMAGENET_A_WNIDS = ["n01443537", "n01491361", "n01496331"]  # a subset, so labels follow sorted wnids
 IMAGENET_R_WNIDS = ["n01440764", "n01484850", "n01494475"]
@@ -333,6 +350,69 @@ def _imagefolder(root: Path, n: int, k: int, split: bool) -> None:
             write_image(root / cls / f"{cls}_{i}.png" if i % 2 else root / cls / f"{cls}_{i}.jpg", label, i)
 
 
+def longtail_train_counts(n: int, k: int) -> list[int]:
+    """Training images per class of a long-tailed tree: 2n for the head down to n/3 for the tail, `exp`."""
+    return longtail_counts(k, 2 * n, tau=1 / 6)
+
+
+def _longtail_tree(
+    folder: Path, lists: dict[str, str], paths: Callable[[str, int, int], str], n: int, k: int
+) -> None:
+    """Images and OLTR lists (`relative/path label`): long-tailed train, n//3 val and n//2 test per class.
+
+    `lists` maps split -> list file name (a split without one is not written); `paths(split, label, i)`
+    is image i's path relative to `folder`.
+    """
+    sizes = {"train": longtail_train_counts(n, k), "val": [max(1, n // 3)] * k, "test": [max(1, n // 2)] * k}
+    offset = {"train": 0, "val": 1000, "test": 2000}  # distinct noise per split
+    for split, name in lists.items():
+        lines = []
+        for label in range(k):
+            for i in range(sizes[split][label]):
+                rel = paths(split, label, i)
+                write_image(folder / rel, label, offset[split] + i)
+                lines.append(f"{rel} {label}")
+        _write_lines(folder / name, lines)
+
+
+def _imagenet_lt(root: Path, n: int, k: int, split: bool) -> None:
+    classes = IMAGENET_CLASSES[:k]
+    _classnames_txt(root / "imagenet_lt/classnames.txt", classes)
+
+    def path(s: str, label: int, i: int) -> str:  # val is carved from ImageNet train, test is ImageNet val
+        wnid = classes[label][0]
+        if s == "test":
+            return f"val/{wnid}/ILSVRC2012_val_{label * 1000 + i + 1:08d}.JPEG"
+        return f"train/{wnid}/{wnid}_{(500 if s == 'val' else 0) + i + 1}.JPEG"
+
+    _longtail_tree(root / "imagenet_lt", {s: f"ImageNet_LT_{s}.txt" for s in ("train", "val", "test")}, path, n, k)
+
+
+def _places_lt(root: Path, n: int, k: int, split: bool) -> None:
+    folders = PLACES_LT_FOLDERS[:k]
+    _write_lines(root / "places_lt/classnames.txt", [f"{f} {f}" for f in folders])
+
+    def path(s: str, label: int, i: int) -> str:
+        if s == "test":
+            return f"val/{folders[label]}/Places365_val_{label * 1000 + i + 1:08d}.jpg"
+        return f"train/{folders[label]}/{(5000 if s == 'val' else 0) + i + 1:08d}.jpg"
+
+    _longtail_tree(root / "places_lt", {s: f"Places_LT_{s}.txt" for s in ("train", "val", "test")}, path, n, k)
+
+
+def _inat2018(root: Path, n: int, k: int, split: bool) -> None:
+    keys = ("id", "name", "supercategory", "kingdom", "phylum", "class", "order", "family", "genus")
+    cats = INAT_CATEGORIES[:k]
+    _write_json(root / "inat2018/categories.json", [dict(zip(keys, c)) for c in cats])
+
+    def path(s: str, label: int, i: int) -> str:  # `test` is written as the official val list
+        digest = derived_rng("fixture-inat", s, label, i).bytes(16).hex()
+        return f"train_val2018/{cats[label][2]}/{cats[label][0]}/{digest}.jpg"
+
+    lists = {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"}
+    _longtail_tree(root / "inat2018", lists, path, n, k)
+
+
 # name -> (maker, number of classes it knows)
 TREES: dict[str, tuple[Callable[[Path, int, int, bool], None], int]] = {
     "eurosat": (_eurosat, 10),
@@ -351,6 +431,9 @@ TREES: dict[str, tuple[Callable[[Path, int, int, bool], None], int]] = {
     "imagenet_sketch": (_imagenet_sketch, 6),
     "imagenetv2": (_imagenetv2, 6),
     "imagefolder": (_imagefolder, 4),
+    "imagenet_lt": (_imagenet_lt, 6),
+    "places_lt": (_places_lt, 4),
+    "inat2018": (_inat2018, 4),
 }
 
 
@@ -361,7 +444,9 @@ def make_dataset_tree(
 
     Args:
         name: reader name (`eurosat`, `dtd`, `oxford_pets`, `sun397`, `imagenet`, `imagenet_a`, ...).
-        images_per_class: images per class (train/val/test 80/10/10, at least one val and test).
+        images_per_class: images per class (train/val/test 80/10/10, at least one val and test); for
+            the long-tailed trees n gives train counts 2n .. n/3 (`longtail_train_counts`), n//3 val
+            and n//2 test per class.
         num_classes: how many of the maker's realistic classes to use (default: all it knows).
         split_file: write CoOp's `split_zhou_*.json` where the dataset has one (the raw lists and
             folders the reference falls back to are always written).

@@ -14,6 +14,11 @@ Behaviour follows `KaiyangZhou/CoOp:datasets/*.py` (peers.md §3.1):
 * ImageNet-Sketch/-A/-R: labels by sorted wnid folder of the variant (200 classes for -A/-R);
   ImageNet-V2: label = folder index, name = that line of `classnames.txt`; all four are test-only.
 
+The three real long-tailed benchmarks (ImageNet-LT, Places-LT, iNaturalist 2018) read the OLTR /
+classifier-balancing image lists, one `relative/path label` per line, as LIFT does
+(`shijxcs/LIFT:datasets/*`; calibration_and_longtail.md §2.1-2.3): labels are the lists' labels, names
+come from `classnames.txt` (label = line index) or iNat's official `categories.json` (label = `id`).
+
 `Item.key` is the image path relative to the dataset folder (e.g. `2750/Forest/Forest_1.jpg` for
 EuroSAT), which is what `fewshot_ids` files and `tailprompt data sample --json` record.
 
@@ -66,6 +71,10 @@ TEMPLATES: dict[str, str] = {
     "imagenet_a": "a photo of a {}.",
     "imagenet_r": "a photo of a {}.",
     "imagefolder": "a photo of a {}.",
+    # LIFT's default single template (`LIFT:utils/templates.py`) for the long-tailed benchmarks
+    "imagenet_lt": "a photo of a {}.",
+    "places_lt": "a photo of a {}.",
+    "inat2018": "a photo of a {}.",
 }
 
 # `CoOp:trainers/imagenet_templates.py` IMAGENET_TEMPLATES_SELECT: ZeroshotCLIP2's ensemble, to which the
@@ -113,6 +122,10 @@ class DatasetSpec:
         renames: folder name -> class name, applied by folder-scanning fallbacks.
         ignored: folder names a folder scan skips.
         test_only: the dataset only has a test split (ImageNet variants).
+        lists: split -> OLTR image list (`relative/path label` per line, paths relative to `folder`)
+            for `source="oltr_lists"`; a split without a list is empty.
+        names_file: label -> class name file of `source="oltr_lists"`, relative to `folder`:
+            `*.txt` with `key class name` per line (label = line index) or iNat's `categories.json`.
     """
 
     name: str
@@ -126,6 +139,8 @@ class DatasetSpec:
     renames: Mapping[str, str] = field(default_factory=dict, hash=False)
     ignored: tuple[str, ...] = ()
     test_only: bool = False
+    lists: Mapping[str, str] = field(default_factory=dict, hash=False)
+    names_file: str = ""
 
     def load(self, root: Path | None, options: dict[str, Any]) -> DatasetSplits:
         """Read the dataset under `root` (CoOp's DATA/); layout errors raise `DatasetError`."""
@@ -437,15 +452,20 @@ def read_aircraft_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) ->
     return {s: read(f"images_variant_{s}.txt") for s in SPLITS}
 
 
+def read_name_pairs(path: Path, what: str = "ImageNet class names", key: str = "wnid") -> list[tuple[str, str]]:
+    """`key class name` per line (the name may contain spaces), in file order."""
+    out: list[tuple[str, str]] = []
+    for n, line in enumerate(read_lines(path, f"{what}, '{key} name' per line"), 1):
+        first, _, name = line.partition(" ")
+        if not name.strip():
+            raise DatasetError(f"{path}:{n}: expected '{key} class name', got {line!r}")
+        out.append((first, name.strip()))
+    return out
+
+
 def read_wnid_classnames(path: Path) -> dict[str, str]:
     """`classnames.txt`: `wnid class name` per line, in file order (`ImageNet.read_classnames`)."""
-    out: dict[str, str] = {}
-    for n, line in enumerate(read_lines(path, "ImageNet class names, 'wnid name' per line"), 1):
-        wnid, _, name = line.partition(" ")
-        if not name.strip():
-            raise DatasetError(f"{path}:{n}: expected 'wnid class name', got {line!r}")
-        out[wnid] = name.strip()
-    return out
+    return dict(read_name_pairs(path))
 
 
 def _wnid_entries(image_dir: Path, prefix: str, folders: list[str], labels: dict[str, int], names: dict[str, str]):
@@ -551,6 +571,76 @@ def _imagefolder_csv(path: Path) -> RawSplits:
     return raw
 
 
+def read_inat_categories(path: Path) -> list[str]:
+    """Species names by category id from iNat 2018's official `categories.json`.
+
+    The file is a list of `{"id": int, "name": "Latin species name", "kingdom": ..., ...}`; ids must be
+    exactly 0..K-1, the labels the OLTR lists use. (LIFT instead relabels by the sorted names, a
+    permutation of these labels: its checkpoints' heads are in another class order.)
+    """
+    require_file(path, "iNaturalist 2018 categories.json, the official list of {id, name, ...}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list) or not data:
+        raise DatasetError(f"{path}: expected a non-empty list of categories {{'id': int, 'name': str, ...}}")
+    names: dict[int, str] = {}
+    for i, cat in enumerate(data):
+        cid, name = (cat.get("id"), cat.get("name")) if isinstance(cat, dict) else (None, None)
+        if isinstance(cid, bool) or not isinstance(cid, int) or not isinstance(name, str) or not name.strip():
+            raise DatasetError(f"{path}: category [{i}]: expected {{'id': int, 'name': str, ...}}, got {cat!r}")
+        if names.setdefault(cid, name.strip()) != name.strip():
+            raise DatasetError(f"{path}: category [{i}]: id {cid} appears twice")
+    missing = sorted(set(range(len(names))) - set(names))
+    if missing:
+        raise DatasetError(f"{path}: category ids must be 0..{len(names) - 1}; missing {missing[:10]}")
+    return [names[k] for k in range(len(names))]
+
+
+def _oltr_list(path: Path, names: list[str], names_path: Path, what: str) -> list[Entry]:
+    """One OLTR list: `relative/path label` per line (space separated, path without spaces)."""
+    out: list[Entry] = []
+    for n, line in enumerate(read_lines(path, f"{what} image list, 'relative/path label' per line"), 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DatasetError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
+        rel, label = parts[0], int(parts[1])
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise DatasetError(f"{path}:{n}: expected an image path relative to {path.parent}, got {rel!r}")
+        if label >= len(names):
+            raise DatasetError(f"{path}:{n}: label {label}, but {names_path} names {len(names)} classes")
+        out.append((rel, label, names[label]))
+    return out
+
+
+def read_oltr_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
+    """ImageNet-LT / Places-LT / iNat 2018: the spec's OLTR lists, names from `spec.names_file`.
+
+    Places-LT names stay the raw Places365 folder names (`booth-indoor`, `botanical_garden`): the
+    learners replace `_` by a space at prompt time, and `-indoor`/`-outdoor` are kept (as LIFT).
+    Every class of the names file must have an image somewhere, so a truncated list cannot silently
+    shrink the label space.
+    """
+    names_path = folder / spec.names_file
+    if names_path.suffix == ".json":
+        names = read_inat_categories(names_path)
+    else:
+        names = [name for _, name in read_name_pairs(names_path, f"{spec.name} class names", "folder")]
+    raw: RawSplits = {
+        s: _oltr_list(folder / spec.lists[s], names, names_path, spec.name) if s in spec.lists else []
+        for s in SPLITS
+    }
+    unused = sorted(set(range(len(names))) - {label for entries in raw.values() for _, label, _ in entries})
+    if unused:
+        lists = ", ".join(str(folder / f) for f in spec.lists.values())
+        raise DatasetError(
+            f"{names_path}: {len(unused)} of {len(names)} classes have no image in {lists} "
+            f"(first: {[names[k] for k in unused[:5]]})"
+        )
+    return raw
+
+
 SplitSource = Callable[[DatasetSpec, Path, ReaderOptions], RawSplits]
 
 SOURCES: dict[str, SplitSource] = {
@@ -566,6 +656,7 @@ SOURCES: dict[str, SplitSource] = {
     "wnid_test_folders": read_wnid_test_folders,
     "index_test_folders": read_index_test_folders,
     "imagefolder": read_imagefolder,
+    "oltr_lists": read_oltr_lists,
 }
 
 EUROSAT_RENAMES = {
@@ -586,6 +677,15 @@ CALTECH_RENAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopar
 def _coop(name: str, folder: str, image_dir: str, split_file: str, fallback: str, raw_files: str, **kw: Any):
     """A reader of CoOp's split json, with the raw-file reader CoOp falls back to."""
     return DatasetSpec(name, folder, image_dir, "split_json", TEMPLATES[name], split_file, fallback, raw_files, **kw)
+
+
+def _longtail(name: str, folder: str, lists: Mapping[str, str], names_file: str) -> DatasetSpec:
+    """A real long-tailed benchmark: OLTR lists directly in `<root>/<folder>/`, images where they point."""
+    return DatasetSpec(name, folder, "", "oltr_lists", TEMPLATES[name], lists=lists, names_file=names_file)
+
+
+def _oltr(prefix: str) -> dict[str, str]:
+    return {s: f"{prefix}_{s}.txt" for s in SPLITS}
 
 
 def _test_only(name: str, folder: str, image_dir: str, source: str, **kw: Any) -> DatasetSpec:
@@ -620,6 +720,15 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     _test_only("imagenet_a", "imagenet-adversarial", "imagenet-a", "wnid_test_folders", ignored=_README),
     _test_only("imagenet_r", "imagenet-rendition", "imagenet-r", "wnid_test_folders", ignored=_README),
     DatasetSpec("imagefolder", "", "", "imagefolder", TEMPLATES["imagefolder"]),
+    # Long-tailed benchmarks; the list paths are relative to the dataset folder, so the images go where
+    # they point: imagenet_lt/{train,val}/<wnid>/*.JPEG (ImageNet's train and val; ImageNet-LT val is
+    # carved from ImageNet train, its test is ImageNet val), places_lt/<the lists' folders>/ (e.g.
+    # train/airfield/*.jpg), inat2018/train_val2018/<supercategory>/<id>/*.jpg. iNat has no val list:
+    # its official val list is the test split and `val` stays empty.
+    _longtail("imagenet_lt", "imagenet_lt", _oltr("ImageNet_LT"), "classnames.txt"),
+    _longtail("places_lt", "places_lt", _oltr("Places_LT"), "classnames.txt"),
+    _longtail("inat2018", "inat2018", {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
+              "categories.json"),
 )}
 # fmt: on
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,8 @@ demo: $(STAMP)
 	$(BIN)/tailprompt demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
-
-lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest tests
 
 clean-venv:
 	rm -rf $(VENV)

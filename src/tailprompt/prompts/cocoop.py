@@ -22,13 +22,11 @@ from tailprompt.prompts.common import (
     PromptModule,
     assemble_prompts,
     class_prompts,
-    count_words,
     encode_prompt_embeddings,
     frozen_image_features,
+    initial_context,
     install_class_prompts,
     load_prompt_state_into,
-    random_context,
-    word_context,
 )
 from tailprompt.prompts.coop import check_context_config
 
@@ -81,15 +79,7 @@ class CoCoOp(PromptModule):
         check_context_config(n_ctx, ctx_init)
         self.max_sequences_per_call = max_sequences_per_call
         # Same construction (and global-RNG) order as the reference: ctx, then the meta-net.
-        if ctx_init:
-            init = ctx_init.replace("_", " ")
-            self.n_ctx = count_words(init)
-            self.prompt_prefix = init
-            ctx = word_context(backbone, init, self.n_ctx)
-        else:
-            self.n_ctx = n_ctx
-            self.prompt_prefix = " ".join(["X"] * n_ctx)
-            ctx = random_context((n_ctx, backbone.text_width), backbone.device)
+        self.n_ctx, self.prompt_prefix, ctx = initial_context(backbone, n_ctx, ctx_init)
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.meta_net = meta_net(backbone.embed_dim, backbone.text_width).to(backbone.device)
         self.classnames: list[str] = []

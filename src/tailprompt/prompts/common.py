@@ -111,6 +111,23 @@ def word_context(backbone: Any, text: str, n_ctx: int) -> Tensor:
     return embedding[0, 1 : 1 + n_ctx].detach().float().clone()
 
 
+def initial_context(
+    backbone: Any, n_ctx: int, ctx_init: str, num_classes: int | None = None
+) -> tuple[int, str, Tensor]:
+    """CoOp's context initialisation -> (n_ctx, prompt prefix text, ctx).
+
+    With `ctx_init` the reference overwrites `n_ctx` by its word count and copies those token embeddings;
+    otherwise `n_ctx` vectors from N(0, 0.02) (`[num_classes, n_ctx, W]` for class-specific contexts) and
+    the prefix "X X ... X".
+    """
+    if ctx_init:
+        init = ctx_init.replace("_", " ")
+        n_words = count_words(init)
+        return n_words, init, word_context(backbone, init, n_words)
+    shape = (n_ctx, backbone.text_width) if num_classes is None else (num_classes, n_ctx, backbone.text_width)
+    return n_ctx, " ".join(["X"] * n_ctx), random_context(shape, backbone.device)
+
+
 def count_words(text: str) -> int:
     """Number of words as the CoOp reference counts them for `n_ctx` (`len(text.split(" "))`)."""
     return len(text.replace("_", " ").split(" "))

@@ -23,10 +23,9 @@ from tailprompt.prompts.common import (
     count_words,
     encode_prompt_embeddings,
     frozen_image_features,
+    initial_context,
     install_class_prompts,
     load_prompt_state_into,
-    random_context,
-    word_context,
 )
 
 ClassTokenPosition = Literal["end", "middle", "front"]
@@ -90,16 +89,9 @@ class CoOp(PromptModule):
         self.class_token_position = class_token_position
         self.csc = csc
         self._ignored = tuple(ignored_reference_keys)
-        if ctx_init:
-            init = ctx_init.replace("_", " ")
-            self.n_ctx = count_words(init)
-            self.prompt_prefix = init
-            ctx = word_context(backbone, init, self.n_ctx)
-        else:
-            self.n_ctx = n_ctx
-            self.prompt_prefix = " ".join(["X"] * n_ctx)
-            shape = (len(classnames), n_ctx, backbone.text_width) if csc else (n_ctx, backbone.text_width)
-            ctx = random_context(shape, backbone.device)
+        self.n_ctx, self.prompt_prefix, ctx = initial_context(
+            backbone, n_ctx, ctx_init, len(classnames) if csc else None
+        )
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.classnames: list[str] = []
         self.set_classnames(classnames, "{}")

@@ -165,3 +165,23 @@ def test_split_metrics_block():
     assert sum(block["reliability"]["counts"]) == 40
     with pytest.raises(ValueError, match="class names"):
         split_metrics(logits, labels, ["a", "b"])
+
+
+def test_adaptive_ece_bins_match_sklearn_quantile_discretizer():
+    """TCPT's evaluator bins confidences with KBinsDiscretizer(strategy="quantile") (linear quantiles)."""
+    import numpy as np
+    from sklearn.preprocessing import KBinsDiscretizer
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(500, 7, generator=gen), dim=-1)
+    labels = torch.randint(0, 7, (500,), generator=gen)
+    conf, pred = probs.max(dim=1)
+    kwargs = {"quantile_method": "linear"} if "quantile_method" in KBinsDiscretizer().get_params() else {}
+    disc = KBinsDiscretizer(n_bins=10, encode="ordinal", strategy="quantile", **kwargs)
+    bins = disc.fit_transform(conf.double().numpy()[:, None])[:, 0].astype(int)
+    correct = (pred == labels).double().numpy()
+    c = conf.double().numpy()
+    expected = sum(
+        (bins == b).mean() * abs(correct[bins == b].mean() - c[bins == b].mean()) for b in np.unique(bins)
+    ) * 100
+    assert adaptive_ece(probs, labels, n_bins=10) == pytest.approx(expected, abs=1e-6)

@@ -22,6 +22,7 @@ import tailprompt
 from tailprompt.config import ConfigError, dump_yaml, to_dict
 from tailprompt.data.features import FeatureCache, default_cache_dir
 from tailprompt.data.sampling import sample_training_set
+from tailprompt.data.seeding import derived_rng
 from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
 from tailprompt.engine.evaluate import SplitOutputs, frozen_text_features, split_outputs
@@ -212,9 +213,11 @@ def evaluate_plan(
 ) -> PlanEvaluation:
     """Metrics of every evaluation split, with post-hoc temperature scaling and DAC where they apply."""
     train_space = next(s for s in evals if s.is_training_space)
-    temperature = cfg.eval.temperature
+    temperature, fitted_on = cfg.eval.temperature, "fixed (eval.temperature)"
     if temperature is None and cfg.eval.fit_temperature:
-        temperature = _fitted_temperature(learner, spec, train_space, training, inputs)
+        temperature, fitted_on = _fitted_temperature(learner, spec, train_space, training, inputs, cfg.seed)
+    elif temperature is None:
+        fitted_on = None
     splits: dict[str, dict[str, Any]] = {}
     train_outputs: SplitOutputs | None = None
     for split in sorted(evals, key=lambda s: not s.is_training_space):  # training space first (DAC needs it)
@@ -223,6 +226,7 @@ def evaluate_plan(
         out = split_outputs(learner, spec, ds, ds.test, inputs)
         block = split_metrics(out.logits, out.labels, list(ds.classnames), n_bins=cfg.eval.ece_bins)
         block["temperature"] = temperature
+        block["temperature_source"] = fitted_on
         block["ece_temperature_scaled"] = None
         if temperature is not None and len(out.labels):
             probs = torch.softmax(out.logits / temperature, dim=-1)
@@ -241,11 +245,35 @@ def evaluate_plan(
     return PlanEvaluation(splits, splits[train_space.name], train_outputs)
 
 
-def _fitted_temperature(learner: Any, spec: Any, train_space: EvalSplit, training: Any, inputs: ImageInputs) -> float:
-    """Fit T on the few-shot validation items; datasets without a validation split use the training pool."""
-    items = training.val_items or training.items
+def calibration_items(ds: Any, training: Any, seed: int, per_class: int = 4) -> tuple[list[Any], str]:
+    """Held-out labelled images to fit the temperature on, and where they come from.
+
+    The few-shot validation split when it shares no image with the test split; otherwise (no val split,
+    or ImageNet whose val is its test set in the CoOp readers) up to `per_class` training-split images per
+    class that the run did not train on, drawn with a seed-derived generator; the training images
+    themselves only as a last resort (optimistic, and said so).
+    """
+    test_keys = {it.key for it in ds.test}
+    val = [it for it in training.val_items if it.key not in test_keys]
+    if val and len(val) == len(training.val_items):
+        return val, "few-shot validation split"
+    used = {it.key for it in training.items}
+    held_out: list[Any] = []
+    for label in range(ds.num_classes):
+        pool = [it for it in ds.train if it.label == label and it.key not in used and it.key not in test_keys]
+        order = derived_rng("calibration", seed, label).permutation(len(pool))
+        held_out.extend(pool[i] for i in order[:per_class])
+    if held_out:
+        return held_out, f"held-out training images (up to {per_class} per class, not trained on)"
+    return list(training.items), "training images (no held-out image available; optimistic)"
+
+
+def _fitted_temperature(
+    learner: Any, spec: Any, train_space: EvalSplit, training: Any, inputs: ImageInputs, seed: int
+) -> tuple[float, str]:
+    items, source = calibration_items(train_space.dataset, training, seed)
     out = split_outputs(learner, spec, train_space.dataset, items, inputs)
-    return float(fit_temperature(out.logits, out.labels))
+    return float(fit_temperature(out.logits, out.labels)), source
 
 
 def class_groups(counts: list[int], rule: str) -> dict[str, list[int]]:

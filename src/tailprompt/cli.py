@@ -6,7 +6,8 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from tailprompt import __version__
 
@@ -27,6 +28,18 @@ COMMANDS: list[str] = [
 
 class UserError(Exception):
     """A mistake in the user's input: printed as one message, exit code 2, no traceback."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors that bad configs, files and names raise into `UserError`s (one line, exit 2)."""
+    from tailprompt.config import ConfigError
+
+    try:
+        yield
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+        # KeyError's str() adds quotes around the registry's message; take the message itself.
+        raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,13 @@ def configure_threads(n: int | None = None) -> int:
     return n
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; any other name as torch spells it (`cpu`, `cuda:1`)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (the reference's set_random_seed)."""
     random.seed(seed)

@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tailprompt.cli import UserError
-from tailprompt.config import ConfigError
+from tailprompt.cli import user_errors
 from tailprompt.utils import configure_threads
 
 
@@ -27,10 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with user_errors():
         metrics = evaluate_run(Path(args.run), args.dataset, args.root, args.classes)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
-        raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
     long_fields = ("per_class_accuracy", "reliability", "classnames")  # kept in the saved JSON only
     print(json.dumps({k: v for k, v in metrics.items() if k not in long_fields}, indent=2))
     return 0

@@ -11,6 +11,7 @@ from tailprompt.data.features import FeatureCache
 from tailprompt.data.files import DatasetError
 from tailprompt.data.sampling import sample_training_set
 from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.utils import resolve_device
 
 SPLITS = ("train", "val", "test")
 
@@ -32,19 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _load_backbone(args: argparse.Namespace):
     from tailprompt.backbone import load_backbone
 
     try:
-        return load_backbone(args.backbone, weights=args.weights, device=_device(args.device))
+        return load_backbone(args.backbone, weights=args.weights, device=str(resolve_device(args.device)))
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise UserError(f"backbone {args.backbone!r}: {e.args[0] if e.args else e}") from None
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tailprompt.cli import UserError
-from tailprompt.config import ConfigError
+from tailprompt.cli import user_errors
 from tailprompt.utils import configure_threads
 
 
@@ -27,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from tailprompt.engine.run import BackboneCache, run_directory
     from tailprompt.engine.sweep import expand, read_sweep, run_all
 
-    try:
+    with user_errors():
         configs = expand(read_sweep(args.file), args.overrides)
         if args.dry_run:
             backbones = BackboneCache()
@@ -38,8 +37,6 @@ def run(args: argparse.Namespace) -> int:
             return 0
         configure_threads()
         outcomes = run_all(configs)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
-        raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
     done = sum(o.skipped for o in outcomes)
     print(f"{len(outcomes)} runs: {len(outcomes) - done} run now, {done} already complete")
     return 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tailprompt.cli import UserError
-from tailprompt.config import ConfigError
+from tailprompt.cli import user_errors
 from tailprompt.utils import configure_threads
 
 
@@ -33,15 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import execute_run
 
-    try:
+    with user_errors():
         cfg = resolve_config(args.config, args.overrides)
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
         configure_threads()
         outcome = execute_run(cfg, progress=True, force=args.force)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
-        raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
     r = outcome.result
     summary = {"run_dir": str(outcome.run_dir), "skipped": outcome.skipped, "hm": r.get("hm"),
                **{f"{name}_acc": s["accuracy"] for name, s in r["splits"].items()},

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tailprompt.data.features import compute_features
 from tailprompt.data.loading import image_batches
 from tailprompt.data.types import DatasetSplits, Item
-from tailprompt.engine.steps import autocast_for, normalized
+from tailprompt.engine.steps import normalized
 
 
 @dataclass
@@ -31,11 +32,9 @@ class ImageInputs:
             feats = self.cache.get(self.backbone, dataset, list(items), view=view, batch_size=self.batch_size)
             return normalized(feats.to(self.device))
         assert view == 0, "uncached features exist for the eval view only; training augments per step"
-        chunks = []
-        for images in self.image_batches(dataset, items, self.batch_size):
-            with torch.no_grad(), autocast_for(self.device):
-                chunks.append(normalized(self.backbone.encode_image(images)))
-        return torch.cat(chunks)
+        # The data layer's no-cache path: the same fp32 encoding the cache stores, so both modes agree.
+        feats = compute_features(self.backbone, dataset, list(items), 0, self.batch_size, num_workers=self.num_workers)
+        return normalized(feats.to(self.device))
 
     def train_views(self, dataset: DatasetSplits, items: Sequence[Item], n_views: int) -> Tensor:
         """[V, N, D] normalised features of `n_views` cached augmented views (views 1..V)."""

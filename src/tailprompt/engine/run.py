@@ -45,17 +45,11 @@ from tailprompt.metrics import (
     threshold_groups,
 )
 from tailprompt.prompts import LEARNERS
-from tailprompt.utils import atomic_path, seed_everything, write_json_atomic, write_text_atomic
+from tailprompt.utils import atomic_path, resolve_device, seed_everything, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"  # resumable training state while a run is unfinished
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass

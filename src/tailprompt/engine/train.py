@@ -74,6 +74,7 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
     steps_per_epoch = batches_per_epoch(n, bs)
     class_ids = torch.arange(setup.dataset.num_classes, device=device)
     scale = float(inputs.backbone.logit_scale)
+    exact = setup.train_views is None or setup.spec.uses_image_tower  # run the image tower every step
     learner.train()
     epochs = range(start_epoch, setup.optim.epochs)
     if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
@@ -81,7 +82,6 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
     for epoch in tqdm(epochs, desc="train", disable=not setup.progress, leave=False):
         set_lr(optimizer, lr_at_epoch(epoch, setup.optim))
         order = torch.randperm(n, generator=gen)[: steps_per_epoch * bs]  # drop_last when a batch is full
-        exact = setup.train_views is None or setup.spec.uses_image_tower
         # Exact mode: the epoch's images are decoded (in worker processes if any) in batch order, each
         # augmented with its own seed (run seed, epoch, image), as fresh as the reference's per-step draw.
         image_iter = inputs.image_batches(

@@ -12,6 +12,7 @@ from tailprompt.objectives import (  # noqa: F401  (imported for their OBJECTIVE
     kgcoop,
     npt,
     penalty,
+    promptsrc,
     tcpt,
     zsnorm,
 )

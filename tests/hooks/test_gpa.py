@@ -96,3 +96,24 @@ def test_no_epoch_means_no_change_and_bad_settings_are_refused():
     assert torch.all(learner.a == 0)
     with pytest.raises(ValueError, match="std"):
         GPAConfig(std=0)
+
+
+def test_the_engine_runs_the_hook_from_the_run_config(eurosat_root, tmp_path):
+    """A GPA whose whole weight sits on epoch 1 ends a 3-epoch run with the prompts of its first epoch."""
+    from safetensors.torch import load_file
+
+    from tailprompt.engine.resolve import resolve_config
+    from tailprompt.engine.run import BackboneCache, execute_run
+
+    base = [
+        "backbone.name=tiny-vit", "data.name=eurosat", f"data.root={eurosat_root}", "data.tau=0.06",
+        "optim.epochs=3", "optim.batch_size=32", "eval.fit_temperature=false",  # one step per epoch
+        f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
+    ]
+    backbones = BackboneCache()
+    averaged = execute_run(resolve_config("coop", base + ["hooks=[{name: gpa, mean: 1, std: 0.001}]"]), backbones)
+    first_epoch = execute_run(resolve_config("coop", base + ["optim.max_steps=1"]), backbones)
+    plain = execute_run(resolve_config("coop", base), backbones)
+    got, expected = (load_file(str(r.run_dir / "prompts.safetensors")) for r in (averaged, first_epoch))
+    assert torch.equal(got["ctx"], expected["ctx"])
+    assert not torch.equal(got["ctx"], load_file(str(plain.run_dir / "prompts.safetensors"))["ctx"])

@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 
-from tailprompt.objectives import OBJECTIVES
+from tailprompt.backbone import load_backbone
+from tailprompt.data.readers import PROMPTSRC_TEMPLATES
+from tailprompt.objectives import OBJECTIVES, ObjectiveContext
 from tailprompt.objectives.promptsrc import (
+    ensemble_text_features,
     ensemble_zeroshot_logits,
     image_consistency_loss,
     promptsrc_terms,
@@ -67,8 +70,7 @@ def test_kl_goes_from_the_zeroshot_distribution_to_the_prompted_one():
 def test_step_terms_use_the_ensemble_zero_shot_classifier_not_the_single_template(state_factory):
     text, ensemble, image, frozen = features(2)
     state = state_factory(text, unit(torch.randn(5, 8)), image, torch.tensor([0, 1, 2, 3]), frozen_image_feats=frozen)
-    state.ensemble_text_feats = ensemble
-    terms = promptsrc_terms(state)
+    terms = promptsrc_terms(state, ensemble)
     zs = 100.0 * frozen @ ensemble.T
     torch.testing.assert_close(ensemble_zeroshot_logits(frozen, ensemble, 100.0), zs)
     assert terms["scl_logits"].item() == pytest.approx(kl_by_hand(state.logits, zs), rel=1e-5)
@@ -92,6 +94,49 @@ def test_gradients_reach_the_learned_side_only():
     assert ensemble.grad is None and frozen.grad is None
 
 
-def test_registered_with_the_reference_weights():
+def test_registered_with_the_reference_weights_and_reads():
     spec = OBJECTIVES.get("promptsrc")
     assert spec.default_weights == {"scl_text": 25.0, "scl_image": 10.0, "scl_logits": 1.0}
+    assert spec.reads == frozenset({"frozen_image_feats"})
+
+
+def test_the_teacher_ensemble_is_the_reference_60_templates():
+    assert len(PROMPTSRC_TEMPLATES) == len(set(PROMPTSRC_TEMPLATES)) == 60
+    assert PROMPTSRC_TEMPLATES[0] == "a photo of a {}." and PROMPTSRC_TEMPLATES[-1] == "itap of the {}."
+    assert all(t.count("{}") == 1 for t in PROMPTSRC_TEMPLATES)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_backbone("tiny-vit")
+
+
+def test_ensemble_teacher_averages_unnormalised_features_then_normalises(tiny):
+    names, templates = ["cat", "golden_retriever", "sea or lake"], PROMPTSRC_TEMPLATES[:7]
+    got = ensemble_text_features(tiny, names, templates)
+    # independent: open_clip's full-context encode_text per template, stacked [K, T, D], mean over T
+    with torch.no_grad():
+        raw = torch.stack(
+            [tiny.encode_text(tiny.tokenize([t.format(n.replace("_", " ")) for n in names]), truncate=False)
+             for t in templates],
+            dim=1,
+        )
+    torch.testing.assert_close(got, unit(raw.mean(dim=1)), atol=1e-6, rtol=0)
+    normalised_first = unit(unit(raw).mean(dim=1))  # what a zero-shot ensemble (CoOp's ZeroshotCLIP2) does
+    assert not torch.allclose(got, normalised_first, atol=1e-4)
+
+
+def test_built_terms_use_the_run_teacher(tiny, state_factory):
+    names = ["cat", "dog", "red car"]
+    context = ObjectiveContext(torch.zeros(3, tiny.embed_dim), names, backbone=tiny)
+    spec = OBJECTIVES.get("promptsrc")
+    terms = spec.make(spec.config_cls(), context).terms
+    text, _, image, frozen = features(4, k=3, d=tiny.embed_dim)
+    state = state_factory(text, unit(torch.randn(3, tiny.embed_dim)), image, torch.tensor([0, 1, 2, 0]),
+                          frozen_image_feats=frozen)
+    teacher = ensemble_text_features(tiny, names, PROMPTSRC_TEMPLATES)
+    expected = promptsrc_terms(state, teacher)
+    got = terms(state)
+    assert set(got) == {"scl_text", "scl_image", "scl_logits"}
+    for k in got:
+        assert got[k].item() == pytest.approx(expected[k].item(), rel=1e-6)

@@ -151,7 +151,7 @@ def test_config_rejects_impossible_settings():
 def test_refuses_a_convolutional_image_tower_unless_vision_is_unprompted():
     conv = types.SimpleNamespace(has_vit=False, vision_width=None, arch="embedded")
     with pytest.raises(UserError, match="convolutional image tower"):
-        PromptSRC(conv, CLASSNAMES, PromptSRCConfig())
+        PromptSRC(PromptSRCConfig(), conv, CLASSNAMES, "{}")
 
 
 # ----- the reference checkpoint layout -----

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from tailprompt.hooks.base import HOOKS, TrainHook
+
+if TYPE_CHECKING:
+    from tailprompt.prompts import PromptLearner
 
 
 @dataclass
@@ -49,19 +54,21 @@ def gaussian_epoch_weights(n_epochs: int, mean: float, std: float) -> list[float
     return [v / total for v in g]
 
 
-class GaussianPromptAggregation:
+class GaussianPromptAggregation(TrainHook):
     """Epoch-end weighted sum of the learner's prompt state; replaces the prompts at the end."""
 
+    config_cls = GPAConfig
+
     def __init__(self, config: GPAConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.weights: list[float] = []
         self.aggregate: dict[str, Tensor] | None = None
         self.epochs_seen = 0
 
-    def on_train_start(self, learner: Any, n_epochs: int) -> None:
+    def on_train_start(self, learner: PromptLearner, n_epochs: int) -> None:
         self.weights = gaussian_epoch_weights(n_epochs, self.config.mean, self.config.std)
 
-    def on_epoch_end(self, learner: Any, epoch: int) -> None:
+    def on_epoch_end(self, learner: PromptLearner, epoch: int) -> None:
         """Add epoch `epoch + 1`'s weighted prompts (`epoch` is 0-based)."""
         if epoch >= len(self.weights):
             raise ValueError(f"gpa: epoch {epoch} beyond the {len(self.weights)} epochs given at train start")
@@ -74,7 +81,7 @@ class GaussianPromptAggregation:
             self.aggregate = {k: self.aggregate[k] + weighted[k] for k in weighted}
         self.epochs_seen = epoch + 1
 
-    def on_train_end(self, learner: Any) -> None:
+    def on_train_end(self, learner: PromptLearner) -> None:
         """Load the aggregate into the learner (nothing to do when no epoch ended)."""
         if self.aggregate is not None:
             learner.load_prompt_state({k: v.clone() for k, v in self.aggregate.items()})
@@ -91,5 +98,7 @@ class GaussianPromptAggregation:
         aggregate = {k[len(prefix) :]: v.clone() for k, v in state.items() if k.startswith(prefix)}
         self.aggregate = aggregate or None
 
+
+HOOKS.register("gpa", GaussianPromptAggregation)
 
 __all__ = ["GPAConfig", "GaussianPromptAggregation", "gaussian_epoch_weights"]

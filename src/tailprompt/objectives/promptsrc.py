@@ -15,22 +15,53 @@ zero-shot distribution of the ensemble, not of the dataset's single template. `F
 target)` computes KL(target || input), so the zero-shot distribution comes first. The reference's
 terms carry their weights inside; here they are returned unweighted and the weights are the
 objective's `weights` (defaults 25 / 10 / 1).
+
+The ensemble teacher is fixed for a run: `build` encodes it once from the context's backbone and class
+names (`ensemble_text_features`, `data.readers.PROMPTSRC_TEMPLATES`). The reference multiplies by
+`fixed_embeddings.half()` in the zero-shot logits only to match its fp16 image features; fp32 here.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.data.readers import PROMPTSRC_TEMPLATES
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.tensors import unit
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 
 @dataclass
 class PromptSRCObjectiveConfig:
     """No options besides the weights (`weights: {scl_text: 25, scl_image: 10, scl_logits: 1}`)."""
+
+
+def ensemble_text_features(backbone: FrozenVLM, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """PromptSRC's frozen text teacher `[K, D]`: the mean over templates of the *unnormalised* text features,
+    normalised after the mean (`VLPromptLearner.fixed_embeddings`, normalised in `CustomCLIP.forward`)."""
+    names = [n.replace("_", " ") for n in classnames]  # as the reference writes class names into prompts
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        per_template = [
+            backbone.encode_text(backbone.tokenize([t.replace("{}", n) for n in names])).float().unsqueeze(1)
+            for t in templates
+        ]
+    if caught:  # a closed-vocabulary backbone warns once per template; one line says it all
+        warnings.warn(
+            f"promptsrc: {len(caught)} of the {len(templates)} ensemble templates hold words the backbone "
+            f"does not know, e.g. {caught[0].message}",
+            stacklevel=2,
+        )
+    return unit(torch.cat(per_template, dim=1).mean(dim=1))
 
 
 def text_consistency_loss(text_feats: Tensor, ensemble_text_feats: Tensor) -> Tensor:
@@ -60,12 +91,12 @@ def ensemble_zeroshot_logits(frozen_image_feats: Tensor, ensemble_text_feats: Te
     return logit_scale * frozen_image_feats @ ensemble_text_feats.t()
 
 
-def promptsrc_terms(state: StepState) -> dict[str, Tensor]:
-    """The three unweighted terms of one step."""
-    ensemble = getattr(state, "ensemble_text_feats", None)
+def promptsrc_terms(state: StepState, ensemble_text_feats: Tensor) -> dict[str, Tensor]:
+    """The three unweighted terms of one step, given the run's ensemble teacher `[K, D]`."""
     frozen_image = state.frozen_image_feats
-    if ensemble is None or frozen_image is None:
-        raise ValueError("promptsrc needs the step's ensemble_text_feats and frozen_image_feats")
+    if frozen_image is None:
+        raise ValueError("promptsrc reads frozen_image_feats, but the step has none")
+    ensemble = ensemble_text_feats.to(state.logits.device)
     zeroshot = ensemble_zeroshot_logits(frozen_image, ensemble, state.logit_scale)
     return {
         "scl_text": text_consistency_loss(state.text_feats, ensemble),
@@ -74,8 +105,18 @@ def promptsrc_terms(state: StepState) -> dict[str, Tensor]:
     }
 
 
-def build_promptsrc(cfg: PromptSRCObjectiveConfig, context: Any):
-    return promptsrc_terms
+def build_promptsrc(
+    cfg: PromptSRCObjectiveConfig, context: ObjectiveContext
+) -> Callable[[StepState], dict[str, Tensor]]:
+    """Encode the run's ensemble teacher once; the terms close over it."""
+    if context.backbone is None:
+        raise ValueError("promptsrc encodes its template-ensemble teacher at build time and needs the backbone")
+    ensemble = ensemble_text_features(context.backbone, context.classnames, PROMPTSRC_TEMPLATES)
+
+    def terms(state: StepState) -> dict[str, Tensor]:
+        return promptsrc_terms(state, ensemble)
+
+    return terms
 
 
 OBJECTIVES.register(
@@ -84,10 +125,12 @@ OBJECTIVES.register(
         PromptSRCObjectiveConfig,
         build_promptsrc,
         default_weights={"scl_text": 25.0, "scl_image": 10.0, "scl_logits": 1.0},
+        reads=frozenset({"frozen_image_feats"}),
     ),
 )
 
 __all__ = [
+    "ensemble_text_features",
     "ensemble_zeroshot_logits",
     "image_consistency_loss",
     "promptsrc_terms",

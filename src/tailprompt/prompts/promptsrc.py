@@ -31,24 +31,26 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    PromptModule,
     assemble_prompts,
     backbone_dtype,
     class_prompts,
     encode_prompt_embeddings,
     install_class_prompts,
     load_prompt_state_into,
-    normalized,
     random_context,
     word_context,
 )
+from tailprompt.prompts.learner import LEARNERS, PromptLearner
+from tailprompt.tensors import unit
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 # The reference initialises from ctx_init only when n_ctx <= 4 (`if ctx_init and n_ctx <= 4`).
 _MAX_WORD_INIT_CTX = 4
@@ -139,7 +141,7 @@ def own_prompt_state(state: Mapping[str, Any], depth_text: int, depth_vision: in
     return out
 
 
-class PromptSRC(PromptModule):
+class PromptSRC(PromptLearner):
     """IVLP prompt learner of PromptSRC.
 
     Trainable: `ctx` `[n_t, W]`, `VPT` `[n_v, Wv]` (when `depth_vision >= 1`),
@@ -147,10 +149,12 @@ class PromptSRC(PromptModule):
     for vision block `i + 1`.
     """
 
-    def __init__(self, backbone: Any, classnames: list[str], config: PromptSRCConfig | None = None) -> None:
-        super().__init__(backbone)
-        config = config or PromptSRCConfig()
-        self.config = config
+    name = "promptsrc"
+    config_cls = PromptSRCConfig
+    uses_image_tower = True
+
+    def __init__(self, config: PromptSRCConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
+        super().__init__(config, backbone)
         if config.prompt_depth_vision >= 1 and (
             not getattr(backbone, "has_vit", False) or backbone.vision_width is None
         ):
@@ -184,10 +188,9 @@ class PromptSRC(PromptModule):
             [nn.Parameter(random_context((n_ctx, width), None)) for _ in range(self.depth_text - 1)]
         )
         self.to(backbone.device)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames, "{}")
+        self.set_classnames(classnames, template)
 
-    def set_classnames(self, classnames: list[str], template: str) -> None:
+    def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Rebuild the class-name buffers for a new label space; every prompt parameter is kept."""
         install_class_prompts(self, class_prompts(self.backbone, classnames, self.prompt_prefix, self.n_ctx))
         self.classnames = list(classnames)
@@ -209,16 +212,16 @@ class PromptSRC(PromptModule):
         """Normalised prompted image features `[B, D]` of images `[B, 3, H, W]`."""
         dtype = backbone_dtype(self.backbone)
         if self.depth_vision == 0:
-            return normalized(self.backbone.encode_image(images.to(dtype)))
+            return self.backbone.image_features(images)
         shallow = self._entering(self.VPT).to(dtype)
         deep = [self._entering(p).to(dtype) for p in self.deep_vision_prompts]
-        return normalized(self.backbone.encode_image_with_prompts(images.to(dtype), shallow, deep or None))
+        return unit(self.backbone.encode_image_with_prompts(images.to(dtype), shallow, deep or None))
 
     def load_prompt_state(self, state_dict: Mapping[str, Any]) -> None:
         """Load our `prompt_state`, or a reference checkpoint (`CustomCLIP.state_dict()`, a Dassl
         checkpoint around it, or its trainable parameters only): reference names are mapped."""
         state = own_prompt_state(state_dict, self.depth_text, self.depth_vision)
-        load_prompt_state_into(self, state, "promptsrc")
+        load_prompt_state_into(self, state, self.name, self.ignored_reference_keys)
 
     def extra_repr(self) -> str:
         return (
@@ -227,11 +230,6 @@ class PromptSRC(PromptModule):
         )
 
 
-def build_promptsrc(config: PromptSRCConfig, backbone: Any, classnames: list[str], template: str) -> PromptSRC:
-    """`LearnerSpec.build` for `promptsrc`."""
-    return PromptSRC(backbone, classnames, config)
+LEARNERS.register("promptsrc", PromptSRC)
 
-
-LEARNERS.register("promptsrc", LearnerSpec(PromptSRCConfig, build_promptsrc, uses_image_tower=True))
-
-__all__ = ["PromptSRC", "PromptSRCConfig", "build_promptsrc", "own_prompt_state", "reference_key_map"]
+__all__ = ["PromptSRC", "PromptSRCConfig", "own_prompt_state", "reference_key_map"]

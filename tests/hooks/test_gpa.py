@@ -117,3 +117,10 @@ def test_the_engine_runs_the_hook_from_the_run_config(eurosat_root, tmp_path):
     got, expected = (load_file(str(r.run_dir / "prompts.safetensors")) for r in (averaged, first_epoch))
     assert torch.equal(got["ctx"], expected["ctx"])
     assert not torch.equal(got["ctx"], load_file(str(plain.run_dir / "prompts.safetensors"))["ctx"])
+
+
+def test_listed_by_the_cli(capsys):
+    from tailprompt.cli import main
+
+    assert main(["list", "hooks"]) == 0
+    assert capsys.readouterr().out.strip() == "hooks: gpa"

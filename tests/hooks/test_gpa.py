@@ -123,4 +123,40 @@ def test_listed_by_the_cli(capsys):
     from tailprompt.cli import main
 
     assert main(["list", "hooks"]) == 0
-    assert capsys.readouterr().out.strip() == "hooks: gpa"
+    listed = capsys.readouterr().out.split("hooks:", 1)[1].split(",")
+    assert "gpa" in {n.strip() for n in listed}
+
+
+def test_a_killed_promptsrc_run_resumes_its_aggregate(eurosat_root, tmp_path, monkeypatch):
+    """Killed after epoch 2's checkpoint, the resumed run ends with the prompts of an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    import tailprompt.engine.train as train_mod
+    from tailprompt.engine.resolve import resolve_config
+    from tailprompt.engine.run import BackboneCache, execute_run
+
+    overrides = [
+        "backbone.name=tiny-vit", "data.name=eurosat", f"data.root={eurosat_root}", "data.tau=0.06",
+        "optim.epochs=4", "optim.batch_size=8", "optim.checkpoint_every_s=0", "eval.fit_temperature=false",
+        "learner.prompt_depth_text=3", "learner.prompt_depth_vision=3", "hooks=[{name: gpa, mean: 2, std: 1}]",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    backbones = BackboneCache()
+    reference = execute_run(resolve_config("promptsrc", overrides + [f"output_dir={tmp_path / 'ref'}"]), backbones)
+    cfg = resolve_config("promptsrc", overrides + [f"output_dir={tmp_path / 'killed'}"])
+    real_save, saves = train_mod.save_checkpoint, []
+
+    def save_then_die(path, learner, optimizer, gen, progress, hooks=()):
+        real_save(path, learner, optimizer, gen, progress, hooks)
+        saves.append(progress.epoch)
+        if len(saves) == 2:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        execute_run(cfg, backbones)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = execute_run(cfg, backbones)
+    got, expected = (load_file(str(r.run_dir / "prompts.safetensors")) for r in (resumed, reference))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert resumed.result["loss_curve"] == reference.result["loss_curve"]

@@ -171,7 +171,8 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
         raise ConfigError("objectives: two objectives need clusters with different settings; use one partition")
     clusters = select(frozen_text, next(iter(settings)) if settings else ClusterSettings())
     log_clusters(clusters, train_ds.classnames)
-    context = ObjectiveContext(frozen_text, list(train_ds.classnames), backbone, clusters if settings else None)
+    context = ObjectiveContext(frozen_text, list(train_ds.classnames), backbone, clusters if settings else None,
+                               train_ds.template)
     objectives = [BoundObjective(o.name, spec.make(o.options, context), o.weights, spec.reads)
                   for o, spec in zip(cfg.objectives, specs)]
     check_reads(objectives, learner)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -19,7 +21,9 @@ def test_the_documented_learner_builds_trains_and_transfers(monkeypatch):
     assert 25 <= len(code.strip().splitlines()) <= 40
     registry = Registry("learner")  # a private registry: the example does not leak into other tests
     monkeypatch.setattr(learner_module, "LEARNERS", registry)
-    exec(compile(code, str(DOC), "exec"), {"__name__": "contracts_example"})
+    module = types.ModuleType("contracts_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    exec(compile(code, str(DOC), "exec"), module.__dict__)
     cls = registry.get("shift")
     backbone = load_backbone("tiny-vit")
     learner = learner_module.build_learner("shift", cls.config_cls(), backbone, ["cat", "dog"], "a photo of a {}.")

@@ -23,6 +23,18 @@ def etf():
 
 
 @pytest.fixture(autouse=True)
+def _fp32_by_default(monkeypatch):
+    """`backbone.precision: auto` resolves to fp32 on a CPU in tests, whatever this CPU can do.
+
+    Results of the suite (exactness, parity with the references) must not depend on the machine; the
+    precision tests ask for bf16 explicitly or patch the detector back.
+    """
+    from tailprompt.backbone import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's ~/.cache/tailprompt from tests."""
     monkeypatch.setenv("TAILPROMPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

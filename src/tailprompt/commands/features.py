@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit or embedded")
     parser.add_argument("--weights", help="checkpoint file or open_clip pretrained tag")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="image tower autocast (default auto: bf16 on CUDA and bf16-capable CPUs); "
+                             "train with the same backbone.precision to hit these features")
     add_dataset_arguments(parser)
     parser.add_argument("--views", type=int, default=4, help="augmented training views per image (default 4)")
     parser.add_argument("--cache-dir", help="cache folder (default $TAILPROMPT_CACHE or ~/.cache/tailprompt)")
@@ -37,7 +40,9 @@ def _load_backbone(args: argparse.Namespace):
     from tailprompt.backbone import load_backbone
 
     try:
-        return load_backbone(args.backbone, weights=args.weights, device=str(resolve_device(args.device)))
+        return load_backbone(
+            args.backbone, weights=args.weights, device=str(resolve_device(args.device)), precision=args.precision
+        )
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise UserError(f"backbone {args.backbone!r}: {e.args[0] if e.args else e}") from None
 
@@ -65,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
     backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
-    print(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
+    print(
+        f"features: backbone {args.backbone} ({backbone.identity}, {backbone.precision}), dataset {ds.name}, "
+        f"cache {cache.root}"
+    )
     for split in splits:
         items = selected_items(ds, split, args.shots, args.seeds)
         if not items:

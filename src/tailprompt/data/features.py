@@ -3,7 +3,8 @@
 A cached feature is the raw `backbone.encode_image` output (fp32, not normalised) of one image under
 one view, keyed by
 
-* the backbone's `identity` (architecture + weights hash) and `preprocess_id` -> a *space* folder,
+* the backbone's `identity` (architecture + weights hash), `preprocess_id` and `precision` (the towers'
+  autocast: bf16 features differ from fp32 ones in the 4th digit) -> a *space* folder,
 * the view index -> a sub-folder (view 0 = eval preprocessing; view v >= 1 = the training
   augmentation, with torch's RNG seeded from (v, item key) inside a forked RNG, so a cached
   augmented view is reproducible and the caller's global RNG is neither used nor advanced),
@@ -33,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from tailprompt.backbone.precision import autocast_context
 from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
@@ -80,14 +82,22 @@ def view_batches(
     return image_batches(dataset, items, transform, seed_parts, batch_size, num_workers)
 
 
+def backbone_precision(backbone: Any) -> str:
+    """The precision the backbone's towers run in (`fp32` for objects without a policy)."""
+    return str(getattr(backbone, "precision", "fp32"))
+
+
 @torch.no_grad()
 def encode_batch(backbone: Any, images: torch.Tensor) -> torch.Tensor:
-    """`backbone.encode_image` on the backbone's device and dtype -> fp32 CPU [B, D]."""
+    """`backbone.encode_image` on the backbone's device and dtype, in its precision -> fp32 CPU [B, D]."""
     dtype = getattr(backbone, "dtype", None)
-    images = images.to(device=getattr(backbone, "device", "cpu"))
+    device = torch.device(getattr(backbone, "device", "cpu"))
+    images = images.to(device=device)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         images = images.to(dtype)
-    return backbone.encode_image(images).float().cpu()
+    with autocast_context(device, backbone_precision(backbone)):
+        feats = backbone.encode_image(images)
+    return feats.float().cpu()
 
 
 def compute_features(
@@ -111,6 +121,19 @@ def compute_features(
     return torch.cat(chunks)
 
 
+def space_key(backbone: Any) -> dict[str, Any]:
+    """What a cache space's hash stands for. fp32 adds no field, so caches filled before the precision
+    policy existed (all fp32) stay valid; bf16 features live in their own space."""
+    key: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "backbone": backbone.identity,
+        "preprocess": backbone.preprocess_id,
+    }
+    if backbone_precision(backbone) != "fp32":
+        key["precision"] = backbone_precision(backbone)
+    return key
+
+
 class FeatureCache:
     """Image features on disk; `get` returns cached rows and computes (and stores) the rest.
 
@@ -126,9 +149,8 @@ class FeatureCache:
         self._scanned: dict[Path, set[str]] = {}
 
     def space_dir(self, backbone: Any) -> Path:
-        """The folder for one (backbone identity, preprocessing) pair."""
-        key = {"format": FORMAT_VERSION, "backbone": backbone.identity, "preprocess": backbone.preprocess_id}
-        return self.root / "features" / stable_hash(key, 16)
+        """The folder for one (backbone identity, preprocessing, precision) triple."""
+        return self.root / "features" / stable_hash(space_key(backbone), 16)
 
     @staticmethod
     def entry_key(dataset: DatasetSplits, item: Item) -> str:
@@ -205,12 +227,7 @@ class FeatureCache:
     def _write_key_file(self, space: Path, backbone: Any) -> None:
         path = space / "key.json"
         if not path.exists():
-            meta = {
-                "format": FORMAT_VERSION,
-                "backbone": backbone.identity,
-                "preprocess": backbone.preprocess_id,
-            }
-            write_json_atomic(path, meta)
+            write_json_atomic(path, {**space_key(backbone), "precision": backbone_precision(backbone)})
 
     def _refresh(self, view_dir: Path) -> dict[str, tuple[str, int]]:
         """Index shards written since the last look (by this or another process)."""

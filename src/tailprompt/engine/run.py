@@ -56,15 +56,17 @@ CHECKPOINT = "checkpoint.safetensors"  # resumable training state while a run is
 class BackboneCache:
     """Backbones loaded in this process, keyed by their config (a sweep loads each once)."""
 
-    loaded: dict[tuple[str, str | None, str, str], Any] = field(default_factory=dict)
+    loaded: dict[tuple[str, str | None, str, str, str], Any] = field(default_factory=dict)
 
     def get(self, cfg: BackboneConfig) -> Any:
         from tailprompt.backbone import load_backbone
 
         device = str(resolve_device(cfg.device))
-        key = (cfg.name, cfg.weights, cfg.quick_gelu, device)
+        key = (cfg.name, cfg.weights, cfg.quick_gelu, device, cfg.precision)
         if key not in self.loaded:
-            self.loaded[key] = load_backbone(cfg.name, cfg.weights, device=device, quick_gelu=cfg.quick_gelu)
+            self.loaded[key] = load_backbone(
+                cfg.name, cfg.weights, device=device, quick_gelu=cfg.quick_gelu, precision=cfg.precision
+            )
         return self.loaded[key]
 
 
@@ -174,7 +176,7 @@ def execute_run(
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
         "learner": cfg.learner["name"],
-        "backbone": {"name": cfg.backbone.name, "identity": backbone.identity},
+        "backbone": {"name": cfg.backbone.name, "identity": backbone.identity, "precision": backbone.precision},
         "config": to_dict(cfg),
         "versions": versions(),
         "device": str(device),

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tailprompt.backbone.precision import autocast_context
 from tailprompt.objectives import StepState
 from tailprompt.prompts import LearnerSpec
 
@@ -24,11 +25,12 @@ class BoundObjective:
     weights: dict[str, float]
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; plain fp32 elsewhere (design §8)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The towers' autocast on `device` under the backbone's precision policy (design §8).
+
+    `precision` is `backbone.precision` (already resolved) or a config value (`auto` is resolved here).
+    """
+    return autocast_context(device, precision)
 
 
 def scaled_logits(image_feats: Tensor, text_feats: Tensor, scale: float) -> Tensor:

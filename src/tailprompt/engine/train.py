@@ -97,9 +97,10 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
                 frozen_img = setup.train_views[view.to(device), idx.to(device)]
             else:
                 images = next(image_iter)
-                with torch.no_grad(), autocast_for(device):
+                with torch.no_grad(), autocast_for(device, inputs.backbone.precision):
                     frozen_img = normalized(inputs.backbone.encode_image(images))
-            with autocast_for(device):  # the towers in bf16 on CUDA; objectives below in fp32
+            # the towers in the backbone's precision (bf16 where native); objectives below in fp32
+            with autocast_for(device, inputs.backbone.precision):
                 img, txt = learner_outputs(learner, setup.spec, frozen_img, images)
             img, txt, frozen_img = img.float(), txt.float(), frozen_img.float()
             state = StepState(

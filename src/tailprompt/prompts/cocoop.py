@@ -27,6 +27,7 @@ from tailprompt.prompts.common import (
     initial_context,
     install_class_prompts,
     load_prompt_state_into,
+    shared_context_prefix,
 )
 from tailprompt.prompts.coop import check_context_config
 
@@ -121,11 +122,9 @@ class CoCoOp(PromptModule):
         chunks = []
         for start in range(0, b, step):
             prompts = self.prompt_embeddings(image_feats[start : start + step])  # [b', K, L, W]
-            n = prompts.shape[0]
-            feats = encode_prompt_embeddings(
-                self.backbone, prompts.reshape(n * k, *prompts.shape[2:]), self.eot.repeat(n)
-            )
-            chunks.append(feats.reshape(n, k, -1))
+            # One group of K class prompts per image: its [SOS][ctx + pi(x)] prefix runs once.
+            prefix = shared_context_prefix(self.n_ctx)
+            chunks.append(encode_prompt_embeddings(self.backbone, prompts, self.eot, shared_prefix=prefix))
         return torch.cat(chunks, dim=0)
 
     def image_features(self, images: Tensor) -> Tensor:

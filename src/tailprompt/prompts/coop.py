@@ -26,6 +26,7 @@ from tailprompt.prompts.common import (
     initial_context,
     install_class_prompts,
     load_prompt_state_into,
+    shared_context_prefix,
 )
 
 ClassTokenPosition = Literal["end", "middle", "front"]
@@ -125,7 +126,8 @@ class CoOp(PromptModule):
 
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored (not instance-conditioned)."""
-        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot)
+        prefix = shared_context_prefix(self.n_ctx, self.class_token_position, self.csc)
+        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, shared_prefix=prefix)
 
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised frozen image features `[B, D]` of images `[B, 3, H, W]`."""

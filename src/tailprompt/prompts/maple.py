@@ -35,6 +35,7 @@ from tailprompt.prompts.common import (
     load_prompt_state_into,
     normalized,
     random_context,
+    shared_context_prefix,
     word_context,
 )
 
@@ -160,7 +161,8 @@ class MaPLe(PromptModule):
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored."""
         deep = self.deep_text_prompts()
-        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, deep or None)
+        prompts, prefix = self.prompt_embeddings(), shared_context_prefix(self.n_ctx)
+        return encode_prompt_embeddings(self.backbone, prompts, self.eot, deep or None, shared_prefix=prefix)
 
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised prompted image features `[B, D]` of images `[B, 3, H, W]`."""

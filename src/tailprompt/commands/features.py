@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from tailprompt.cli import UserError
 from tailprompt.commands.data import add_dataset_arguments, load_or_fail, reader_options
-from tailprompt.data.features import FeatureCache
-from tailprompt.data.files import DatasetError
-from tailprompt.data.sampling import sample_training_set
-from tailprompt.data.types import DatasetSplits, Item
-from tailprompt.utils import resolve_device
+
+if TYPE_CHECKING:
+    from tailprompt.data.types import DatasetSplits, Item
 
 SPLITS = ("train", "val", "test")
 
@@ -38,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _load_backbone(args: argparse.Namespace):
     from tailprompt.backbone import load_backbone
+    from tailprompt.utils import resolve_device
 
     try:
         return load_backbone(
@@ -49,6 +49,8 @@ def _load_backbone(args: argparse.Namespace):
 
 def selected_items(ds: DatasetSplits, split: str, shots: int | None, seeds: list[int]) -> list[Item]:
     """All items of `split`, or with `shots` the union over `seeds` of the balanced few-shot subsets."""
+    from tailprompt.data.sampling import sample_training_set
+
     if shots is None or split == "test":
         return list(getattr(ds, split))
     chosen: dict[str, Item] = {}
@@ -59,6 +61,9 @@ def selected_items(ds: DatasetSplits, split: str, shots: int | None, seeds: list
 
 
 def run(args: argparse.Namespace) -> int:
+    from tailprompt.data.features import FeatureCache
+    from tailprompt.data.files import DatasetError
+
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:

@@ -137,12 +137,17 @@ def space_key(backbone: Any) -> dict[str, Any]:
 class FeatureCache:
     """Image features on disk; `get` returns cached rows and computes (and stores) the rest.
 
-    `hits` / `misses` count distinct images looked up over the cache's lifetime.
+    `hits` / `misses` count distinct images looked up over the cache's lifetime. Misses are decoded by
+    `num_workers` processes while the tower encodes the previous batch, encoded `batch_size` at a time
+    in the backbone's precision, and shown on a progress bar (images/s) when `progress` is set.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, num_workers: int = 0, progress: bool = False
+    ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.num_workers = num_workers  # image-decoding processes for misses (0: in this process)
+        self.progress = progress  # default of `get(progress=...)`
         self.hits = 0
         self.misses = 0
         self._index: dict[Path, dict[str, tuple[str, int]]] = {}  # view dir -> entry -> (shard, row)
@@ -165,9 +170,12 @@ class FeatureCache:
         items: Sequence[Item],
         view: int,
         batch_size: int = 256,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> torch.Tensor:
-        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output)."""
+        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output).
+
+        Only images missing from the cache are decoded and encoded; `progress` None uses the cache's default.
+        """
         if view < 0:
             raise ValueError(f"view must be >= 0, got {view}")
         entries = [self.entry_key(dataset, it) for it in items]
@@ -183,9 +191,8 @@ class FeatureCache:
         fresh: dict[str, torch.Tensor] = {}
         if missing:
             self._write_key_file(space, backbone)
-            fresh = self._compute_and_store(
-                backbone, dataset, view, view_dir, missing, first_item, batch_size, progress
-            )
+            show = self.progress if progress is None else progress
+            fresh = self._compute_and_store(backbone, dataset, view, view_dir, missing, first_item, batch_size, show)
         return self._gather(backbone, view_dir, entries, fresh)
 
     def _compute_and_store(
@@ -200,7 +207,12 @@ class FeatureCache:
         progress: bool,
     ) -> dict[str, torch.Tensor]:
         fresh: dict[str, torch.Tensor] = {}
-        bar = tqdm(total=len(missing), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
+        bar = tqdm(
+            total=len(missing),
+            unit="img",  # the rate reads images/s
+            desc=f"features {dataset.name} view {view} ({backbone_precision(backbone)})",
+            disable=not progress,
+        )
         batches = view_batches(
             backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers
         )

@@ -125,7 +125,7 @@ def execute_run(
     use_cache = cfg.data.cache and not spec.uses_image_tower
     cache = None
     if use_cache:
-        cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers)
+        cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers, progress=progress)
     inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval, cfg.data.num_workers)
 
     t0 = time.perf_counter()

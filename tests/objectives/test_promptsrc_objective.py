@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tailprompt.backbone import load_backbone
-from tailprompt.data.readers import PROMPTSRC_TEMPLATES
+from tailprompt.data.templates import PROMPTSRC_TEMPLATES
 from tailprompt.objectives import OBJECTIVES, ObjectiveContext
 from tailprompt.objectives.promptsrc import (
     ensemble_text_features,

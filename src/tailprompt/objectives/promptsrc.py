@@ -17,7 +17,7 @@ terms carry their weights inside; here they are returned unweighted and the weig
 objective's `weights` (defaults 25 / 10 / 1).
 
 The ensemble teacher is fixed for a run: `build` encodes it once from the context's backbone and class
-names (`ensemble_text_features`, `data.readers.PROMPTSRC_TEMPLATES`). The reference multiplies by
+names (`ensemble_text_features`, `data.templates.PROMPTSRC_TEMPLATES`). The reference multiplies by
 `fixed_embeddings.half()` in the zero-shot logits only to match its fp16 image features; fp32 here.
 """
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tailprompt.data.readers import PROMPTSRC_TEMPLATES
+from tailprompt.data.templates import PROMPTSRC_TEMPLATES
 from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
 from tailprompt.tensors import unit
 

@@ -12,8 +12,11 @@ from tailprompt.prompts import LEARNERS
 
 from .conftest import CLASSNAMES, OTHER_CLASSNAMES, TEMPLATE, build
 
-# MaPLe's default depth 9 is clamped to tiny-vit's 3 blocks (tested in test_exactness).
-pytestmark = pytest.mark.filterwarnings("ignore:maple. prompt_depth=9 exceeds")
+# MaPLe's and PromptSRC's default depth 9 is clamped to tiny-vit's 3 blocks (tested in their exactness tests).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:maple. prompt_depth=9 exceeds"),
+    pytest.mark.filterwarnings("ignore:promptsrc. prompt_depth_(text|vision)=9 exceeds"),
+]
 
 ALL = LEARNERS.names()
 PARAMETER_FREE = {"zeroshot"}
@@ -43,6 +46,16 @@ REFERENCE_NAMES = {
         "compound_prompt_projections.0.bias",
         "compound_prompt_projections.1.weight",
         "compound_prompt_projections.1.bias",
+    },
+    # The reference keeps these inside the CLIP blocks (`image_encoder.VPT`, `{image,text}_encoder.transformer.
+    # resblocks.<i + 1>.VPT_shallow`); load_prompt_state maps those keys (test_promptsrc_learner.py).
+    "promptsrc": {
+        "ctx",
+        "VPT",
+        "deep_text_prompts.0",
+        "deep_text_prompts.1",
+        "deep_vision_prompts.0",
+        "deep_vision_prompts.1",
     },
 }
 

@@ -45,23 +45,24 @@ class PromptSRCObjectiveConfig:
     """No options besides the weights (`weights: {scl_text: 25, scl_image: 10, scl_logits: 1}`)."""
 
 
-def ensemble_text_features(backbone: FrozenVLM, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+def ensemble_text_features(
+    backbone: FrozenVLM, classnames: Sequence[str], templates: Sequence[str], chunk: int = 2048
+) -> Tensor:
     """PromptSRC's frozen text teacher `[K, D]`: the mean over templates of the *unnormalised* text features,
-    normalised after the mean (`VLPromptLearner.fixed_embeddings`, normalised in `CustomCLIP.forward`)."""
+    normalised after the mean (`VLPromptLearner.fixed_embeddings`, normalised in `CustomCLIP.forward`).
+
+    All `T x K` texts go through the text tower in batches of `chunk` (one call per template is mostly
+    overhead for small label spaces)."""
     names = [n.replace("_", " ") for n in classnames]  # as the reference writes class names into prompts
+    texts = [t.replace("{}", n) for t in templates for n in names]
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        per_template = [
-            backbone.encode_text(backbone.tokenize([t.replace("{}", n) for n in names])).float().unsqueeze(1)
-            for t in templates
-        ]
-    if caught:  # a closed-vocabulary backbone warns once per template; one line says it all
-        warnings.warn(
-            f"promptsrc: {len(caught)} of the {len(templates)} ensemble templates hold words the backbone "
-            f"does not know, e.g. {caught[0].message}",
-            stacklevel=2,
-        )
-    return unit(torch.cat(per_template, dim=1).mean(dim=1))
+        tokens = backbone.tokenize(texts)
+        feats = torch.cat([backbone.encode_text(tokens[i : i + chunk]).float() for i in range(0, len(texts), chunk)])
+    if caught:  # a closed-vocabulary backbone names the words it does not know; one line says it all
+        warnings.warn(f"promptsrc: ensemble templates: {caught[0].message}", stacklevel=2)
+    per_class = feats.reshape(len(templates), len(names), -1).transpose(0, 1)  # [K, T, D], the reference's stack
+    return unit(per_class.mean(dim=1))
 
 
 def text_consistency_loss(text_feats: Tensor, ensemble_text_feats: Tensor) -> Tensor:

@@ -68,6 +68,24 @@ def test_aggregate_replaces_the_prompts_at_the_end():
     torch.testing.assert_close(learner.b.detach(), torch.full((2, 2), -2 * expected), rtol=1e-6, atol=0)
 
 
+def test_a_run_cut_short_averages_the_epochs_it_saw():
+    values = [1.0, 3.0, 100.0, 100.0]
+    hook, learner = GaussianPromptAggregation(GPAConfig(mean=2, std=1)), ToyLearner()
+    hook.on_train_start(learner, len(values))
+    run_epochs(hook, learner, values[:2])  # optim.max_steps stopped it in epoch 2
+    hook.on_train_end(learner)
+    w = reference_weights(4, 2, 1)
+    expected = float((w[0] * 1.0 + w[1] * 3.0) / (w[0] + w[1]))
+    torch.testing.assert_close(learner.a.detach(), torch.full((3,), expected), rtol=1e-6, atol=0)
+
+    far, learner = GaussianPromptAggregation(GPAConfig(mean=15, std=1)), ToyLearner()
+    far.on_train_start(learner, 20)
+    run_epochs(far, learner, [1.0, 2.0])  # weight ~1e-43 on what it saw: the trained prompts stay
+    with pytest.warns(UserWarning, match="stopped after 2 of 20 epochs"):
+        far.on_train_end(learner)
+    assert torch.all(learner.a == 2.0)
+
+
 def test_resumed_aggregation_equals_an_uninterrupted_one():
     values = [0.5, -1.0, 3.0, 2.0, 7.0]
     cfg = GPAConfig(mean=3, std=2)

@@ -16,6 +16,7 @@ epoch lies far from `mean` (e.g. a 2-epoch smoke run of the few-shot `mean=45, s
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,9 @@ from tailprompt.hooks.base import HOOKS, TrainHook
 
 if TYPE_CHECKING:
     from tailprompt.prompts import PromptLearner
+
+# Below this total weight of the epochs a cut-short run saw, their aggregate carries no usable prompts.
+_MIN_SEEN_WEIGHT = 1e-12
 
 
 @dataclass
@@ -82,9 +86,28 @@ class GaussianPromptAggregation(TrainHook):
         self.epochs_seen = epoch + 1
 
     def on_train_end(self, learner: PromptLearner) -> None:
-        """Load the aggregate into the learner (nothing to do when no epoch ended)."""
-        if self.aggregate is not None:
-            learner.load_prompt_state({k: v.clone() for k, v in self.aggregate.items()})
+        """Load the aggregate into the learner.
+
+        A run cut short (`optim.max_steps`) has only seen the first epochs, whose weights need not sum to 1
+        (with the base-to-new mean 15, a 2-epoch smoke run would scale the prompts by ~1e-40): the aggregate
+        is then divided by the weight the seen epochs carry, or, where that weight is below 1e-12 (nothing
+        meaningful was aggregated), the trained prompts stay with a warning. No epoch ended: no change.
+        """
+        if self.aggregate is None or self.epochs_seen == 0:
+            return
+        state = {k: v.clone() for k, v in self.aggregate.items()}
+        if self.epochs_seen < len(self.weights):
+            seen = math.fsum(self.weights[: self.epochs_seen])
+            if seen < _MIN_SEEN_WEIGHT:
+                warnings.warn(
+                    f"gpa: training stopped after {self.epochs_seen} of {len(self.weights)} epochs, which carry "
+                    f"a weight of {seen:.1e} (mean {self.config.mean}, std {self.config.std}); keeping the "
+                    "trained prompts",
+                    stacklevel=2,
+                )
+                return
+            state = {k: v / seen for k, v in state.items()}
+        learner.load_prompt_state(state)
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {"epochs_seen": torch.tensor(self.epochs_seen)}

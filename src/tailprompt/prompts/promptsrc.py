@@ -169,13 +169,8 @@ class PromptSRC(PromptLearner):
         )
         self.n_ctx = n_ctx = config.n_ctx_text
         width = backbone.text_width
-        if config.ctx_init and n_ctx <= _MAX_WORD_INIT_CTX:
-            self.prompt_prefix = config.ctx_init.replace("_", " ")
-            ctx = word_context(backbone, self.prompt_prefix, n_ctx)
-        else:
-            self.prompt_prefix = " ".join(["X"] * n_ctx)
-            ctx = random_context((n_ctx, width), None)
-        self.ctx = nn.Parameter(ctx)
+        # Global-RNG draws in the reference's relative order: VPT, vision blocks, text blocks (all built with
+        # CLIP), then a random ctx in the prompt learner.
         if self.depth_vision >= 1:
             self.VPT = nn.Parameter(random_context((config.n_ctx_vision, backbone.vision_width), None))
         self.deep_vision_prompts = nn.ParameterList(
@@ -187,6 +182,13 @@ class PromptSRC(PromptLearner):
         self.deep_text_prompts = nn.ParameterList(
             [nn.Parameter(random_context((n_ctx, width), None)) for _ in range(self.depth_text - 1)]
         )
+        if config.ctx_init and n_ctx <= _MAX_WORD_INIT_CTX:
+            self.prompt_prefix = config.ctx_init.replace("_", " ")
+            ctx = word_context(backbone, self.prompt_prefix, n_ctx)
+        else:
+            self.prompt_prefix = " ".join(["X"] * n_ctx)
+            ctx = random_context((n_ctx, width), None)
+        self.ctx = nn.Parameter(ctx)
         self.to(backbone.device)
         self.set_classnames(classnames, template)
 

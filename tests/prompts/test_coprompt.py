@@ -54,17 +54,22 @@ def reference_adapter(x, fc0, fc2):
     return torch.relu(torch.relu(x @ fc0.T) @ fc2.T)
 
 
-def reference_logits(learner, backbone, images):
-    """`CustomCLIP.forward` at test time: prompted towers, residual adapters, normalise, scaled cosine."""
+def reference_logits(learner, backbone, images, half=False):
+    """`CustomCLIP.forward` at test time: prompted towers, residual adapters, normalise, scaled cosine.
+
+    `half`: the reference's `.half()` on the deep prompts and the projected layer-0 vision prompt, which
+    `torch.cat` promotes back to fp32 next to the fp32 activations.
+    """
     pl = learner
+    rounded = (lambda t: t.half().float()) if half else (lambda t: t)
     texts = [f"{pl.prompt_prefix} {n}." for n in NAMES]
     tokenized = backbone.tokenize(texts)  # full context, as the reference keeps it
     embedding = backbone.embed_tokens(tokenized)
     prompts = torch.cat([embedding[:, :1], pl.ctx.expand(len(NAMES), -1, -1), embedding[:, 1 + pl.n_ctx :]], 1)
-    deep_text = list(pl.compound_prompts_text)
-    deep_vision = [layer(p) for layer, p in zip(pl.compound_prompt_projections, pl.compound_prompts_text)]
+    deep_text = [rounded(p) for p in pl.compound_prompts_text]
+    deep_vision = [rounded(layer(p)) for layer, p in zip(pl.compound_prompt_projections, pl.compound_prompts_text)]
     text = reference_text_encoder(backbone, prompts, tokenized, deep_text)
-    image = reference_image_encoder(backbone, images, pl.proj(pl.ctx), deep_vision)
+    image = reference_image_encoder(backbone, images, rounded(pl.proj(pl.ctx)), deep_vision)
     sd = dict(learner.named_parameters())
     x_a = reference_adapter(image, sd["adapter_image.fc.0.weight"], sd["adapter_image.fc.2.weight"])
     image = 0.1 * x_a + (1 - 0.1) * image
@@ -85,6 +90,21 @@ def test_forward_equals_the_reference_forward(backbone, images, depth):
     torch.testing.assert_close(got_text, text, atol=1e-5, rtol=0)
     torch.testing.assert_close(got_image, image, atol=1e-5, rtol=0)
     torch.testing.assert_close(backbone.logit_scale * got_image @ got_text.T, logits, atol=1e-3, rtol=0)
+
+
+def test_fp16_prompt_rounding_reproduces_the_reference_fp32_run(backbone, images):
+    learner = build("coprompt", backbone, prompt_depth=3, round_prompts_fp16=True)
+    perturb_(learner)
+    with torch.no_grad():
+        _, image, text = reference_logits(learner, backbone, images, half=True)
+        torch.testing.assert_close(learner.text_features(), text, atol=1e-6, rtol=0)
+        torch.testing.assert_close(learner.image_features(images), image, atol=1e-6, rtol=0)
+        # the rounding is real: the plain fp32 forward differs from it
+        _, plain_image, plain_text = reference_logits(learner, backbone, images, half=False)
+        assert not torch.equal(plain_text, text) and not torch.equal(plain_image, image)
+        shared, deep = learner.vision_prompts()
+        assert all(torch.equal(t, t.half().float()) for t in [shared, *deep, *learner.deep_text_prompts()])
+        assert not torch.equal(learner.ctx, learner.ctx.half().float())  # layer-0 text context stays fp32
 
 
 def test_adapters_matter_and_zero_adapters_give_maple(backbone, images):

@@ -12,8 +12,8 @@ from tailprompt.prompts import LEARNERS
 
 from .conftest import CLASSNAMES, OTHER_CLASSNAMES, TEMPLATE, build
 
-# MaPLe's default depth 9 is clamped to tiny-vit's 3 blocks (tested in test_exactness).
-pytestmark = pytest.mark.filterwarnings("ignore:maple. prompt_depth=9 exceeds")
+# MaPLe's (and CoPrompt's) default depth 9 is clamped to tiny-vit's 3 blocks (tested in test_exactness).
+pytestmark = pytest.mark.filterwarnings("ignore:.*prompt_depth=9 exceeds")
 
 ALL = LEARNERS.names()
 PARAMETER_FREE = {"zeroshot"}
@@ -44,6 +44,10 @@ REFERENCE_NAMES = {
         "compound_prompt_projections.1.weight",
         "compound_prompt_projections.1.bias",
     },
+}
+# CoPrompt = MaPLe's prompt learner + the whole model's top-level adapters (`CustomCLIP.adapter_*`).
+REFERENCE_NAMES["coprompt"] = REFERENCE_NAMES["maple"] | {
+    f"adapter_{tower}.fc.{i}.weight" for tower in ("image", "text") for i in (0, 2)
 }
 
 

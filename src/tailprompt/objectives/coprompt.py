@@ -30,16 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.tensors import unit
 
 Distill = Literal["cosine", "mse"]
 
 # The reference's `torch.nn.CosineSimilarity(dim=1, eps=1e-07)`.
 _COSINE_EPS = 1e-7
-
-
-def unit_rows(x: Tensor) -> Tensor:
-    """`x / ||x||` per row, as the reference normalises (no epsilon clamp)."""
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, distill: Distill = "cosine") -> Tensor:
@@ -65,14 +61,14 @@ def description_consistency_loss(text_feats: Tensor, description_feats: Tensor, 
         description_feats: frozen features `[K, D]` of the step's description index.
         distill: "cosine" (reference default) or "mse".
     """
-    teacher = unit_rows(description_feats.float())
+    teacher = unit(description_feats)
     return per_image_mean(text_feats, lambda t: distillation_loss(t, teacher, distill))
 
 
 def image_consistency_loss(image_feats: Tensor, teacher_image_feats: Tensor, distill: Distill = "cosine") -> Tensor:
     """CoPrompt's image term: the learner's features of view 1 `[B, D]` against the frozen tower's
     features of view 2 `[B, D]` of the same images."""
-    return distillation_loss(image_feats, unit_rows(teacher_image_feats.float()), distill)
+    return distillation_loss(image_feats, unit(teacher_image_feats), distill)
 
 
 @dataclass

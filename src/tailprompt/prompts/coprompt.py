@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from tailprompt.prompts.common import normalized
 from tailprompt.prompts.learner import LEARNERS
 from tailprompt.prompts.maple import MaPLe, MaPLeConfig
+from tailprompt.tensors import unit
 
 if TYPE_CHECKING:
     from tailprompt.backbone import FrozenVLM
@@ -109,12 +109,12 @@ class CoPrompt(MaPLe):
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised adapted class text features `[K, D]`; `image_feats` is ignored."""
         raw = self.unnormalised_text_features()
-        return normalized(residual_adapt(raw, self.adapter_text, self.text_adapter_ratio))
+        return unit(residual_adapt(raw, self.adapter_text, self.text_adapter_ratio))
 
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised adapted prompted image features `[B, D]` of images `[B, 3, H, W]`."""
         raw = self.unnormalised_image_features(images)
-        return normalized(residual_adapt(raw, self.adapter_image, self.image_adapter_ratio))
+        return unit(residual_adapt(raw, self.adapter_image, self.image_adapter_ratio))
 
     def load_prompt_state(self, state_dict: Mapping[str, Any]) -> None:
         """Load our `prompt_state`, or a reference `CustomCLIP` state dict (Dassl checkpoint or bare):

@@ -10,7 +10,7 @@ import torch
 from tailprompt.backbone import load_backbone
 from tailprompt.cli import UserError, user_errors
 from tailprompt.config import ConfigError
-from tailprompt.data.descriptions import class_descriptions, read_descriptions
+from tailprompt.data.descriptions import class_descriptions, descriptions_file, read_descriptions
 from tailprompt.data.types import DatasetSplits
 from tailprompt.engine.run import description_features
 
@@ -69,6 +69,18 @@ def test_wrong_shapes_are_rejected(tmp_path, payload, message):
 def test_missing_file_is_one_user_error_line(tmp_path):
     with pytest.raises(UserError, match="data.descriptions: .*nope.json: descriptions file not found"), user_errors():
         read_descriptions(tmp_path / "nope.json")
+
+
+def test_a_gpt_file_folder_gives_each_dataset_its_file(tmp_path):
+    folder = tmp_path / "gpt_file"
+    folder.mkdir()
+    for stem in ("eurosat", "fgvc"):
+        write(folder, GOOD, f"{stem}_prompt.json")
+    assert descriptions_file(folder, "eurosat") == folder / "eurosat_prompt.json"
+    assert descriptions_file(folder, "fgvc_aircraft") == folder / "fgvc_prompt.json"  # CoPrompt's file stem
+    assert descriptions_file(folder / "eurosat_prompt.json", "dtd") == folder / "eurosat_prompt.json"  # a file wins
+    with pytest.raises(ConfigError, match=r"gpt_file is a folder without dtd_prompt.json for dataset 'dtd'"):
+        descriptions_file(folder, "dtd")
 
 
 # ----- the frozen teacher features the engine builds from them -----

@@ -3,7 +3,9 @@
 The file maps a class name to a list of sentences, `{"Annual Crop Land": ["...", "..."], ...}`, the
 format of ShuvenduRoy/CoPrompt `gpt_file/<dataset>_prompt.json`. The reference looks each class up
 under its name with `_` replaced by a space (`trainers/coprompt.py:gpt_clip_classifier`); the raw name
-is accepted too. A single string counts as a one-sentence list.
+is accepted too. A single string counts as a one-sentence list. `data.descriptions` may also name a
+folder laid out as CoPrompt's `gpt_file/` (`eurosat_prompt.json`, `fgvc_prompt.json`, ...): the run's
+dataset picks its file, so one setting serves a sweep over datasets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ from tailprompt.config import ConfigError
 # Classes listed in an error message before "... and N more".
 _SHOWN = 10
 
+# File stems of CoPrompt's `gpt_file/<stem>_prompt.json` per dataset (its `dataset_name_mapping`), so that
+# `data.descriptions` may name the whole folder and one sweep covers every dataset.
+GPT_FILE_STEMS = {
+    "caltech101": "caltech",
+    "dtd": "dtd",
+    "eurosat": "eurosat",
+    "fgvc_aircraft": "fgvc",
+    "food101": "food101",
+    "imagenet": "imagenet",
+    "imagenet_a": "imagenet_a",
+    "imagenet_r": "imagenet_r",
+    "imagenet_sketch": "imagenet_sketch",
+    "imagenetv2": "imagenetv2",
+    "oxford_flowers": "oxford_flowers",
+    "oxford_pets": "oxford_pets",
+    "stanford_cars": "stanford_cars",
+    "sun397": "sun397",
+    "ucf101": "ucf101",
+}
+
 
 def description_key(classname: str) -> str:
     """The key the reference looks a class up under (`_` -> space)."""
@@ -27,6 +49,24 @@ def description_key(classname: str) -> str:
 def _listed(names: Sequence[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:_SHOWN])
     return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def descriptions_file(path: str | Path, dataset: str) -> Path:
+    """`path` itself, or for a folder (CoPrompt's `gpt_file/`) the dataset's `<stem>_prompt.json` in it.
+
+    Raises:
+        ConfigError: the folder has no file for `dataset` (the message names the file it looked for).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = path / f"{GPT_FILE_STEMS.get(dataset, dataset)}_prompt.json"
+    if not found.is_file():
+        raise ConfigError(
+            f"data.descriptions: {path} is a folder without {found.name} for dataset {dataset!r}; "
+            "name the file itself or add it (CoPrompt's gpt_file/<dataset>_prompt.json naming)"
+        )
+    return found
 
 
 def read_descriptions(path: str | Path) -> dict[str, list[str]]:
@@ -85,4 +125,4 @@ def class_descriptions(by_class: Mapping[str, list[str]], classnames: Sequence[s
     return [list(row) for row in rows if row]
 
 
-__all__ = ["class_descriptions", "description_key", "read_descriptions"]
+__all__ = ["GPT_FILE_STEMS", "class_descriptions", "description_key", "descriptions_file", "read_descriptions"]

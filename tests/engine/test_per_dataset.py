@@ -107,3 +107,19 @@ def test_resolve_lets_the_users_file_and_overrides_win(tmp_path):
     assert next(o for o in cfg.objectives if o.name == "coprompt").weights == {"text": 0.1, "image": 0.1}
     off = resolve_config("coprompt", ["data.name=eurosat", "per_dataset=null"])
     assert off.learner.options.prompt_depth == 9
+
+
+def test_a_coprompt_run_on_eurosat_trains_with_the_table_and_a_gpt_file_folder(
+    base_overrides, eurosat_descriptions, tmp_path
+):
+    from tailprompt.engine.run import execute_run
+
+    overrides = base_overrides + [
+        "optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false",
+        f"data.descriptions={eurosat_descriptions.parent}",  # the folder: eurosat_prompt.json is picked
+    ]
+    r = execute_run(resolve_config("coprompt", overrides)).result
+    assert r["config"]["learner"]["prompt_depth"] == 12 and r["config"]["learner"]["n_ctx"] == 2
+    assert r["config"]["objectives"][1]["weights"] == {"text": 0.1, "image": 0.1}
+    for term in ("coprompt/text", "coprompt/image"):
+        assert 0.0 <= r["loss_curve"][term][0] <= 2.0  # 1 - mean cosine

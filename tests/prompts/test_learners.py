@@ -12,9 +12,10 @@ from tailprompt.prompts import LEARNERS
 
 from .conftest import CLASSNAMES, OTHER_CLASSNAMES, TEMPLATE, build
 
-# MaPLe's and PromptSRC's default depth 9 is clamped to tiny-vit's 3 blocks (tested in their exactness tests).
+# MaPLe's, CoPrompt's and PromptSRC's default depth 9 is clamped to tiny-vit's 3 blocks (tested in their
+# exactness tests).
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:maple. prompt_depth=9 exceeds"),
+    pytest.mark.filterwarnings("ignore:.*prompt_depth=9 exceeds"),
     pytest.mark.filterwarnings("ignore:promptsrc. prompt_depth_(text|vision)=9 exceeds"),
 ]
 
@@ -57,6 +58,10 @@ REFERENCE_NAMES = {
         "deep_vision_prompts.0",
         "deep_vision_prompts.1",
     },
+}
+# CoPrompt = MaPLe's prompt learner + the whole model's top-level adapters (`CustomCLIP.adapter_*`).
+REFERENCE_NAMES["coprompt"] = REFERENCE_NAMES["maple"] | {
+    f"adapter_{tower}.fc.{i}.weight" for tower in ("image", "text") for i in (0, 2)
 }
 
 

@@ -38,7 +38,7 @@ class DataConfig:
     n_views: int = 4  # augmented training views cached per image
     batch_size_eval: int = 256
     num_workers: int = 0  # processes decoding images (cache fill, exact mode, MaPLe); results do not change
-    descriptions: str | None = None  # JSON {classname: [sentence, ...]} (CoPrompt's gpt_file format)
+    descriptions: str | None = None  # JSON {classname: [sentence, ...]} (CoPrompt's gpt_file format), or that folder
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific reader options
 
 

@@ -1,11 +1,12 @@
 """Training objectives (terms) that plug into any learner through `StepState`.
 
 Importing this package registers every objective in `OBJECTIVES`: `cross_entropy`, `kgcoop`, `cpt`,
-`npt`, `tcpt`, `global_etf`, `zsnorm`, `penalty`. Each file also exposes its math as plain functions
+`npt`, `tcpt`, `global_etf`, `zsnorm`, `penalty`, `coprompt`. Each file also exposes its math as plain functions
 (e.g. `from tailprompt.objectives.cpt import intra_cluster_etf_loss`) for use in any training loop.
 """
 
 from tailprompt.objectives import (  # noqa: F401  (imported for their OBJECTIVES.register side effect)
+    coprompt,
     cpt,
     cross_entropy,
     global_etf,
@@ -25,6 +26,7 @@ from tailprompt.objectives.base import (
     StepState,
     per_image_mean,
 )
+from tailprompt.objectives.coprompt import description_consistency_loss, image_consistency_loss
 from tailprompt.objectives.cpt import (
     cross_modal_convergence_loss,
     intra_cluster_etf_loss,
@@ -46,8 +48,10 @@ __all__ = [
     "ObjectiveSpec",
     "StepState",
     "cross_entropy_loss",
+    "description_consistency_loss",
     "cross_modal_convergence_loss",
     "global_etf_loss",
+    "image_consistency_loss",
     "intra_cluster_etf_loss",
     "knowledge_guidance_loss",
     "language_collapse_loss",

@@ -44,8 +44,16 @@ XD_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "f
 def _load(cfg: RunConfig, name: str | None = None) -> DatasetSplits:
     """The source dataset (`name` None, with `data.options`) or a target (with `protocol.target_options`)."""
     if name is None:
-        return load_dataset(cfg.data.name, cfg.data.root, cfg.data.options)
-    return load_dataset(name, cfg.data.root, cfg.protocol.target_options)
+        return load_dataset(cfg.data.name, cfg.data.root, with_template(cfg, cfg.data.name, cfg.data.options))
+    return load_dataset(name, cfg.data.root, with_template(cfg, name, cfg.protocol.target_options))
+
+
+def with_template(cfg: RunConfig, name: str, options: dict) -> dict:
+    """Reader options plus the `data.templates` entry for dataset `name` (explicit options.template wins)."""
+    template = cfg.data.templates.get(name)
+    if template is None or "template" in options:
+        return options
+    return {**options, "template": template}
 
 
 def base_to_new(cfg: RunConfig) -> ProtocolPlan:

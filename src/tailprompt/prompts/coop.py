@@ -82,19 +82,26 @@ class CoOp(PromptModule):
         csc: bool = False,
         name: str = "coop",
         ignored_reference_keys: Iterable[str] = (),
+        template: str = "{}",
     ) -> None:
         super().__init__(backbone)
-        check_context_config(n_ctx, ctx_init, csc)
         self.name = name
         self.class_token_position = class_token_position
         self.csc = csc
         self._ignored = tuple(ignored_reference_keys)
-        self.n_ctx, self.prompt_prefix, ctx = initial_context(
-            backbone, n_ctx, ctx_init, len(classnames) if csc else None
+        self.n_ctx, self.prompt_prefix, ctx = self.initial_context(
+            n_ctx, ctx_init, len(classnames) if csc else None, template
         )
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.classnames: list[str] = []
-        self.set_classnames(classnames, "{}")
+        self.set_classnames(classnames, template)
+
+    def initial_context(
+        self, n_ctx: int, ctx_init: str, num_classes: int | None, template: str
+    ) -> tuple[int, str, Tensor]:
+        """(n_ctx, prompt prefix text, initial ctx): CoOp's rule (`initial_context`); ProGrad overrides it."""
+        check_context_config(n_ctx, ctx_init, num_classes is not None)
+        return initial_context(self.backbone, n_ctx, ctx_init, num_classes)
 
     def set_classnames(self, classnames: list[str], template: str) -> None:
         """Rebuild the class-name buffers for a new label space; the context is kept.

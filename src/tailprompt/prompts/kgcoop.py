@@ -15,8 +15,9 @@ from typing import Any
 from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.coop import ClassTokenPosition, CoOp, check_context_config
 
-# Present in the reference prompt learner but frozen there (only names containing "ctx" train).
-KGCOOP_UNUSED_REFERENCE_KEYS = ("bias_vectors", "meta_net.")
+# Present in the reference prompt learner but frozen there (only names containing "ctx" train). DeKg's
+# prompt learner (cnunlp/DeKg `trainers/DeKg.py`, same layout) also holds its second CLIP's image tower.
+KGCOOP_UNUSED_REFERENCE_KEYS = ("bias_vectors", "meta_net.", "image_encoder.")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tailprompt.config import ConfigError
 from tailprompt.data.fixtures import make_dataset_tree
 from tailprompt.engine.protocols import PROTOCOLS, with_template
 from tailprompt.engine.resolve import resolve_config
@@ -34,3 +35,9 @@ def test_dekg_differs_from_coop_on_dtd_and_explicit_options_win(data_root):
     assert PROTOCOLS.get("base_to_new")(coop).train.template == "{} texture."
     assert with_template(dekg, "dtd", {"template": "{}."}) == {"template": "{}."}
     assert with_template(dekg, "eurosat", {"split_seed": 1}) == {"split_seed": 1}
+
+
+def test_a_template_without_one_placeholder_names_the_field():
+    cfg = resolve_config("dekg", ["data.templates.eurosat=satellite photo"])
+    with pytest.raises(ConfigError, match=r"data.templates.eurosat: expected a template with one '\{\}'"):
+        with_template(cfg, "eurosat", {})

@@ -53,6 +53,9 @@ def with_template(cfg: RunConfig, name: str, options: dict) -> dict:
     template = cfg.data.templates.get(name)
     if template is None or "template" in options:
         return options
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ConfigError(f"data.templates.{name}: expected a template with one '{{}}' for the class name, "
+                          f"got {template!r}")
     return {**options, "template": template}
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tailprompt.engine.resolve import objective_parts, resolve_config
+from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.steps import BoundObjective, objective_terms
-from tailprompt.objectives import OBJECTIVES
+from tailprompt.objectives import OBJECTIVES, ObjectiveContext
 from tailprompt.objectives.dekg import centering_matrix, hsic_independence_loss
 
 
@@ -74,17 +74,17 @@ def test_hsic_instance_conditioned_is_the_mean_over_images():
 
 def test_dekg_preset_total_is_ce_plus_guidance_plus_hsic(state_factory):
     cfg = resolve_config("dekg")
-    assert cfg.learner["name"] == "kgcoop" and cfg.optim.batch_size == 128 and cfg.optim.epochs == 100
+    assert cfg.learner.name == "kgcoop" and cfg.optim.batch_size == 128 and cfg.optim.epochs == 100
     assert cfg.data.templates == {"dtd": "a photo of a {}, a type of texture."}
-    bound = []
-    for i, entry in enumerate(cfg.objectives):
-        spec, ocfg, weights = objective_parts(entry, f"objectives[{i}]")
-        bound.append(BoundObjective(entry["name"], spec.build(ocfg, {}), weights))
     gen = torch.Generator().manual_seed(0)
     text, frozen = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
     images, labels = torch.randn(3, 8, generator=gen), torch.tensor([0, 3, 1])
+    context = ObjectiveContext(unit_rows(frozen), ["a", "b", "c", "d"])
+    bound = [BoundObjective(o.name, OBJECTIVES.get(o.name).make(o.options, context), o.weights)
+             for o in cfg.objectives]
     state = state_factory(text, frozen, images, labels)
-    total, terms = objective_terms(bound, state)
+    loss = objective_terms(bound, state)
+    total, terms = loss.total, loss.logged
     t, f = unit_rows(text.double()), unit_rows(frozen.double())
     ce = torch.nn.functional.cross_entropy(state.logits.double(), labels)
     guidance = 1.0 - torch.nn.functional.cosine_similarity(t, f, dim=1, eps=1e-7).mean()

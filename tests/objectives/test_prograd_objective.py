@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tailprompt.backbone import load_backbone
+from tailprompt.objectives import OBJECTIVES, ObjectiveContext
 from tailprompt.objectives.prograd import (
     ProGradConfig,
     ProGradError,
@@ -17,7 +18,8 @@ from tailprompt.objectives.prograd import (
     projected_gradient,
     zero_shot_guide_loss,
 )
-from tailprompt.prompts import LEARNERS
+from tailprompt.prompts import build_learner
+from tailprompt.prompts.prograd import ProGradLearnerConfig
 
 
 def test_guide_loss_is_kl_plus_teacher_entropy_times_t_squared():
@@ -61,10 +63,9 @@ def backbone():
 
 def step_inputs(backbone, against_zero_shot: bool):
     """A ProGrad learner, frozen image features, the frozen text features and labels for one step."""
-    spec = LEARNERS.get("prograd")
     torch.manual_seed(0)
     names = ["cat", "golden_retriever", "sea or lake", "tree"]
-    learner = spec.build(spec.config_cls(), backbone, names, "a photo of a {}.")
+    learner = build_learner("prograd", ProGradLearnerConfig(), backbone, names, "a photo of a {}.")
     gen = torch.Generator().manual_seed(3)
     images = F.normalize(torch.randn(6, backbone.embed_dim, generator=gen), dim=-1)
     with torch.no_grad():
@@ -109,16 +110,18 @@ def test_one_update_equals_the_reference_procedure(backbone, against_zero_shot):
     learner, images, zs, labels = step_inputs(backbone, against_zero_shot)
     expected, conflicts = reference_update_grads(learner, backbone, images, zs, labels)
     assert conflicts == [against_zero_shot]  # both branches of the rule are exercised
-    # ours: one backward of the weighted total (guide weight 0), then the objective's transform
-    cfg = ProGradConfig()
+    # ours: the registered objective; one backward of the weighted total (guide weight 0), then its transform
+    spec = OBJECTIVES.get("prograd")
+    assert spec.default_weights == {"guide": 0.0} and spec.reads == {"zeroshot_logits"}
+    objective = spec.make(ProGradConfig(), ObjectiveContext(torch.zeros(4, 1), ["a", "b", "c", "d"]))
     out = logits_of(learner, backbone, images)
-    guide = guide_terms(cfg)(_State(out, zs))["guide"]
-    total = F.cross_entropy(out, labels) + 0.0 * guide.detach()
+    guide = objective.terms(_State(out, zs))["guide"]
+    total = F.cross_entropy(out, labels)
     params = [p for p in learner.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
     total.backward(retain_graph=True)
-    gradient_transform(cfg)(params, {"guide": guide})
+    objective.transform_gradients(params, {"guide": guide})
     for p, g in zip(params, expected):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-8)
     if against_zero_shot:  # the stepped gradient no longer opposes the zero-shot guide
@@ -130,6 +133,8 @@ def test_without_projection_there_is_no_transform_and_guide_needs_zero_shot_logi
     assert gradient_transform(ProGradConfig(projection=False)) is None
     with pytest.raises(ProGradError, match="zero-shot logits"):
         guide_terms(ProGradConfig())(_State(torch.zeros(2, 3), None))
+    with pytest.raises(ProGradError, match=r"got shape \[2, 4\]"):  # logits over another label space
+        guide_terms(ProGradConfig())(_State(torch.zeros(2, 3), torch.zeros(2, 4)))
     with pytest.raises(ValueError, match="temperature"):
         ProGradConfig(temperature=0.0)
 

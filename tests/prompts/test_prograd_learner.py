@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tailprompt.prompts import LearnerError, PromptStateError
+from tailprompt.prompts import LearnerError, PromptStateError, build_learner
 from tailprompt.prompts.prograd import ProGradLearnerConfig, template_init_words
 
 from .conftest import CLASSNAMES, OTHER_CLASSNAMES, TEMPLATE, build
@@ -20,11 +20,8 @@ def embedded(backbone, texts):
 
 
 def build_prograd(backbone, template=TEMPLATE, classnames=CLASSNAMES, **overrides):
-    from tailprompt.prompts import LEARNERS
-
-    spec = LEARNERS.get("prograd")
     torch.manual_seed(0)
-    return spec.build(spec.config_cls(**overrides), backbone, list(classnames), template)
+    return build_learner("prograd", ProGradLearnerConfig(**overrides), backbone, list(classnames), template)
 
 
 def test_template_words_fill_the_last_positions_and_zeros_the_rest(backbone):

@@ -17,14 +17,19 @@ from tailprompt.objectives import (  # noqa: F401  (imported for their OBJECTIVE
     tcpt,
     zsnorm,
 )
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.objectives.base import (
+    OBJECTIVES,
+    OPTIONAL_FIELDS,
+    Objective,
+    ObjectiveContext,
+    ObjectiveSpec,
+    StepState,
+    per_image_mean,
+)
 from tailprompt.objectives.cpt import (
-    ClusterResult,
     cross_modal_convergence_loss,
     intra_cluster_etf_loss,
     rotation_stability_loss,
-    select_clusters,
-    semantic_clusters,
 )
 from tailprompt.objectives.cross_entropy import cross_entropy_loss
 from tailprompt.objectives.dekg import hsic_independence_loss
@@ -38,7 +43,9 @@ from tailprompt.objectives.zsnorm import zero_shot_range_logits, zsnorm_loss
 
 __all__ = [
     "OBJECTIVES",
-    "ClusterResult",
+    "OPTIONAL_FIELDS",
+    "Objective",
+    "ObjectiveContext",
     "ObjectiveSpec",
     "StepState",
     "cross_entropy_loss",
@@ -55,8 +62,6 @@ __all__ = [
     "project_gradients_",
     "projected_gradient",
     "rotation_stability_loss",
-    "select_clusters",
-    "semantic_clusters",
     "text_moment_matching_loss",
     "zero_shot_range_logits",
     "zero_shot_guide_loss",

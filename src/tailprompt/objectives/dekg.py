@@ -20,12 +20,11 @@ hand-crafted features are a constant: the reference computes them once under `to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
 
 
 def centering_matrix(n: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -59,7 +58,7 @@ class DeKgConfig:
     """DeKg's HSIC term has no options besides its weight (`weights: {hsic: 6.0}`)."""
 
 
-def build_dekg(cfg: DeKgConfig, context: Any):
+def build_dekg(cfg: DeKgConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {"hsic": hsic_independence_loss(state.text_feats, state.frozen_text_feats)}
 

@@ -24,14 +24,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tailprompt.cli import UserError
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState
+from tailprompt.objectives.base import (
+    OBJECTIVES,
+    GradientTransform,
+    Objective,
+    ObjectiveContext,
+    ObjectiveSpec,
+    StepState,
+)
 
 
 class ProGradError(UserError, ValueError):
@@ -95,29 +101,33 @@ def guide_terms(cfg: ProGradConfig) -> Callable[[StepState], dict[str, Tensor]]:
     """The term function: `guide` = the zero-shot distillation term (weight 0 by default)."""
 
     def terms(state: StepState) -> dict[str, Tensor]:
-        if state.zeroshot_logits is None:
+        zs = state.zeroshot_logits
+        if zs is None or zs.shape != state.logits.shape:
+            got = "none" if zs is None else f"shape {list(zs.shape)}"
             raise ProGradError(
-                "objective prograd: this learner/setting provides no zero-shot logits (frozen image features "
-                "against the dataset's hand template); use a learner with a frozen or unprompted image pass"
+                f"objective prograd: needs zero-shot logits over the same images and classes as the learner's "
+                f"logits {list(state.logits.shape)} (frozen image features against the dataset template), got "
+                f"{got}; this learner/setting has none to distil from"
             )
         return {"guide": zero_shot_guide_loss(state.logits, state.zeroshot_logits, cfg.temperature)}
 
     return terms
 
 
-def gradient_transform(cfg: ProGradConfig) -> Callable[[list[nn.Parameter], dict[str, Tensor]], None] | None:
+def gradient_transform(cfg: ProGradConfig) -> GradientTransform | None:
     """`transform_gradients(params, terms)`: the projection against the raw `guide` term, or None."""
     if not cfg.projection:
         return None
 
-    def transform(params: list[nn.Parameter], terms: dict[str, Tensor]) -> None:
+    def transform(params: Sequence[nn.Parameter], terms: dict[str, Tensor]) -> None:
         project_gradients_(params, terms["guide"], cfg.strength)
 
     return transform
 
 
-def build_prograd(cfg: ProGradConfig, context: Any):
-    return guide_terms(cfg)
+def build_prograd(cfg: ProGradConfig, context: ObjectiveContext) -> Objective:
+    return Objective(guide_terms(cfg), gradient_transform(cfg))
 
 
-OBJECTIVES.register("prograd", ObjectiveSpec(ProGradConfig, build_prograd, default_weights={"guide": 0.0}))
+OBJECTIVES.register("prograd", ObjectiveSpec(
+    ProGradConfig, build_prograd, default_weights={"guide": 0.0}, reads=frozenset({"zeroshot_logits"})))

@@ -21,14 +21,13 @@ learner with the target dataset's template and only loads `ctx`. The gradient pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
-from tailprompt.prompts.common import LearnerError, count_words, random_context, word_context
+from tailprompt.prompts.common import LearnerError, count_words, word_context
 from tailprompt.prompts.coop import ClassTokenPosition, CoOp
+from tailprompt.prompts.learner import LEARNERS
 
 TEMPLATE_INIT = "template"  # ctx_init value: words of the dataset's template (the reference's CTX_INIT True)
 
@@ -73,20 +72,13 @@ def template_init_words(template: str) -> str:
 class ProGradLearner(CoOp):
     """CoOp whose context starts as `[0 ... 0, template words]` (trainable parameter `ctx` `[16, W]`)."""
 
-    def __init__(self, backbone: Any, classnames: list[str], template: str, config: ProGradLearnerConfig) -> None:
-        self._init = config.ctx_init  # read by initial_context during CoOp.__init__
-        super().__init__(
-            backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
-            class_token_position=config.class_token_position, csc=config.csc, name="prograd", template=template,
-        )
+    name = "prograd"
+    config_cls = ProGradLearnerConfig
 
-    def initial_context(
-        self, n_ctx: int, ctx_init: str, num_classes: int | None, template: str
-    ) -> tuple[int, str, Tensor]:
-        if not ctx_init:
-            shape = (n_ctx, self.backbone.text_width) if num_classes is None else (
-                num_classes, n_ctx, self.backbone.text_width)
-            return n_ctx, " ".join(["X"] * n_ctx), random_context(shape, self.backbone.device)
+    def initial_context(self, template: str, num_classes: int | None) -> tuple[int, str, Tensor]:
+        n_ctx = self.config.n_ctx
+        if not self.config.ctx_init:  # random N(0, 0.02) vectors behind "X ... X", as CoOp's
+            return super().initial_context(template, num_classes)
         words = self.init_words(template)
         n_words = count_words(words)
         if n_words > n_ctx:
@@ -97,13 +89,14 @@ class ProGradLearner(CoOp):
 
     def init_words(self, template: str) -> str:
         """The words the context started from: the template's (template init) or the configured ones."""
-        return template_init_words(template) if self._init == TEMPLATE_INIT else self._init.replace("_", " ")
+        init = self.config.ctx_init
+        return template_init_words(template) if init == TEMPLATE_INIT else init.replace("_", " ")
 
-    def set_classnames(self, classnames: list[str], template: str) -> None:
+    def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """New label space; with template init the prompt text follows that space's template."""
-        if self._init == TEMPLATE_INIT:
+        if self.config.ctx_init == TEMPLATE_INIT:
             self.prompt_prefix = prompt_prefix(self.init_words(template), self.n_ctx)
-        super().set_classnames(classnames, template)
+        super().set_classnames(classnames, template, seen)
 
 
 def prompt_prefix(words: str, n_ctx: int) -> str:
@@ -111,11 +104,6 @@ def prompt_prefix(words: str, n_ctx: int) -> str:
     return " ".join(["X"] * (n_ctx - count_words(words)) + [words])
 
 
-def build_prograd(config: ProGradLearnerConfig, backbone: Any, classnames: list[str], template: str) -> ProGradLearner:
-    """`LearnerSpec.build` for `prograd`."""
-    return ProGradLearner(backbone, classnames, template, config)
+LEARNERS.register("prograd", ProGradLearner)
 
-
-LEARNERS.register("prograd", LearnerSpec(ProGradLearnerConfig, build_prograd))
-
-__all__ = ["ProGradLearner", "ProGradLearnerConfig", "build_prograd", "template_init_words"]
+__all__ = ["ProGradLearner", "ProGradLearnerConfig", "template_init_words"]

@@ -46,13 +46,12 @@ def stage1_class_scores(image_feats: Tensor, stage1_text_feats: Tensor) -> Tenso
         return (STAGE1_SCORE_SCALE * image_feats.float() @ stage1_text_feats.float().t()).softmax(dim=-1)
 
 
-def random_fill(num_classes: int, taken: list[int], generator: torch.Generator) -> list[int]:
-    """Up to 2 random classes from `1 .. K-2` not in `taken` (appended to it), as the reference draws them.
+def random_fill(num_classes: int, chosen: list[int], taken: list[int], generator: torch.Generator) -> None:
+    """Top `chosen` up to 2 classes with random ones from `1 .. K-2` not in `taken` (both lists grow).
 
-    The reference makes at most K-2 draws and draws once more after the second hit before it stops;
+    The reference makes at most K-2 draws and draws once more after the list is full before it stops;
     the same number of draws is made here so the generator stays in step with that loop.
     """
-    chosen: list[int] = []
     for _ in range(num_classes - 2):
         candidate = int(torch.randint(1, num_classes - 1, (1,), generator=generator))
         if len(chosen) >= MIN_NEGATIVES:
@@ -60,7 +59,6 @@ def random_fill(num_classes: int, taken: list[int], generator: torch.Generator) 
         if candidate not in taken:
             chosen.append(candidate)
             taken.append(candidate)
-    return chosen
 
 
 def hard_negative_classes(
@@ -78,18 +76,20 @@ def hard_negative_classes(
         B lists of distinct class ids; no class appears twice across the lists or equals a batch label.
     """
     num_classes = scores.shape[1]
-    ranked = scores.topk(min(top_k, num_classes), dim=-1).indices.tolist()
+    k = min(top_k, num_classes)
     truth = labels.tolist()
     taken = list(truth)  # every class already in the grown batch
     negatives: list[list[int]] = []
-    for row, label in zip(ranked, truth):
+    for i, label in enumerate(truth):
+        # Row by row as the reference: underflowed scores tie at 0, and a batched topk may break those ties
+        # differently.
         chosen = []
-        for c in row:
+        for c in scores[i].topk(k).indices.tolist():
             if c != label and c not in taken:
                 chosen.append(c)
                 taken.append(c)
         if len(chosen) < MIN_NEGATIVES:
-            chosen += random_fill(num_classes, taken, generator)
+            random_fill(num_classes, chosen, taken, generator)
         negatives.append(chosen)
     return negatives
 

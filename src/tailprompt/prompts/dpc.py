@@ -200,7 +200,7 @@ class DPC(PromptModule):
         self.seen = True
         self._invoke = _Holder(_Invoke(self.base))
         self._stage1_text: Tensor | None = None
-        self._stage1_image: Tensor | None = None
+        self._last_images: Tensor | None = None
 
     # --- label spaces -------------------------------------------------------------------------------
 
@@ -238,10 +238,9 @@ class DPC(PromptModule):
         return self._run(self.effective_parameters(), "text_features", None)
 
     def image_features(self, images: Tensor) -> Tensor:
-        """Normalised image features `[B, D]`; with an image-prompting base also keeps the stage-1 ones."""
+        """Normalised image features `[B, D]` of the base learner run with the dual prompts."""
         if self.uses_image_tower and self.training:
-            with torch.no_grad():
-                self._stage1_image = self._run(self.stage1.tensors(), "image_features", images).float()
+            self._last_images = images  # the stage-1 features of the step's batch are made on demand
         return self._run(self.effective_parameters(), "image_features", images)
 
     def stage1_text_features(self) -> Tensor:
@@ -254,8 +253,10 @@ class DPC(PromptModule):
     def aux_outputs(self) -> dict[str, Tensor]:
         """The frozen stage-1 model's features for the hard-negative objective `dpc`."""
         out = {STAGE1_TEXT: self.stage1_text_features()}
-        if self._stage1_image is not None:
-            out[STAGE1_IMAGE] = self._stage1_image
+        if self._last_images is not None:
+            # The engine asks right after the step's forward pass, so these are the batch's images.
+            with torch.no_grad():
+                out[STAGE1_IMAGE] = self._run(self.stage1.tensors(), "image_features", self._last_images).float()
         return out
 
     # --- state ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from tailprompt.objectives.dpc import (
     grown_batch_features,
     grown_batch_labels,
     hard_negative_classes,
+    hard_negative_contrastive_loss,
     pick_class_images,
     stage1_class_scores,
     symmetric_contrastive_loss,
@@ -135,3 +137,96 @@ def test_symmetric_contrastive_loss_matches_the_formula():
     # Perfectly paired distinct rows at a large scale: the loss vanishes.
     eye = torch.eye(4, dtype=torch.float64)
     assert symmetric_contrastive_loss(eye, eye, 100.0).item() < 1e-30
+
+
+def reference_dpc_step(stage1_img, stage1_txt, label, item_feats, item_labels, image_feats, text_feats, scale,
+                       topk_sum, generator):
+    """`parse_sple_batch_train` + `forward_backward` of `sple_coop.py` on features: per image, select its
+    hard negatives, then draw one image of each (`random.choice` over the class's list), then the next image."""
+    randint = torch_randint(generator)
+    similarity = (100.0 * stage1_img @ stage1_txt.T).softmax(dim=-1)
+    class_count = stage1_txt.shape[0]
+    objects_in_batch = label.tolist()
+    rows, labels = [], []
+    for sample_id in range(label.shape[0]):
+        chosen = reference_hard_negatives_for(similarity[sample_id], label[sample_id], topk_sum, class_count,
+                                              objects_in_batch, randint)
+        rows.append(image_feats[sample_id])
+        labels.append(int(label[sample_id]))
+        for obj_id in chosen:
+            pic_list = [i for i in range(len(item_labels)) if item_labels[i] == obj_id]
+            rows.append(item_feats[pic_list[int(torch.randint(len(pic_list), (1,), generator=generator))]])
+            labels.append(obj_id)
+    img = torch.stack(rows)
+    txt = text_feats[labels]
+    img = img / img.norm(dim=-1, keepdim=True)
+    txt = txt / txt.norm(dim=-1, keepdim=True)
+    logits_per_img = scale * img @ txt.t()
+    ids = torch.arange(len(labels))
+    ce = torch.nn.functional.cross_entropy
+    return (ce(logits_per_img, ids) + ce(logits_per_img.t(), ids)) / 2
+
+
+def reference_hard_negatives_for(row, gt, topk_sum, class_count, objects_in_batch, randint):
+    values, indices = row.topk(topk_sum)
+    before, hn_labels = [], []
+    for _value, index in zip(values, indices):
+        if index != gt and len(hn_labels) < topk_sum - 1:
+            before.append(index)
+    for item in before:
+        if item not in objects_in_batch:
+            hn_labels.append(item)
+            objects_in_batch.append(item)
+    if len(hn_labels) < 2:
+        for _step in range(0, class_count - 2):
+            neg_label = randint(1, class_count - 2)
+            if neg_label not in objects_in_batch and len(hn_labels) < 2:
+                hn_labels.append(neg_label)
+                objects_in_batch.append(neg_label)
+            elif len(hn_labels) < 2:
+                continue
+            else:
+                break
+    return [int(x) for x in hn_labels]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dpc_step_loss_equals_the_reference_step(seed):
+    g = torch.Generator().manual_seed(seed)
+    k, d, b = 10, 12, 4
+    unit = torch.nn.functional.normalize
+    item_labels = [c for c in range(k) for _ in range(3)]  # 3 training images per class
+    item_feats = unit(torch.randn(len(item_labels), d, generator=g), dim=-1)
+    batch_items = torch.randperm(len(item_labels), generator=g)[:b]
+    labels = torch.tensor([item_labels[i] for i in batch_items])
+    text = unit(torch.randn(k, d, generator=g), dim=-1).requires_grad_(True)
+    stage1_text = unit(text.detach() + 0.3 * torch.randn(k, d, generator=g), dim=-1)
+    state = types.SimpleNamespace(
+        labels=labels, image_feats=item_feats[batch_items], text_feats=text, logit_scale=100.0,
+        aux={"dpc_stage1_text_feats": stage1_text}, encode_training_images=lambda idx: item_feats[idx],
+    )
+    pools = class_image_pools(item_labels, k)
+    got = hard_negative_contrastive_loss(state, 8, pools, torch.Generator().manual_seed(seed + 10))
+    expected = reference_dpc_step(item_feats[batch_items], stage1_text, labels, item_feats, item_labels,
+                                  item_feats[batch_items], text, 100.0, 8, torch.Generator().manual_seed(seed + 10))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
+    grad_got, = torch.autograd.grad(got, text)
+    grad_ref, = torch.autograd.grad(expected, text)
+    torch.testing.assert_close(grad_got, grad_ref, atol=1e-6, rtol=1e-5)
+
+
+def test_image_prompting_learners_rank_with_their_stage1_image_features():
+    g = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize
+    k, d = 6, 8
+    stage1_text = unit(torch.randn(k, d, generator=g), dim=-1)
+    own = unit(torch.randn(2, d, generator=g), dim=-1)
+    stage1_img = stage1_text[[3, 4]]  # the stage-1 model sees classes 3 and 4 as the best matches
+    seen = []
+    state = types.SimpleNamespace(
+        labels=torch.tensor([0, 1]), image_feats=own, text_feats=unit(torch.randn(k, d, generator=g), dim=-1),
+        logit_scale=10.0, aux={"dpc_stage1_text_feats": stage1_text, "dpc_stage1_image_feats": stage1_img},
+        encode_training_images=lambda idx: seen.append(idx.tolist()) or own.new_zeros(len(idx), d) + 1.0,
+    )
+    hard_negative_contrastive_loss(state, 2, class_image_pools(list(range(k)), k), torch.Generator().manual_seed(0))
+    assert seen[0][0] == 3 and 4 in seen[0]  # image 0's first negative is class 3 (item c is of class c)

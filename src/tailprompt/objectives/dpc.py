@@ -29,11 +29,15 @@ e.g. EuroSAT's 5 base classes).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Names of the learner's aux outputs (tailprompt.prompts.dpc) this objective reads.
+STAGE1_TEXT = "dpc_stage1_text_feats"
+STAGE1_IMAGE = "dpc_stage1_image_feats"
 # The reference ranks classes with a fixed scale, not the backbone's learned logit scale.
 STAGE1_SCORE_SCALE = 100.0
 # Fewer hard negatives than this for an image and the reference tops them up with random classes.
@@ -61,6 +65,24 @@ def random_fill(num_classes: int, chosen: list[int], taken: list[int], generator
             taken.append(candidate)
 
 
+def image_negatives(
+    scores: Tensor, label: int, top_k: int, taken: list[int], generator: torch.Generator
+) -> list[int]:
+    """Hard-negative classes of one image: `scores [K]`, its `label`; `taken` (classes already in the grown
+    batch) grows with the result."""
+    num_classes = scores.shape[0]
+    chosen = []
+    # Row by row as the reference: underflowed scores tie at 0, and a batched topk may break those ties
+    # differently.
+    for c in scores.topk(min(top_k, num_classes)).indices.tolist():
+        if c != label and c not in taken:
+            chosen.append(c)
+            taken.append(c)
+    if len(chosen) < MIN_NEGATIVES:
+        random_fill(num_classes, chosen, taken, generator)
+    return chosen
+
+
 def hard_negative_classes(
     scores: Tensor, labels: Tensor, top_k: int, generator: torch.Generator
 ) -> list[list[int]]:
@@ -75,23 +97,27 @@ def hard_negative_classes(
     Returns:
         B lists of distinct class ids; no class appears twice across the lists or equals a batch label.
     """
-    num_classes = scores.shape[1]
-    k = min(top_k, num_classes)
     truth = labels.tolist()
-    taken = list(truth)  # every class already in the grown batch
+    taken = list(truth)
+    return [image_negatives(scores[i], label, top_k, taken, generator) for i, label in enumerate(truth)]
+
+
+def hard_negative_batch(
+    scores: Tensor, labels: Tensor, top_k: int, pools: Sequence[Sequence[int]], generator: torch.Generator
+) -> tuple[list[list[int]], list[int]]:
+    """(hard-negative classes per image, one drawn image index per negative, flat in batch order).
+
+    Draws in the reference's order: an image's negatives (with any random top-up), then its images, then
+    the next image's.
+    """
+    truth = labels.tolist()
+    taken = list(truth)
     negatives: list[list[int]] = []
+    picked: list[int] = []
     for i, label in enumerate(truth):
-        # Row by row as the reference: underflowed scores tie at 0, and a batched topk may break those ties
-        # differently.
-        chosen = []
-        for c in scores[i].topk(k).indices.tolist():
-            if c != label and c not in taken:
-                chosen.append(c)
-                taken.append(c)
-        if len(chosen) < MIN_NEGATIVES:
-            random_fill(num_classes, chosen, taken, generator)
-        negatives.append(chosen)
-    return negatives
+        negatives.append(image_negatives(scores[i], label, top_k, taken, generator))
+        picked += pick_class_images(negatives[-1], pools, generator)
+    return negatives, picked
 
 
 def class_image_pools(labels: Sequence[int], num_classes: int) -> list[list[int]]:
@@ -148,3 +174,28 @@ def symmetric_contrastive_loss(image_feats: Tensor, text_feats: Tensor, logit_sc
     logits_per_image = logit_scale * image @ text.t()
     targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
     return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.t(), targets)) / 2
+
+
+def hard_negative_contrastive_loss(
+    state: Any, top_k: int, pools: Sequence[Sequence[int]], generator: torch.Generator
+) -> Tensor:
+    """DPC's loss for one step: grow the batch with hard negatives and contrast it (module docstring).
+
+    Reads from `state`: `labels [B]`, `image_feats [B, D]` (the learner's), `text_feats [K, D]`,
+    `logit_scale`, `aux["dpc_stage1_text_feats"] [K, D]`, optionally `aux["dpc_stage1_image_feats"]`
+    (image-prompting base learners; else the step's own image features, which are the frozen tower's)
+    and `encode_training_images(indices) -> [E, D]` for the extra images (indices into `pools`' items).
+    """
+    if state.text_feats.dim() != 2:
+        raise ValueError("dpc: the hard-negative loss needs class text features [K, D], not per-image ones")
+    stage1_text = state.aux[STAGE1_TEXT]
+    stage1_image = state.aux.get(STAGE1_IMAGE, state.image_feats)
+    scores = stage1_class_scores(stage1_image, stage1_text)
+    negatives, extra = hard_negative_batch(scores, state.labels, top_k, pools, generator)
+    if extra:
+        extra_feats = state.encode_training_images(torch.tensor(extra, dtype=torch.long))
+    else:
+        extra_feats = state.image_feats[:0]
+    image = grown_batch_features(state.image_feats, extra_feats, negatives)
+    text = state.text_feats[grown_batch_labels(state.labels, negatives)]
+    return symmetric_contrastive_loss(image, text, state.logit_scale)

@@ -19,6 +19,10 @@ def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrid
     overrides = base_overrides + SHORT
     if preset in ("coop_fewshot", "maple_xd"):
         overrides = overrides + ["protocol.name=base_to_new"]
+    stage1 = getattr(resolve_config(preset).learner.options, "base", None)
+    if stage1 is not None:  # a second-stage method (DPC) starts from a finished run of its base learner's preset
+        first = execute_run(resolve_config(stage1.name, overrides), backbones)
+        overrides = overrides + [f"init.from_run={first.run_dir}"]
     r = execute_run(resolve_config(preset, overrides), backbones).result
     assert r["method"] == preset
     curve = r["loss_curve"]
@@ -26,7 +30,7 @@ def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrid
         assert curve["total"] == []  # nothing to train
     else:
         assert len(curve["total"]) == 1 and curve["total"][0] == curve["total"][0]
-        names = {o["name"] for o in resolve_config(preset).objectives}
+        names = {o.name for o in resolve_config(preset).objectives}
         assert {k.split("/")[0] for k in curve if k != "total"} == names  # every objective logged its terms
     assert 0 <= r["splits"]["new"]["accuracy"] <= 100
 

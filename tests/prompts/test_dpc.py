@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from tailprompt.cli import UserError
+from tailprompt.config import ConfigError, from_dict
+from tailprompt.engine.config import LearnerConfig
 from tailprompt.prompts.dpc import DPC, DPCConfig
 
 from .conftest import CLASSNAMES, OTHER_CLASSNAMES, TEMPLATE, build
@@ -26,10 +28,11 @@ def random_like(t, seed):
 
 
 def make_dpc(backbone, classnames=CLASSNAMES, seed=0, **options):
+    """A `dpc` learner from plain options, typed as a preset's `learner:` section is."""
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # maple's depth clamp on the tiny backbone
-        return DPC(DPCConfig(**options), backbone, list(classnames), TEMPLATE)
+        return DPC(from_dict(DPCConfig, options, "learner"), backbone, list(classnames), TEMPLATE)
 
 
 def dassl_checkpoint(ctx, prefix, suffix):
@@ -203,12 +206,14 @@ def test_dpc_refuses_what_it_cannot_wrap(backbone):
         make_dpc(backbone, base={"name": "cocoop"})
     with pytest.raises(UserError, match="stacked names"):
         make_dpc(backbone, stacked=["meta_net."])
-    with pytest.raises(UserError, match="base.name"):
+    with pytest.raises(ConfigError, match="learner.base.name"):
         make_dpc(backbone, base={"name": "nope"})
+    with pytest.raises(ConfigError, match=r"learner\.base\.'depth'; valid keys here: ctx_init"):
+        make_dpc(backbone, base={"name": "maple", "depth": 3})
     with pytest.raises(ValueError, match="weight"):
         DPCConfig(weight=0.0)
     with pytest.raises(ValueError, match="itself"):
-        DPCConfig(base={"name": "dpc"})
+        DPCConfig(base=LearnerConfig("dpc", DPCConfig()))
 
 
 def test_stage1_state_of_another_learner_is_refused(backbone):

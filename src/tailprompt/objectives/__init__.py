@@ -1,13 +1,14 @@
 """Training objectives (terms) that plug into any learner through `StepState`.
 
 Importing this package registers every objective in `OBJECTIVES`: `cross_entropy`, `kgcoop`, `cpt`,
-`npt`, `tcpt`, `global_etf`, `zsnorm`, `penalty`. Each file also exposes its math as plain functions
+`npt`, `tcpt`, `global_etf`, `zsnorm`, `penalty`, `dpc`. Each file also exposes its math as plain functions
 (e.g. `from tailprompt.objectives.cpt import intra_cluster_etf_loss`) for use in any training loop.
 """
 
 from tailprompt.objectives import (  # noqa: F401  (imported for their OBJECTIVES.register side effect)
     cpt,
     cross_entropy,
+    dpc,
     global_etf,
     kgcoop,
     npt,
@@ -15,14 +16,19 @@ from tailprompt.objectives import (  # noqa: F401  (imported for their OBJECTIVE
     tcpt,
     zsnorm,
 )
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.objectives.base import (
+    OBJECTIVES,
+    OPTIONAL_FIELDS,
+    Objective,
+    ObjectiveContext,
+    ObjectiveSpec,
+    StepState,
+    per_image_mean,
+)
 from tailprompt.objectives.cpt import (
-    ClusterResult,
     cross_modal_convergence_loss,
     intra_cluster_etf_loss,
     rotation_stability_loss,
-    select_clusters,
-    semantic_clusters,
 )
 from tailprompt.objectives.cross_entropy import cross_entropy_loss
 from tailprompt.objectives.global_etf import global_etf_loss
@@ -34,7 +40,9 @@ from tailprompt.objectives.zsnorm import zero_shot_range_logits, zsnorm_loss
 
 __all__ = [
     "OBJECTIVES",
-    "ClusterResult",
+    "OPTIONAL_FIELDS",
+    "Objective",
+    "ObjectiveContext",
     "ObjectiveSpec",
     "StepState",
     "cross_entropy_loss",
@@ -48,8 +56,6 @@ __all__ = [
     "modality_isomorphism_loss",
     "per_image_mean",
     "rotation_stability_loss",
-    "select_clusters",
-    "semantic_clusters",
     "text_moment_matching_loss",
     "zero_shot_range_logits",
     "zero_shot_range_penalty",

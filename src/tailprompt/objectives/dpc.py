@@ -29,11 +29,13 @@ e.g. EuroSAT's 5 base classes).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState
 
 # Names of the learner's aux outputs (tailprompt.prompts.dpc) this objective reads.
 STAGE1_TEXT = "dpc_stage1_text_feats"
@@ -177,7 +179,7 @@ def symmetric_contrastive_loss(image_feats: Tensor, text_feats: Tensor, logit_sc
 
 
 def hard_negative_contrastive_loss(
-    state: Any, top_k: int, pools: Sequence[Sequence[int]], generator: torch.Generator
+    state: StepState, top_k: int, pools: Sequence[Sequence[int]], generator: torch.Generator
 ) -> Tensor:
     """DPC's loss for one step: grow the batch with hard negatives and contrast it (module docstring).
 
@@ -199,3 +201,31 @@ def hard_negative_contrastive_loss(
     image = grown_batch_features(state.image_feats, extra_feats, negatives)
     text = state.text_feats[grown_batch_labels(state.labels, negatives)]
     return symmetric_contrastive_loss(image, text, state.logit_scale)
+
+
+@dataclass
+class DPCObjectiveConfig:
+    """The Dynamic Hard Negative Optimizer's settings (reference `cfg.SPLE.*`)."""
+
+    top_k: int = 8  # INFER_TOPK: classes ranked by the stage-1 model per image
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k: expected >= 1, got {self.top_k}")
+
+
+def build_dpc(cfg: DPCObjectiveConfig, context: ObjectiveContext):
+    pools = class_image_pools(context.training_labels, len(context.classnames))
+
+    def terms(state: StepState) -> dict[str, Tensor]:
+        if state.generator is None:
+            raise ValueError("dpc: the hard-negative draws need the run's generator (StepState.generator)")
+        return {"contrastive": hard_negative_contrastive_loss(state, cfg.top_k, pools, state.generator)}
+
+    return terms
+
+
+OBJECTIVES.register("dpc", ObjectiveSpec(
+    DPCObjectiveConfig, build_dpc, default_weights={"contrastive": 1.0},
+    reads=frozenset({"encode_training_images", STAGE1_TEXT, STAGE1_IMAGE}),
+))

@@ -41,15 +41,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from tailprompt.config import from_dict
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
-from tailprompt.prompts.common import LearnerError, PromptModule, PromptStateError
+from tailprompt.engine.config import LearnerConfig
+from tailprompt.prompts.common import LearnerError, PromptStateError
+from tailprompt.prompts.learner import LEARNERS, PromptLearner, build_learner
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 DPCMode = Literal["converse", "simple"]
 STAGE1_PREFIX = "stage1."
@@ -61,7 +64,7 @@ STAGE1_IMAGE = "dpc_stage1_image_feats"
 class DPCConfig:
     """DPC stage-2 settings; defaults are the reference's CoOp+DPC config (`SPLE/CoOp/vit_b16_ep10_lr35`)."""
 
-    base: dict[str, Any] = field(default_factory=lambda: {"name": "coop"})  # the stage-1 learner and its options
+    base: LearnerConfig = field(default_factory=LearnerConfig)  # the stage-1 learner: {name: coop, <options>}
     weight: float = 0.5  # w_b (cfg.SPLE.STACK.WEIGHT): share of the parallel prompt in the stored mix
     weight_for_new: float = 0.0  # w_n (STACK.WEIGHT_FOR_NEW; train.py's default is 0.2)
     mode: DPCMode = "converse"  # STACK.MODE
@@ -74,9 +77,7 @@ class DPCConfig:
                              f"got {self.weight}")
         if not 0.0 <= self.weight_for_new <= 1.0:
             raise ValueError(f"weight_for_new: expected a value in [0, 1], got {self.weight_for_new}")
-        if not isinstance(self.base, Mapping) or "name" not in self.base:
-            raise ValueError("base: expected a mapping with the stage-1 learner's name, e.g. {name: coop}")
-        if self.base["name"] == "dpc":
+        if self.base.name == "dpc":
             raise ValueError("base: dpc cannot wrap itself; name the stage-1 learner (coop, maple, ...)")
 
 
@@ -152,67 +153,57 @@ class _TensorStore(nn.Module):
         return {n: self.get(n) for n in self.names}
 
 
-def build_base_learner(base: Mapping[str, Any], backbone: Any, classnames: list[str], template: str) -> nn.Module:
-    """The stage-1 learner named by `base` (`{name: ..., <its options>}`), built with its typed config."""
-    name = str(base["name"])
-    try:
-        spec = LEARNERS.get(name)
-    except KeyError as e:
-        raise LearnerError(f"dpc: base.name: {e.args[0]}") from None
-    options = from_dict(spec.config_cls, {k: v for k, v in base.items() if k != "name"}, "learner.base")
-    learner = spec.build(options, backbone, list(classnames), template)
-    learner.uses_image_tower = spec.uses_image_tower
-    learner.instance_conditioned = spec.instance_conditioned
-    return learner
-
-
-class DPC(PromptModule):
-    """DPC stage-2 wrapper around any non-instance-conditioned learner (CoOp, KgCoOp, MaPLe, PromptSRC)."""
+class DPC(PromptLearner):
+    """DPC stage-2 wrapper around any learner with class prompts shared by all images (CoOp, KgCoOp,
+    MaPLe, PromptSRC); `uses_image_tower` follows the wrapped learner."""
 
     name = "dpc"
     config_cls = DPCConfig
+    provides: ClassVar[frozenset[str]] = frozenset({STAGE1_TEXT, STAGE1_IMAGE})
 
-    def __init__(self, config: DPCConfig, backbone: Any, classnames: list[str], template: str) -> None:
-        super().__init__(backbone)
-        self.config = config
-        self.base = build_base_learner(config.base, backbone, classnames, template)
-        if getattr(self.base, "instance_conditioned", False):
+    def __init__(self, config: DPCConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
+        super().__init__(config, backbone)
+        base = build_learner(config.base.name, config.base.options, backbone, classnames, template)
+        if base.instance_conditioned:
             raise LearnerError(
-                f"dpc: base learner {config.base['name']!r} is instance-conditioned (one prompt per image); "
-                "DPC needs class prompts shared by all images (coop, kgcoop, maple, promptsrc)"
+                f"dpc: base learner {base.name!r} is instance-conditioned (one prompt per image); DPC needs "
+                "class prompts shared by all images (coop, kgcoop, maple, promptsrc)"
             )
-        self.uses_image_tower = bool(getattr(self.base, "uses_image_tower", False))
-        self.instance_conditioned = False
-        trainable = {n: p for n, p in self.base.named_parameters() if p.requires_grad}
-        patterns = trainable if config.stacked is None else config.stacked
-        self.stacked = [n for n in trainable if _matches(n, patterns)]
+        self.base = base
+        self.uses_image_tower = base.uses_image_tower  # an instance fact: it depends on the wrapped learner
+        self.ignored_reference_keys = base.ignored_reference_keys
+        trainable = self._trainable()
+        self.stacked = [n for n in trainable if config.stacked is None or _matches(n, config.stacked)]
         if config.stacked is not None:
             unknown = [p for p in config.stacked if not any(_matches(n, [p]) for n in trainable)]
             if unknown:
                 raise LearnerError(
-                    f"dpc: stacked names {unknown} match no prompt tensor of {config.base['name']!r}; "
+                    f"dpc: stacked names {unknown} match no prompt tensor of {base.name!r}; "
                     f"its tensors: {', '.join(trainable)}"
                 )
         # Until a stage-1 state is loaded, P is the base learner's own initialisation (then P' = P).
-        self.stage1 = _TensorStore({n: p for n, p in trainable.items()})
-        self.fresh = None if config.init_from_stage1 else _TensorStore({n: p for n, p in trainable.items()})
+        self.stage1 = _TensorStore(trainable)
+        self.fresh = None if config.init_from_stage1 else _TensorStore(trainable)
         self.stage1_loaded = False
         self.seen = True
-        self._invoke = _Holder(_Invoke(self.base))
+        self.classnames = list(classnames)
+        self._invoke = _Holder(_Invoke(base))
         self._stage1_text: Tensor | None = None
         self._last_images: Tensor | None = None
+
+    @property
+    def base_name(self) -> str:
+        """The wrapped learner's name: `init.from_run` must point at a run of that learner."""
+        return self.base.name
 
     # --- label spaces -------------------------------------------------------------------------------
 
     def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Move to a label space; `seen=False` (new classes, other datasets) switches to the new-class mix."""
-        self.base.set_classnames(classnames, template)
+        self.base.set_classnames(classnames, template, seen)
+        self.classnames = list(classnames)
         self.seen = seen
         self._stage1_text = None
-
-    @property
-    def classnames(self) -> list[str]:
-        return list(self.base.classnames)
 
     # --- parameters ---------------------------------------------------------------------------------
 
@@ -251,7 +242,16 @@ class DPC(PromptModule):
         return self._stage1_text
 
     def aux_outputs(self) -> dict[str, Tensor]:
-        """The frozen stage-1 model's features for the hard-negative objective `dpc`."""
+        """The frozen stage-1 model's features for the hard-negative objective `dpc`.
+
+        Raises:
+            LearnerError: no stage-1 prompts were loaded (training started without `init.from_run`).
+        """
+        if not self.stage1_loaded:
+            raise LearnerError(
+                f"dpc: stage 2 starts from a finished {self.base.name} run: set init.from_run=runs/<id> "
+                f"(a run of learner {self.base.name!r} on the same backbone and dataset)"
+            )
         out = {STAGE1_TEXT: self.stage1_text_features()}
         if self._last_images is not None:
             # The engine asks right after the step's forward pass, so these are the batch's images.
@@ -311,6 +311,6 @@ class DPC(PromptModule):
         )
 
 
-LEARNERS.register("dpc", LearnerSpec(DPCConfig, DPC))
+LEARNERS.register("dpc", DPC)
 
 __all__ = ["DPC", "DPCConfig", "dual_prompt", "initial_mix"]

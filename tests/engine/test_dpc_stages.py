@@ -1,0 +1,86 @@
+"""DPC end to end: stage 2 starts from a finished run, keeps its prompts for new classes, refuses strangers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from tailprompt.cli import UserError
+from tailprompt.commands.eval import evaluate_run
+from tailprompt.config import ConfigError
+from tailprompt.data.fixtures import make_dataset_tree
+from tailprompt.engine.resolve import resolve_config
+from tailprompt.engine.run import BackboneCache, execute_run
+
+SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false",
+         "eval.dac=false", "eval.geometry=false"]
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    return BackboneCache()
+
+
+@pytest.fixture
+def overrides(base_overrides):
+    return base_overrides + SHORT
+
+
+def tensors(path):
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_stage2_trains_from_the_stage1_run_and_keeps_its_prompts_for_new_classes(overrides, backbones):
+    stage1 = execute_run(resolve_config("coop", overrides), backbones)
+    stage2 = execute_run(resolve_config("dpc_coop", overrides + [f"init.from_run={stage1.run_dir}"]), backbones)
+    r1, r2 = stage1.result, stage2.result
+    assert r2["learner"] == "dpc" and r2["loss_curve"]["dpc/contrastive"][0] > 0
+    saved1, saved2 = tensors(stage1.run_dir / "prompts.safetensors"), tensors(stage2.run_dir / "prompts.safetensors")
+    assert set(saved2) == {"ctx", "stage1.ctx"}
+    assert saved2["stage1.ctx"].equal(saved1["ctx"])
+    assert not saved2["ctx"].equal(saved1["ctx"])  # stage 2 trained the stored mix
+    # w_n = 0: on new classes the stage-2 model is the stage-1 model.
+    assert r2["splits"]["new"]["per_class_accuracy"] == r1["splits"]["new"]["per_class_accuracy"]
+    assert r2["splits"]["new"]["ece"] == pytest.approx(r1["splits"]["new"]["ece"], abs=1e-9)
+    # The eval command reads the run folder alone (stage-1 prompts included) and mixes for new classes too.
+    root = resolve_config("coop", overrides).data.root
+    new1 = evaluate_run(stage1.run_dir, "eurosat", root, "new")
+    new2 = evaluate_run(stage2.run_dir, "eurosat", root, "new")
+    assert new2["per_class_accuracy"] == new1["per_class_accuracy"]
+    base2 = evaluate_run(stage2.run_dir, "eurosat", root, "base")
+    assert base2["accuracy"] == pytest.approx(r2["splits"]["base"]["accuracy"])
+
+
+def test_stage2_refuses_a_run_of_another_learner_dataset_or_backbone(overrides, backbones, eurosat_root, tmp_path):
+    maple = execute_run(resolve_config("maple", overrides), backbones)
+    with pytest.raises(ConfigError, match=r"learner 'maple' \(this run starts from a 'coop' run\)") as e:
+        execute_run(resolve_config("dpc_coop", overrides + [f"init.from_run={maple.run_dir}"]), backbones)
+    assert "\n" not in str(e.value)
+    other = [o for o in overrides if not o.startswith("backbone.name")] + ["backbone.name=embedded"]
+    embedded = execute_run(resolve_config("coop", other), backbones)
+    with pytest.raises(ConfigError, match="backbone embedded"):
+        execute_run(resolve_config("dpc_coop", overrides + [f"init.from_run={embedded.run_dir}"]), backbones)
+    make_dataset_tree("dtd", eurosat_root, images_per_class=5, num_classes=6)
+    dtd = execute_run(resolve_config("coop", overrides + ["data.name=dtd"]), backbones)
+    with pytest.raises(ConfigError, match=r"dataset 'dtd' \(this run: 'eurosat'\)"):
+        execute_run(resolve_config("dpc_coop", overrides + [f"init.from_run={dtd.run_dir}"]), backbones)
+    with pytest.raises(ConfigError, match="not a finished run folder"):
+        execute_run(resolve_config("dpc_coop", overrides + [f"init.from_run={tmp_path}"]), backbones)
+
+
+def test_stage2_without_a_stage1_run_says_what_to_set(overrides, backbones):
+    with pytest.raises(UserError, match=r"set init.from_run=runs/<id> \(a run of learner 'coop'"):
+        execute_run(resolve_config("dpc_coop", overrides), backbones)
+
+
+def test_stage2_on_maple_trains_and_keeps_every_stage1_tensor(overrides, backbones):
+    stage1 = execute_run(resolve_config("maple", overrides), backbones)
+    stage2 = execute_run(resolve_config("dpc_maple", overrides + [f"init.from_run={stage1.run_dir}"]), backbones)
+    saved1, saved2 = tensors(stage1.run_dir / "prompts.safetensors"), tensors(stage2.run_dir / "prompts.safetensors")
+    assert {k for k in saved2 if not k.startswith("stage1.")} == set(saved1)
+    assert all(saved2[f"stage1.{k}"].equal(v) for k, v in saved1.items())
+    assert stage2.result["splits"]["new"]["per_class_accuracy"] == stage1.result["splits"]["new"]["per_class_accuracy"]
+    assert json.loads(json.dumps(stage2.result["config"]))["init"]["from_run"] == str(stage1.run_dir)

@@ -84,3 +84,31 @@ def test_stage2_on_maple_trains_and_keeps_every_stage1_tensor(overrides, backbon
     assert all(saved2[f"stage1.{k}"].equal(v) for k, v in saved1.items())
     assert stage2.result["splits"]["new"]["per_class_accuracy"] == stage1.result["splits"]["new"]["per_class_accuracy"]
     assert json.loads(json.dumps(stage2.result["config"]))["init"]["from_run"] == str(stage1.run_dir)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_stage2_resumes_with_identical_results(base_overrides, backbones, tmp_path, monkeypatch):
+    import tailprompt.engine.train as train_mod
+
+    stage1 = execute_run(resolve_config("coop", base_overrides + SHORT), backbones)
+    overrides = base_overrides + ["optim.epochs=3", "optim.batch_size=8", "optim.checkpoint_every_s=0",
+                                  "eval.fit_temperature=false", f"init.from_run={stage1.run_dir}"]
+    reference = execute_run(resolve_config("dpc_coop", overrides + [f"output_dir={tmp_path / 'ref'}"]), backbones)
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Killed  # killed right after epoch 1's checkpoint
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    cfg = resolve_config("dpc_coop", overrides + [f"output_dir={tmp_path / 'killed'}"])
+    with pytest.raises(Killed):
+        execute_run(cfg, backbones)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = execute_run(cfg, backbones)
+    assert resumed.result["loss_curve"] == reference.result["loss_curve"]
+    a, b = tensors(reference.run_dir / "prompts.safetensors"), tensors(resumed.run_dir / "prompts.safetensors")
+    assert set(a) == set(b) and all(a[k].equal(b[k]) for k in a)

@@ -221,3 +221,33 @@ def test_stage1_state_of_another_learner_is_refused(backbone):
     maple = build("maple", backbone, prompt_depth=2)
     with pytest.raises(UserError, match="unexpected keys"):
         learner.load_initial_state(maple.prompt_state())
+
+
+def test_maple_dpc_loads_reference_whole_model_checkpoints(backbone):
+    """MaPLe saves its whole `CustomCLIP` (`prompt_learner.*` plus frozen CLIP weights) for either stage."""
+    learner = make_dpc(backbone, base={"name": "maple", "prompt_depth": 3})
+    names = [n for n, _ in learner.base.named_parameters()]
+    frozen = {"image_encoder.conv1.weight": torch.zeros(2), "logit_scale": torch.zeros(()),
+              "prompt_learner.token_prefix": torch.zeros(3, 1, 64)}
+    g = torch.Generator().manual_seed(0)
+    shapes = {n: p.shape for n, p in learner.base.named_parameters()}
+    stage1 = {n: torch.randn(shapes[n], generator=g) for n in names}
+    stored = {n: torch.randn(shapes[n], generator=g) for n in names}
+    learner.load_initial_state({"state_dict": {**{f"prompt_learner.{n}": t for n, t in stage1.items()}, **frozen}})
+    learner.load_prompt_state({**{f"prompt_learner.{n}": t for n, t in stored.items()}, **frozen})
+    state = learner.prompt_state()
+    assert all(state[n].equal(stored[n]) and state[f"stage1.{n}"].equal(stage1[n]) for n in names)
+
+
+def test_stage1_keys_must_cover_the_base_learner(backbone):
+    learner = make_dpc(backbone, base={"name": "maple", "prompt_depth": 2})
+    state = learner.prompt_state()
+    del state["stage1.proj.weight"]
+    with pytest.raises(UserError, match=r"stage-1 keys .* do not match"):
+        learner.load_prompt_state(state)
+
+
+def test_the_learner_provides_what_the_objective_reads():
+    from tailprompt.objectives import OBJECTIVES, OPTIONAL_FIELDS
+
+    assert OBJECTIVES.get("dpc").reads - OPTIONAL_FIELDS <= DPC.provides

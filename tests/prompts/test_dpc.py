@@ -119,7 +119,9 @@ def test_stage2_starts_at_the_stage1_prompt_and_trains_through_the_parallel_prom
     stored = pretuned.clone().requires_grad_(True)
     ref = reference_coop_text(backbone, NAMES, reference_stack_forward(stored, pretuned, weight, "converse"))
     (ref * probe).sum().backward()
-    torch.testing.assert_close(learner.base.ctx.grad, stored.grad, atol=1e-6, rtol=1e-5)
+    # CoOp encodes the shared prefix once (same features, gradients summed in another order): ~1e-5 apart.
+    torch.testing.assert_close(learner.base.ctx.grad, stored.grad, atol=1e-4, rtol=1e-3)
+    assert not torch.allclose(learner.base.ctx.grad, stored.grad * weight, atol=1e-4, rtol=1e-3)  # the 1 / w
     assert learner.stage1.get("ctx").grad is None and not learner.stage1.get("ctx").requires_grad
 
 

@@ -39,13 +39,12 @@ def test_stage2_trains_from_the_stage1_run_and_keeps_its_prompts_for_new_classes
     r1, r2 = stage1.result, stage2.result
     assert r2["learner"] == "dpc" and r2["loss_curve"]["dpc/contrastive"][0] > 0
     saved1, saved2 = tensors(stage1.run_dir / "prompts.safetensors"), tensors(stage2.run_dir / "prompts.safetensors")
-    assert set(saved2) == {"ctx", "stage1.ctx"}
-    assert saved2["stage1.ctx"].equal(saved1["ctx"])
-    assert not saved2["ctx"].equal(saved1["ctx"])  # stage 2 trained the stored mix
+    assert set(saved2) == {"ctx"}  # the stored mix M; the stage-1 prompts stay in the stage-1 run
+    assert not saved2["ctx"].equal(saved1["ctx"])  # stage 2 trained M (it started at M = P)
     # w_n = 0: on new classes the stage-2 model is the stage-1 model.
     assert r2["splits"]["new"]["per_class_accuracy"] == r1["splits"]["new"]["per_class_accuracy"]
     assert r2["splits"]["new"]["ece"] == pytest.approx(r1["splits"]["new"]["ece"], abs=1e-9)
-    # The eval command reads the run folder alone (stage-1 prompts included) and mixes for new classes too.
+    # The eval command reloads the stage-1 run named by init.from_run and mixes for new classes too.
     root = resolve_config("coop", overrides).data.root
     new1 = evaluate_run(stage1.run_dir, "eurosat", root, "new")
     new2 = evaluate_run(stage2.run_dir, "eurosat", root, "new")
@@ -80,8 +79,7 @@ def test_stage2_on_maple_trains_and_keeps_every_stage1_tensor(overrides, backbon
     stage1 = execute_run(resolve_config("maple", overrides), backbones)
     stage2 = execute_run(resolve_config("dpc_maple", overrides + [f"init.from_run={stage1.run_dir}"]), backbones)
     saved1, saved2 = tensors(stage1.run_dir / "prompts.safetensors"), tensors(stage2.run_dir / "prompts.safetensors")
-    assert {k for k in saved2 if not k.startswith("stage1.")} == set(saved1)
-    assert all(saved2[f"stage1.{k}"].equal(v) for k, v in saved1.items())
+    assert set(saved2) == set(saved1)  # MaPLe's reference names, each the stored mix of that tensor
     assert stage2.result["splits"]["new"]["per_class_accuracy"] == stage1.result["splits"]["new"]["per_class_accuracy"]
     assert json.loads(json.dumps(stage2.result["config"]))["init"]["from_run"] == str(stage1.run_dir)
 

@@ -42,7 +42,7 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     from tailprompt.engine.config import RunConfig
     from tailprompt.engine.evaluate import split_outputs
     from tailprompt.engine.inputs import ImageInputs
-    from tailprompt.engine.run import BackboneCache
+    from tailprompt.engine.run import BackboneCache, initial_prompts
     from tailprompt.metrics import split_metrics
     from tailprompt.prompts import build_learner
     from tailprompt.utils import configure_threads, write_json_atomic
@@ -62,6 +62,8 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     root = root if root is not None else cfg.data.root
     ds = select_classes(load_dataset(dataset, root, cfg.data.options if dataset == cfg.data.name else {}), classes)
     learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
+    if cfg.init.from_run:  # a second stage (DPC) keeps the first stage's prompts: reload them, as training did
+        learner.load_initial_state(initial_prompts(cfg, backbone, learner))
     learner.load_prompt_state(state)
     # Learners that infer differently on label spaces they were not trained on (DPC's mixing) need to know.
     trained_classes = "base" if cfg.protocol.name == "base_to_new" else "all"

@@ -39,6 +39,7 @@ run folder evaluates on its own; `load_prompt_state` also takes the reference's 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -48,8 +49,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from tailprompt.engine.config import LearnerConfig
-from tailprompt.prompts.common import LearnerError, PromptStateError
-from tailprompt.prompts.learner import LEARNERS, PromptLearner, build_learner
+from tailprompt.prompts.common import LearnerError
+from tailprompt.prompts.learner import LEARNERS, PromptLearner
 
 if TYPE_CHECKING:
     from tailprompt.backbone import FrozenVLM
@@ -108,27 +109,6 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or (p.endswith(".") and name.startswith(p)) for p in patterns)
 
 
-class _Invoke(nn.Module):
-    """Calls one method of a learner, so `functional_call` can run it with substituted parameters."""
-
-    def __init__(self, learner: nn.Module) -> None:
-        super().__init__()
-        self.learner = learner
-
-    def forward(self, method: str, *args: Any) -> Any:
-        return getattr(self.learner, method)(*args)
-
-
-class _Holder:
-    """Keeps a module out of the owner's module tree (no duplicate parameters, no deep copy)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Holder:
-        return self
-
-
 class _TensorStore(nn.Module):
     """Non-persistent buffers under dotted parameter names (dots escaped), moved with the learner."""
 
@@ -154,73 +134,88 @@ class _TensorStore(nn.Module):
 
 
 class DPC(PromptLearner):
-    """DPC stage-2 wrapper around any learner with class prompts shared by all images (CoOp, KgCoOp,
-    MaPLe, PromptSRC); `uses_image_tower` follows the wrapped learner."""
+    """DPC stage 2 on top of any learner whose class prompts are shared by all images.
+
+    `DPC(config, ...)` builds an instance of `DPC` combined with the base learner's class (one subclass per
+    base learner class), so the instance *is* that learner: its parameters, `state_dict()` and
+    `prompt_state()` carry exactly the base's reference names (the stored mixes `M`), and every fact the
+    engine reads (`uses_image_tower`, `ignored_reference_keys`) is the base's. The frozen stage-1 prompts
+    live in non-persistent buffers (`stage1`). The base's methods run with the dual prompts substituted for
+    its parameters through `torch.func.functional_call`.
+    """
 
     name = "dpc"
     config_cls = DPCConfig
     provides: ClassVar[frozenset[str]] = frozenset({STAGE1_TEXT, STAGE1_IMAGE})
+    base_class: ClassVar[type[PromptLearner] | None] = None  # set on the per-base subclasses
+
+    def __new__(cls, config: DPCConfig | None = None, *args: Any, **kwargs: Any) -> DPC:
+        if cls.base_class is not None or config is None:  # already combined (or copy/pickle re-creating one)
+            return super().__new__(cls)
+        base_cls = LEARNERS.get(config.base.name)
+        if base_cls.instance_conditioned:
+            raise LearnerError(
+                f"dpc: base learner {config.base.name!r} is instance-conditioned (one prompt per image); DPC "
+                "needs class prompts shared by all images (coop, kgcoop, maple, promptsrc)"
+            )
+        return super().__new__(dpc_class(base_cls))
 
     def __init__(self, config: DPCConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
-        super().__init__(config, backbone)
-        base = build_learner(config.base.name, config.base.options, backbone, classnames, template)
-        if base.instance_conditioned:
-            raise LearnerError(
-                f"dpc: base learner {base.name!r} is instance-conditioned (one prompt per image); DPC needs "
-                "class prompts shared by all images (coop, kgcoop, maple, promptsrc)"
-            )
-        self.base = base
-        self.uses_image_tower = base.uses_image_tower  # an instance fact: it depends on the wrapped learner
-        self.ignored_reference_keys = base.ignored_reference_keys
+        self.seen = True
+        base_cls = type(self).base_class
+        assert base_cls is not None
+        base_cls.__init__(self, config.base.options, backbone, classnames, template)  # type: ignore[misc]
+        self.dpc_config = config  # `self.config` stays the base learner's: its methods read it
         trainable = self._trainable()
         self.stacked = [n for n in trainable if config.stacked is None or _matches(n, config.stacked)]
         if config.stacked is not None:
             unknown = [p for p in config.stacked if not any(_matches(n, [p]) for n in trainable)]
             if unknown:
                 raise LearnerError(
-                    f"dpc: stacked names {unknown} match no prompt tensor of {base.name!r}; "
+                    f"dpc: stacked names {unknown} match no prompt tensor of {base_cls.name!r}; "
                     f"its tensors: {', '.join(trainable)}"
                 )
         # Until a stage-1 state is loaded, P is the base learner's own initialisation (then P' = P).
         self.stage1 = _TensorStore(trainable)
         self.fresh = None if config.init_from_stage1 else _TensorStore(trainable)
         self.stage1_loaded = False
-        self.seen = True
-        self.classnames = list(classnames)
-        self._invoke = _Holder(_Invoke(base))
         self._stage1_text: Tensor | None = None
         self._last_images: Tensor | None = None
 
     @property
     def base_name(self) -> str:
         """The wrapped learner's name: `init.from_run` must point at a run of that learner."""
-        return self.base.name
+        assert type(self).base_class is not None
+        return type(self).base_class.name
+
+    def forward(self, method: str, *args: Any) -> Any:
+        """Run the base learner's `method`; `functional_call` wraps this to substitute its parameters."""
+        return getattr(type(self).base_class, method)(self, *args)
 
     # --- label spaces -------------------------------------------------------------------------------
 
     def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Move to a label space; `seen=False` (new classes, other datasets) switches to the new-class mix."""
-        self.base.set_classnames(classnames, template, seen)
-        self.classnames = list(classnames)
+        type(self).base_class.set_classnames(self, classnames, template, seen)  # type: ignore[union-attr]
         self.seen = seen
         self._stage1_text = None
 
     # --- parameters ---------------------------------------------------------------------------------
 
     def _trainable(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.base.named_parameters() if p.requires_grad}
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def effective_parameters(self) -> dict[str, Tensor]:
         """The prompt tensors the base learner runs with on the current label space (differentiable in `M`)."""
-        w, wn, mode = self.config.weight, self.config.weight_for_new, self.config.mode
+        c = self.dpc_config
         return {
-            n: dual_prompt(p, self.stage1.get(n), w, wn, mode, self.seen) if n in self.stacked else p
+            n: dual_prompt(p, self.stage1.get(n), c.weight, c.weight_for_new, c.mode, self.seen)
+            if n in self.stacked else p
             for n, p in self._trainable().items()
         }
 
-    def _run(self, params: Mapping[str, Tensor], method: str, *args: Any) -> Tensor:
-        invoke = self._invoke.module
-        return functional_call(invoke, {f"learner.{n}": t for n, t in params.items()}, (method, *args))
+    def _run(self, params: Mapping[str, Tensor], method: str, *args: Any) -> Any:
+        return functional_call(self, dict(params), (method, *args))
 
     # --- features -----------------------------------------------------------------------------------
 
@@ -242,17 +237,18 @@ class DPC(PromptLearner):
         return self._stage1_text
 
     def aux_outputs(self) -> dict[str, Tensor]:
-        """The frozen stage-1 model's features for the hard-negative objective `dpc`.
+        """The frozen stage-1 model's features for the hard-negative objective `dpc`, plus the base's own.
 
         Raises:
             LearnerError: no stage-1 prompts were loaded (training started without `init.from_run`).
         """
         if not self.stage1_loaded:
             raise LearnerError(
-                f"dpc: stage 2 starts from a finished {self.base.name} run: set init.from_run=runs/<id> "
-                f"(a run of learner {self.base.name!r} on the same backbone and dataset)"
+                f"dpc: stage 2 starts from a finished {self.base_name} run: set init.from_run=runs/<id> "
+                f"(a run of learner {self.base_name!r} on the same backbone and dataset)"
             )
-        out = {STAGE1_TEXT: self.stage1_text_features()}
+        out = dict(self._run(self.effective_parameters(), "aux_outputs"))
+        out[STAGE1_TEXT] = self.stage1_text_features()
         if self._last_images is not None:
             # The engine asks right after the step's forward pass, so these are the batch's images.
             with torch.no_grad():
@@ -261,56 +257,39 @@ class DPC(PromptLearner):
 
     # --- state ----------------------------------------------------------------------------------------
 
-    def prompt_state(self) -> dict[str, Tensor]:
-        """`M` under the base learner's names, and the frozen `P` under `stage1.<name>`."""
-        state = {n: p.detach().clone() for n, p in self._trainable().items()}
-        state.update({STAGE1_PREFIX + n: t.detach().clone() for n, t in self.stage1.tensors().items()})
-        return state
-
-    def load_prompt_state(self, state_dict: Mapping[str, Any]) -> None:
-        """Load `M` (+ optionally `stage1.*`): our `prompt_state`, or the reference's stage-2 state dict.
-
-        The reference's stage-2 checkpoint holds `M` only (it reloads `P` from the stage-1 run): load the
-        stage-1 state first with `load_initial_state`.
-        """
-        items = dict(state_dict.get("state_dict", state_dict)) if isinstance(state_dict, Mapping) else {}
-        stage1 = {k.removeprefix(STAGE1_PREFIX): v for k, v in items.items() if k.startswith(STAGE1_PREFIX)}
-        mixed = {k: v for k, v in items.items() if not k.startswith(STAGE1_PREFIX)}
-        if stage1:
-            names = set(self.stage1.names)
-            if set(stage1) != names:
-                raise PromptStateError(
-                    f"dpc: load_prompt_state: stage-1 keys {sorted(stage1)} do not match the base learner's "
-                    f"prompt tensors {sorted(names)}"
-                )
-            self._set_stage1(stage1)
-        self.base.load_prompt_state(mixed)
-
     def load_initial_state(self, state_dict: Mapping[str, Any]) -> None:
         """Start stage 2 from a finished stage-1 run's (or the reference's) base-learner prompt state."""
-        self.base.load_prompt_state(state_dict)
-        stage1 = {n: p.detach().clone() for n, p in self._trainable().items()}
-        self._set_stage1(stage1)
+        self.load_prompt_state(state_dict)
+        stage1 = self._trainable()
+        for n, p in stage1.items():
+            self.stage1.set(n, p.detach())
         with torch.no_grad():
-            for n, p in self._trainable().items():
+            for n, p in stage1.items():
                 if n in self.stacked:
                     fresh = self.fresh.get(n) if self.fresh is not None else p
-                    p.copy_(initial_mix(fresh, stage1[n], self.config.weight, self.config.init_from_stage1))
-
-    def _set_stage1(self, tensors: Mapping[str, Tensor]) -> None:
-        for n, t in tensors.items():
-            self.stage1.set(n, torch.as_tensor(t))
+                    p.copy_(initial_mix(fresh, self.stage1.get(n), self.dpc_config.weight,
+                                        self.dpc_config.init_from_stage1))
         self.stage1_loaded = True
         self._stage1_text = None
 
     def extra_repr(self) -> str:
-        c = self.config
+        c = self.dpc_config
         return (
-            f"base={c.base['name']}, weight={c.weight}, weight_for_new={c.weight_for_new}, mode={c.mode}, "
+            f"base={self.base_name}, weight={c.weight}, weight_for_new={c.weight_for_new}, mode={c.mode}, "
             f"stacked={self.stacked}, seen={self.seen}"
         )
 
 
+@functools.cache
+def dpc_class(base_cls: type[PromptLearner]) -> type[DPC]:
+    """`DPC` combined with one base learner class (its methods after DPC's, its class facts kept)."""
+    return type(f"DPC_{base_cls.__name__}", (DPC, base_cls), {
+        "base_class": base_cls,
+        "provides": DPC.provides | base_cls.provides,
+        "__module__": __name__,
+    })
+
+
 LEARNERS.register("dpc", DPC)
 
-__all__ = ["DPC", "DPCConfig", "dual_prompt", "initial_mix"]
+__all__ = ["DPC", "DPCConfig", "dpc_class", "dual_prompt", "initial_mix"]

@@ -110,3 +110,31 @@ def test_killed_stage2_resumes_with_identical_results(base_overrides, backbones,
     assert resumed.result["loss_curve"] == reference.result["loss_curve"]
     a, b = tensors(reference.run_dir / "prompts.safetensors"), tensors(resumed.run_dir / "prompts.safetensors")
     assert set(a) == set(b) and all(a[k].equal(b[k]) for k in a)
+
+
+@pytest.mark.parametrize("mode", [[], ["data.cache=false"]], ids=["cached", "exact"])
+def test_hard_negative_images_can_come_from_the_whole_training_split(mode, overrides, backbones, monkeypatch):
+    import tailprompt.objectives.dpc as dpc_objective
+    from tailprompt.engine.run import prepare_run
+
+    stage1 = execute_run(resolve_config("coop", overrides), backbones)
+    cfg = resolve_config("dpc_coop", overrides + mode + [f"init.from_run={stage1.run_dir}",
+                                                  "objectives=[{name: dpc, image_pool: train_split}]"])
+    setup = prepare_run(cfg, backbones.get(cfg.backbone))
+    own = {it.key for it in setup.training.items}
+    extra = {it.key for it in setup.extra_items}
+    assert extra and not extra & own and extra | own == {it.key for it in setup.plan.train.train}
+    pool = setup.training.items + setup.extra_items
+    draws = []
+    real = dpc_objective.hard_negative_batch
+
+    def recorded(*args):
+        draws.append(real(*args))
+        return draws[-1]
+
+    monkeypatch.setattr(dpc_objective, "hard_negative_batch", recorded)
+    execute_run(cfg, backbones)
+    assert draws
+    for negatives, picked in draws:
+        assert [pool[i].label for i in picked] == [c for negs in negatives for c in negs]
+    assert any(i >= len(setup.training.items) for _, picked in draws for i in picked)

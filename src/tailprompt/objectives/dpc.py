@@ -14,8 +14,9 @@ JREion/DPC `trainers/sple_coop.py` (`parse_sple_batch_train`, `forward_backward`
    hit) until 2 new ones are found.
 3. One training image of each hard-negative class, drawn uniformly from that class's images. The
    reference reads them from a per-dataset list it downloads (`SPLE_<Dataset>.json`, the training split);
-   here the list is built from the run's own training items (`image_pool: training_items`, default) or
-   from every image of the training split in the training label space (`image_pool: train_split`).
+   here the list is built from the run's own training items (`image_pool: training_items`, default: no
+   image beyond the few-shot budget is seen) or from every image of the training split in the training
+   label space (`image_pool: train_split`, what the reference's list holds).
 4. The grown batch `[x_1, x_1's negatives, x_2, x_2's negatives, ...]` with labels
    `[y_1, n_11, n_12, ..., y_2, ...]` (distinct classes) gives image features `F [N, D]` and the learned
    text features of the labels `G [N, D]`; the loss is the symmetric CLIP contrastive loss
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +210,10 @@ class DPCObjectiveConfig:
     """The Dynamic Hard Negative Optimizer's settings (reference `cfg.SPLE.*`)."""
 
     top_k: int = 8  # INFER_TOPK: classes ranked by the stage-1 model per image
+    # where a hard negative's image comes from: the run's own training items, or every image of the
+    # training split in the training label space (as the reference's downloaded list; fills the feature
+    # cache for the whole split)
+    image_pool: Literal["training_items", "train_split"] = "training_items"
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -215,7 +221,10 @@ class DPCObjectiveConfig:
 
 
 def build_dpc(cfg: DPCObjectiveConfig, context: ObjectiveContext):
-    pools = class_image_pools(context.training_labels, len(context.classnames))
+    labels = list(context.training_labels)
+    if cfg.image_pool == "train_split":
+        labels += context.extra_labels  # indices past the training items, in the same order
+    pools = class_image_pools(labels, len(context.classnames))
 
     def terms(state: StepState) -> dict[str, Tensor]:
         if state.generator is None:

@@ -10,6 +10,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from tailprompt import __version__
+from tailprompt.errors import UserError
+
+__all__ = ["UserError", "build_parser", "main", "user_errors"]
 
 # Module names under tailprompt.commands, in --help order. Each defines add_parser(subparsers).
 COMMANDS: list[str] = [
@@ -24,10 +27,6 @@ COMMANDS: list[str] = [
     "data",
     "features",
 ]
-
-
-class UserError(Exception):
-    """A mistake in the user's input: printed as one message, exit code 2, no traceback."""
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from tailprompt.cli import UserError
+from tailprompt.errors import UserError
 from tailprompt.report import FORMATS, ReportError, write_report
 
 log = logging.getLogger(__name__)

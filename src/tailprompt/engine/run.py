@@ -171,6 +171,8 @@ def execute_run(
         "seed": cfg.seed,
         "dataset": cfg.data.name,
         "protocol": cfg.protocol.name,
+        "protocol_label": plan.label,
+        "split_roles": plan.roles(),
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
         "learner": cfg.learner["name"],

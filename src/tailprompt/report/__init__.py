@@ -64,7 +64,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
     if not results:
         raise ReportError(f"{runs_dir}: no run folder holds a result.json (nothing to report)")
     kept, dropped = deduplicated(results)
-    tables = summary_tables(kept, order)
+    tables = summary_tables(kept, order, extra=True)
     table_path = out_dir / f"tables.{FILE_SUFFIX[fmt]}"
     write_text_atomic(table_path, render_tables(tables, fmt))
     summary_path = out_dir / "summary.json"

@@ -99,3 +99,18 @@ def test_unknown_split_of_an_old_record_is_a_target(tmp_path: Path):
     r["splits"] = {"source": r["splits"]["base"], "dtd": r["splits"]["new"]}
     assert experiment_layout([r]).targets == ("dtd",)
     assert len(BASE) and len(NEW)
+
+
+def test_a_run_that_trained_nothing_stands_for_every_tau_and_seed(runs_dir: Path):
+    zs = make_result("zeroshot", 1.0, 1, learner="zeroshot", sampling_independent=True)
+    zs["run_id"] = "zeroshot-once"
+    write_run(runs_dir, zs, features=False)
+    acc = next(t for t in summary_tables(load_results(runs_dir)) if t.kind == "accuracy")
+    row = next(r for r in acc.rows if r.method == "zeroshot")
+    base_cols = [j for j, c in enumerate(acc.columns) if c.name == "Base"]
+    assert len(base_cols) == 2  # tau 1 and tau 0.06
+    for j in base_cols:  # every tau column, over the experiment's 3 seeds, all the one run's number
+        assert row.cells[j].n == 3 and row.cells[j].std == 0.0
+        assert row.cells[j].mean == pytest.approx(zs["splits"]["base"]["accuracy"])
+    text = render_table(acc, "md")
+    assert "(n=1)" not in text

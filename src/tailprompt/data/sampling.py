@@ -154,15 +154,18 @@ def read_counts_file(path: str | Path) -> dict[str, int]:
 
 
 def read_fewshot_ids(source: Mapping[str, Any] | str | Path) -> dict[str, list[str]]:
-    """The `ids` of a `data sample --json` record (path or parsed object), or a bare `{class: [key]}`."""
+    """The `ids` of a run's `result.json` (`sampling.ids`), of a `data sample --json` record (path or parsed
+    object), or a bare `{class: [key]}`."""
     where = str(source) if isinstance(source, (str, Path)) else "fewshot_ids"
     data = _read_json(source, "fewshot ids file") if isinstance(source, (str, Path)) else source
+    if isinstance(data, Mapping) and isinstance(data.get("sampling"), Mapping):
+        data = data["sampling"]
     if isinstance(data, Mapping) and isinstance(data.get("ids"), Mapping):
         data = data["ids"]
     if not isinstance(data, Mapping) or not all(
         isinstance(v, list) and all(isinstance(k, str) for k in v) for v in data.values()
     ):
-        raise ValueError(f'{where}: expected {{"ids": {{class name: [image key, ...]}}}}')
+        raise ValueError(f'{where}: expected a run\'s result.json or {{"ids": {{class name: [image key, ...]}}}}')
     return {str(k): list(v) for k, v in data.items()}
 
 

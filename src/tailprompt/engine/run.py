@@ -28,7 +28,7 @@ from tailprompt.engine.config import BackboneConfig, RunConfig
 from tailprompt.engine.evaluate import SplitOutputs, frozen_text_features, split_outputs
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.protocols import PROTOCOLS, EvalSplit
-from tailprompt.engine.resolve import learner_config, objective_parts, run_id
+from tailprompt.engine.resolve import learner_config, objective_parts, run_id, trains_nothing
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.metrics import (
@@ -76,7 +76,7 @@ class RunOutcome:
 
 
 def run_directory(cfg: RunConfig, backbone: Any) -> Path:
-    return Path(cfg.output_dir) / run_id(cfg, backbone.identity)
+    return Path(cfg.output_dir) / run_id(cfg, backbone.identity, sampling_free=trains_nothing(cfg, backbone))
 
 
 def execute_run(
@@ -173,6 +173,7 @@ def execute_run(
         "protocol": cfg.protocol.name,
         "protocol_label": plan.label,
         "split_roles": plan.roles(),
+        "sampling_independent": trains_nothing(cfg, backbone),  # one result for every tau x seed (report)
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
         "learner": cfg.learner["name"],

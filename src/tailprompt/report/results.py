@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 # Key under which `load_results` records the run folder of each record (not part of the stored schema).
 RUN_DIR_KEY = "_run_dir"
+# Marks the copies `spread_sampling_independent` makes (so spreading twice changes nothing).
+SPREAD_KEY = "_spread"
 # Records written before result.json carried `split_roles` / `protocol_label`: the roles and labels the
 # shipped protocols declare (engine/protocols.py), keyed by split and protocol name. Newer records
 # carry their own, so a new protocol needs no entry here.
@@ -212,12 +214,37 @@ def method_order(results: Iterable[dict[str, Any]], preferred: Sequence[str] | N
     return head + rest
 
 
+def spread_sampling_independent(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run that trained nothing (`sampling_independent`: zero-shot) ran once for a whole sweep; it stands
+    for every (tau, seed) of its experiment, so it gets a copy per pair (the tables show it in every tau
+    column, as if each had been run)."""
+    pairs: dict[ExperimentKey, set[tuple[float, int]]] = {}
+    taus: dict[ExperimentKey, set[float]] = {}
+    seeds: dict[ExperimentKey, set[int]] = {}
+    for r in results:
+        key = experiment_key(r)
+        taus.setdefault(key, set()).add(tau_key(r["tau"]))
+        seeds.setdefault(key, set()).add(r["seed"])
+    for key in taus:
+        pairs[key] = {(t, s) for t in taus[key] for s in seeds[key]}
+    out: list[dict[str, Any]] = []
+    for r in results:
+        if r.get("sampling_independent") is True and not r.get(SPREAD_KEY):
+            out += [{**r, "tau": t, "seed": s, SPREAD_KEY: True} for t, s in sorted(pairs[experiment_key(r)])]
+        else:
+            out.append(r)
+    return out
+
+
 def deduplicated(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Keep one record per (experiment, method, tau, seed): the newest `result.json`.
 
     Two records for the same cell come from re-running with a changed config (a new run_id);
-    averaging both would count that seed twice. Returns (kept records, dropped run ids).
+    averaging both would count that seed twice. Runs that trained nothing first stand for every
+    (tau, seed) of their experiment (`spread_sampling_independent`). Returns (kept records, dropped
+    run ids).
     """
+    results = spread_sampling_independent(results)
     newest: dict[tuple[Any, ...], dict[str, Any]] = {}
     dropped: list[str] = []
     for r in results:

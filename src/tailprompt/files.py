@@ -85,3 +85,20 @@ def read_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, metadata
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> None:
+    """Create `folder` if needed and prove a file can be written in it, before any work is spent.
+
+    Raises a `UserError` naming the folder.
+    """
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{folder}: {what} is not writable ({e.strerror or e}); set output_dir to a folder "
+                        f"you can write") from None

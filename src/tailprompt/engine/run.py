@@ -26,11 +26,13 @@ from tailprompt.data.seeding import derived_rng
 from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
 from tailprompt.engine.evaluate import SplitOutputs, frozen_text_features, split_outputs
+from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.protocols import PROTOCOLS, EvalSplit
 from tailprompt.engine.resolve import learner_config, objective_parts, run_id, trains_nothing
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
+from tailprompt.files import check_writable, read_json_object
 from tailprompt.metrics import (
     apply_dac_scaling,
     dac_logit_scaling,
@@ -89,7 +91,9 @@ def execute_run(
     run_dir = run_directory(cfg, backbone)
     result_path = run_dir / "result.json"
     if result_path.is_file() and not force:
-        return RunOutcome(run_dir, json.loads(result_path.read_text()), skipped=True)
+        return RunOutcome(run_dir, read_json_object(result_path, "result file (delete it to redo the run)"),
+                          skipped=True)
+    check_writable(run_dir.parent)  # before training, not after it
     if force:  # start from scratch, not from an unfinished attempt's checkpoint
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     seed_everything(cfg.seed)
@@ -103,7 +107,8 @@ def execute_run(
     )
     spec = LEARNERS.get(cfg.learner["name"])
     learner = spec.build(learner_config(cfg), backbone, list(train_ds.classnames), train_ds.template).to(device)
-    frozen_text = frozen_text_features(backbone, train_ds.classnames, train_ds.template)
+    frozen_text = require_finite(frozen_text_features(backbone, train_ds.classnames, train_ds.template),
+                                 "the backbone's frozen text features")
 
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     select = ClusterCache(cache_root if cfg.data.cache else None)

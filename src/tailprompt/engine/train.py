@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.checkpoint import TrainProgress, load_checkpoint, save_checkpoint
 from tailprompt.engine.config import OptimConfig
+from tailprompt.engine.finite import FiniteGuard
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
 from tailprompt.engine.steps import (
@@ -69,6 +70,7 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
             start_epoch, step, curve = resumed.epoch, resumed.step, resumed.curve
             log.info("resuming training at epoch %d from %s", start_epoch, setup.checkpoint)
     last_save = time.monotonic()
+    guard = FiniteGuard()
     labels_all = torch.tensor([it.label for it in setup.items], device=device)
     n, bs = len(setup.items), setup.optim.batch_size
     steps_per_epoch = batches_per_epoch(n, bs)
@@ -115,6 +117,7 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
                 clusters=setup.clusters,
             )
             loss, terms = objective_terms(setup.objectives, state)
+            guard.watch(step, epoch, {"image features": img, "text features": txt, **terms, "total loss": loss})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -125,6 +128,7 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
             step += 1
             if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
                 break
+        guard.check()  # before the checkpoint: a NaN state is never saved
         for k, v in sums.items():
             curve.setdefault(k, []).append(float(v) / (b + 1))
         every = setup.optim.checkpoint_every_s

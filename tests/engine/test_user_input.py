@@ -86,8 +86,8 @@ def test_a_preset_name_is_not_read_as_a_folder_of_that_name(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "maple").mkdir()
     (tmp_path / "coop").write_text("not a config")
-    assert resolve_config("maple").learner["name"] == "maple"
-    assert resolve_config("coop").learner["name"] == "coop"
+    assert resolve_config("maple").learner.name == "maple"
+    assert resolve_config("coop").learner.name == "coop"
     with pytest.raises(ConfigError, match="maple: is a folder"):
         resolve_config("./maple")
 

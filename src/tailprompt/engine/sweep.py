@@ -85,7 +85,7 @@ def run_all(
     with logging_redirect_tqdm():
         bar = tqdm(configs, desc="sweep", unit="run", disable=not progress)
         for cfg in bar:
-            bar.set_postfix_str(f"{cfg.method or cfg.learner['name']} tau={cfg.data.tau} seed={cfg.seed}")
+            bar.set_postfix_str(f"{cfg.method or cfg.learner.name} tau={cfg.data.tau} seed={cfg.seed}")
             outcome = execute_run(cfg, backbones)
             outcomes.append(outcome)
             if on_result:

@@ -309,6 +309,7 @@ def run_record(
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
         "learner": cfg.learner.name,
+        "template": setup.plan.train.template,  # the hand template the prompts replace (predict, export)
         "backbone": {"name": cfg.backbone.name, "identity": setup.backbone.identity},
         "config": to_dict(cfg),
         "versions": versions(),
@@ -426,7 +427,7 @@ def write_run(
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     state = {k: v.detach().float().cpu().contiguous() for k, v in learner.prompt_state().items()}
     meta = {"backbone_identity": backbone.identity, "learner": cfg.learner.name,
-            "classnames": json.dumps(list(result["sampling"]["counts"]))}
+            "classnames": json.dumps(list(result["sampling"]["counts"])), "template": str(result.get("template"))}
     with atomic_path(run_dir / "prompts.safetensors") as tmp:
         save_file(state, str(tmp), metadata=meta)
     with atomic_path(run_dir / "features.safetensors") as tmp:

@@ -116,3 +116,41 @@ def run_learner(saved: SavedRun, backbone: FrozenVLM, classnames: list[str] | No
     learner.load_prompt_state(saved.prompts)
     learner.eval()
     return learner
+
+
+def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A prompt state from a file: a reference (Dassl) checkpoint `model.pth.tar-N` saved with `torch.save`
+    (`{"state_dict": ..., "epoch": ..., "optimizer": ...}`), a bare state dict, or a `.safetensors` file (a
+    run's prompts or an export). `torch.save` files are read with `weights_only=True`: a file that needs
+    arbitrary Python objects to load is refused, with the one-line conversion that keeps its tensors."""
+    import pickle
+
+    import torch
+
+    from tailprompt.files import reading
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, _ = read_safetensors(path, "prompt file")
+        return tensors
+    with reading(path, "prompt checkpoint"):
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):
+                raise FileReadError(f"{path}: not a torch.save checkpoint ({' '.join(str(e).split())[:120]})") from None
+            raise FileReadError(
+                f"{path}: holds Python objects beyond tensors and plain containers, which loading would have to "
+                f"execute; if you trust the file, keep only its tensors with: python -c \"import torch; "
+                f"torch.save({{'state_dict': torch.load('{path}', weights_only=False)['state_dict']}}, "
+                f"'{path.name}.tensors')\" and pass that file"
+            ) from None
+        except (RuntimeError, EOFError, OSError) as e:  # a cut zip archive surfaces as OSError(EINVAL)
+            raise FileReadError(f"{path}: truncated or not a torch.save checkpoint "
+                                f"({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(data, dict):
+        raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
+                            f"got {type(data).__name__}")
+    return data

@@ -38,3 +38,16 @@ def test_full_demo_sweep_is_the_documented_grid():
                             "tcpt_coop", "cpt_tcpt_coop"]
     assert spec.grid == {"data.tau": [1.0, 0.25, 0.06], "seed": [1, 2, 3]}
     assert spec.fixed["backbone.name"] == "embedded" and spec.fixed["protocol.name"] == "base_to_new"
+
+
+def test_demo_help_and_readme_agree_on_quick():
+    from pathlib import Path
+
+    from tailprompt.cli import build_parser
+
+    parser = build_parser("demo")
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    quick = next(a for a in sub.choices["demo"]._actions if "--quick" in a.option_strings)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    claim = "smoke version, under a minute: 4 methods, 2 imbalance ratios, 1 seed, 2 epochs"
+    assert claim in quick.help and claim in readme

@@ -106,3 +106,18 @@ def test_a_discarded_checkpoint_is_logged(base_overrides, caplog):
     with caplog.at_level(logging.WARNING, logger="tailprompt.engine.checkpoint"):
         execute_run(cfg, backbones)
     assert any("checkpoint discarded" in r.getMessage() and str(run_dir) in r.getMessage() for r in caplog.records)
+
+
+def test_no_phase_is_silent(base_overrides, caplog, monkeypatch):
+    """Evaluation says what it evaluates, and a sweep passes its progress on to each run's epoch bar."""
+    from tailprompt.engine import sweep
+
+    with caplog.at_level(logging.INFO, logger="tailprompt.engine.run"):
+        execute_run(resolve_config("coop", base_overrides + SHORT))
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("evaluating base: ") for m in said) and any(m.startswith("evaluating new: ") for m in said)
+
+    seen = []
+    monkeypatch.setattr(sweep, "execute_run", lambda cfg, backbones, progress=False: seen.append(progress))
+    sweep.run_all([resolve_config("coop", base_overrides)], progress=True, on_result=None)
+    assert seen == [True]

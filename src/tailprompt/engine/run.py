@@ -351,6 +351,8 @@ def evaluate_plan(cfg: RunConfig, setup: RunSetup) -> PlanEvaluation:
     splits: dict[str, dict[str, Any]] = {}
     train_outputs: SplitOutputs | None = None
     for split in sorted(evals, key=lambda s: not s.is_training_space):  # training space first (DAC needs it)
+        log.info("evaluating %s: %d test images, %d classes", split.name, len(split.dataset.test),
+                 split.dataset.num_classes)
         ds = split.dataset
         learner.set_classnames(list(ds.classnames), ds.template, seen=split.is_training_space)
         out = split_outputs(learner, ds, ds.test, inputs)

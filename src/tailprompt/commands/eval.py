@@ -102,8 +102,9 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
 def _dataset(cfg: RunConfig, dataset: str, root: str | None, classes: str) -> DatasetSplits:
     from tailprompt.data.registry import load_dataset
     from tailprompt.data.sampling import select_classes
+    from tailprompt.engine.protocols import with_template
 
-    options = cfg.data.options if dataset == cfg.data.name else {}
+    options = with_template(cfg.data, dataset, cfg.data.options if dataset == cfg.data.name else {})
     return select_classes(load_dataset(dataset, root if root is not None else cfg.data.root, options), classes)
 
 

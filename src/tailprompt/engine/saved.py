@@ -111,8 +111,12 @@ def run_learner(saved: SavedRun, backbone: FrozenVLM, classnames: list[str] | No
     from tailprompt.prompts import build_learner
 
     names = list(classnames) if classnames is not None else saved.classnames
-    learner = build_learner(saved.config.learner.name, saved.config.learner.options, backbone, names,
-                            template or saved.template)
+    cfg = saved.config
+    learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, names, template or saved.template)
+    if cfg.init.from_run:  # a second stage (DPC) keeps the first stage's prompts: reload them, as training did
+        from tailprompt.engine.run import initial_prompts
+
+        learner.load_initial_state(initial_prompts(cfg, backbone, learner))
     learner.load_prompt_state(saved.prompts)
     learner.eval()
     return learner

@@ -14,7 +14,6 @@ Conventions (design.md §4 and §8, peers.md §3.2-3.3 and §5, calibration_and_
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -170,12 +169,9 @@ def read_fewshot_ids(source: Mapping[str, Any] | str | Path) -> dict[str, list[s
 
 
 def _read_json(path: str | Path, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: {what} is not valid JSON ({e})") from None
+    from tailprompt.files import read_json  # errors name the file (a FileReadError is a ValueError)
+
+    return read_json(path, what)
 
 
 def _by_class(items: Sequence[Item], num_classes: int) -> list[list[Item]]:

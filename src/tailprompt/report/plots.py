@@ -222,12 +222,12 @@ def load_text_features(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     path = Path(run_dir) / FEATURES_FILE
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
+    from tailprompt.files import FileReadError, read_safetensors
 
     try:
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ReportError(f"{path}: not a readable safetensors file ({e})") from None
+        tensors, _ = read_safetensors(path, "features file")
+    except FileReadError as e:
+        raise ReportError(str(e)) from None
     out = {}
     for name in ("learned_text", "frozen_text"):
         if name not in tensors or tensors[name].ndim != 2:

@@ -7,7 +7,6 @@ tables need is an error naming the file, because silently dropping it would bias
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -78,14 +77,12 @@ def result_files(root: Path) -> list[Path]:
 
 
 def _read_record(path: Path) -> dict[str, Any]:
+    from tailprompt.files import FileReadError, read_json_object
+
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise ReportError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    if not isinstance(record, dict):
-        raise ReportError(f"{path}: expected a JSON object at the top level, got {type(record).__name__}")
+        record = read_json_object(path, "result file")
+    except FileReadError as e:
+        raise ReportError(str(e)) from None
     validate_record(record, str(path))
     return record
 

@@ -95,7 +95,7 @@ def run_all(
         bar = tqdm(configs, desc="sweep", unit="run", disable=not progress)
         for cfg in bar:
             bar.set_postfix_str(f"{cfg.method or cfg.learner.name} tau={cfg.data.tau} seed={cfg.seed}")
-            outcome = execute_run(cfg, backbones)
+            outcome = execute_run(cfg, backbones, progress=progress)  # per-epoch bar under the sweep's
             outcomes.append(outcome)
             if on_result:
                 on_result(cfg, outcome)

@@ -13,8 +13,9 @@ one view, keyed by
 Layout: `<root>/features/<space hash>/view<v>/<uuid>.safetensors`, each shard one tensor `features`
 `[n, D]` with the entry keys in its metadata; `<root>/features/<space hash>/key.json` says what the
 hash stands for. Shards are written whole to a temporary file and renamed (`atomic_path`), so a
-crash leaves no half file, and two processes caching the same images just write two complete shards
-(either copy is read). Safetensors never executes code on load.
+crash leaves no half file. One process at a time fills a view folder (`<space>/.view<v>.fill.lock`, see
+`tailprompt.locks`); others wait, re-read the folder and compute only what is still missing, so concurrent
+jobs on one dataset encode each image once. Safetensors never executes code on load.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.locks import exclusive
 from tailprompt.utils import atomic_path, stable_hash, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -156,14 +158,20 @@ class FeatureCache:
         for e, it in zip(entries, items):
             first_item.setdefault(e, it)
         missing = [e for e in first_item if e not in index]
-        self.hits += len(first_item) - len(missing)
-        self.misses += len(missing)
         fresh: dict[str, torch.Tensor] = {}
         if missing:
-            self._write_key_file(space, backbone)
-            fresh = self._compute_and_store(
-                backbone, dataset, view, view_dir, missing, first_item, batch_size, progress
-            )
+            # One writer per view folder: concurrent jobs wait, then reuse its shards (each image encoded once).
+            with exclusive(view_dir.parent / f".view{view}.fill.lock", waiting=f"waiting for another job "
+                           f"filling the feature cache {view_dir}"):
+                index = self._refresh(view_dir)
+                missing = [e for e in first_item if e not in index]
+                if missing:
+                    self._write_key_file(space, backbone)
+                    fresh = self._compute_and_store(
+                        backbone, dataset, view, view_dir, missing, first_item, batch_size, progress
+                    )
+        self.hits += len(first_item) - len(missing)
+        self.misses += len(missing)
         return self._gather(backbone, view_dir, entries, fresh)
 
     def _compute_and_store(

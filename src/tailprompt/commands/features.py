@@ -17,7 +17,10 @@ SPLITS = ("train", "val", "test")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("features", help="precompute cached image features (eval view + augmented views)")
+    parser = subparsers.add_parser(
+        "features", help="precompute cached image features (eval view + augmented views)",
+        description="Encode and cache image features. Under `torchrun --nproc_per_node N -m tailprompt features "
+        "...` each process encodes a share of the missing images.")
     parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit or embedded")
     parser.add_argument("--weights", help="checkpoint file or open_clip pretrained tag")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -63,9 +66,20 @@ def run(args: argparse.Namespace) -> int:
     ds = load_or_fail(args.dataset, args.root, reader_options(args.option))
     if args.shots is not None and not ds.train:
         raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
+    from tailprompt.engine.distributed import finish, init_from_env
+
+    group = init_from_env()  # torchrun: the ranks share the cache misses
+    try:
+        return fill(args, ds, splits, group)
+    finally:
+        finish(group)
+
+
+def fill(args: argparse.Namespace, ds: DatasetSplits, splits: list[str], group) -> int:
     backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
-    print(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
+    say = print if group is None or group.is_main else (lambda *a, **k: None)
+    say(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
     for split in splits:
         items = selected_items(ds, split, args.shots, args.seeds)
         if not items:
@@ -74,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
         for view in views:
             hits, misses, start = cache.hits, cache.misses, time.perf_counter()
             try:
-                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True)
+                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True, shard=group)
             except DatasetError as e:  # an image vanished or is unreadable: name it, no traceback
                 raise UserError(f"{e} (run `tailprompt data check` for a full report)") from None
-            print(
+            say(
                 f"  {split:5} view {view}: {len(items)} images, {cache.hits - hits} hits, "
                 f"{cache.misses - misses} misses ({time.perf_counter() - start:.1f} s)"
             )
-    print(f"total: {cache.hits} hits, {cache.misses} misses")
+    say(f"total: {cache.hits} hits, {cache.misses} misses" + (f" (rank 0 of {group.world_size})" if group else ""))
     return 0

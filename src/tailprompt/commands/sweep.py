@@ -78,8 +78,12 @@ def launch_options(args: argparse.Namespace, slurm: dict, source: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from tailprompt.engine.distributed import launched_by_torchrun
     from tailprompt.engine.sweep import expand, read_sweep, sweep_status
 
+    if launched_by_torchrun():
+        raise UserError("a sweep cannot run under torchrun (its runs are independent): use --launcher "
+                        "local-parallel or submitit, or torchrun one `tailprompt train` at a time")
     with user_errors():
         spec = read_sweep(args.file)
         opts = launch_options(args, spec.slurm, args.file)

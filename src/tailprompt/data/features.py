@@ -146,8 +146,13 @@ class FeatureCache:
         view: int,
         batch_size: int = 256,
         progress: bool = False,
+        shard: Any = None,
     ) -> torch.Tensor:
-        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output)."""
+        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output).
+
+        `shard`: a process group (`rank`, `world_size`, `barrier()`; tailprompt.engine.distributed) whose
+        ranks all call `get` with the same items: each encodes its share of the misses, then all read them.
+        """
         if view < 0:
             raise ValueError(f"view must be >= 0, got {view}")
         entries = [self.entry_key(dataset, it) for it in items]
@@ -158,20 +163,29 @@ class FeatureCache:
         for e, it in zip(entries, items):
             first_item.setdefault(e, it)
         missing = [e for e in first_item if e not in index]
-        fresh: dict[str, torch.Tensor] = {}
+        fresh: dict[str, torch.Tensor] = {}  # what this process encoded (its misses)
+        if shard is not None:  # the ranks of one job share the misses; every rank reaches the barrier
+            if missing:
+                self._write_key_file(space, backbone)
+                mine = missing[shard.rank :: shard.world_size]
+                fresh = self._compute_and_store(backbone, dataset, view, view_dir, mine, first_item, batch_size,
+                                                progress)
+            shard.barrier()
+            index = self._refresh(view_dir)
+            missing = [e for e in first_item if e not in index and e not in fresh]
         if missing:
             # One writer per view folder: concurrent jobs wait, then reuse its shards (each image encoded once).
             with exclusive(view_dir.parent / f".view{view}.fill.lock", waiting=f"waiting for another job "
                            f"filling the feature cache {view_dir}"):
                 index = self._refresh(view_dir)
-                missing = [e for e in first_item if e not in index]
+                missing = [e for e in first_item if e not in index and e not in fresh]
                 if missing:
                     self._write_key_file(space, backbone)
-                    fresh = self._compute_and_store(
+                    fresh.update(self._compute_and_store(
                         backbone, dataset, view, view_dir, missing, first_item, batch_size, progress
-                    )
-        self.hits += len(first_item) - len(missing)
-        self.misses += len(missing)
+                    ))
+        self.hits += len(first_item) - len(fresh)
+        self.misses += len(fresh)
         return self._gather(backbone, view_dir, entries, fresh)
 
     def _compute_and_store(

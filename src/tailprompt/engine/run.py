@@ -25,6 +25,7 @@ from tailprompt.data.sampling import sample_training_set
 from tailprompt.data.seeding import derived_rng
 from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
+from tailprompt.engine.distributed import DistContext, check_distributable
 from tailprompt.engine.evaluate import SplitOutputs, frozen_text_features, split_outputs
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.protocols import PROTOCOLS, EvalSplit
@@ -80,9 +81,14 @@ def run_directory(cfg: RunConfig, backbone: Any) -> Path:
 
 
 def execute_run(
-    cfg: RunConfig, backbones: BackboneCache | None = None, progress: bool = False, force: bool = False
+    cfg: RunConfig, backbones: BackboneCache | None = None, progress: bool = False, force: bool = False,
+    group: DistContext | None = None,
 ) -> RunOutcome:
-    """Run `cfg` unless its result already exists (then return that result)."""
+    """Run `cfg` unless its result already exists (then return that result).
+
+    `group`: torchrun's processes training this run together (engine/distributed.py); only rank 0
+    evaluates and writes, the others return an empty result once training is done.
+    """
     backbones = backbones or BackboneCache()
     t_start = time.perf_counter()
     backbone = backbones.get(cfg.backbone)
@@ -119,6 +125,8 @@ def execute_run(
     else:  # no objective clustered: the same auto partition, for geometry only
         clusters_record = {**select(frozen_text, "auto").record(), "used_by_objective": False}
     clusters = torch.as_tensor(clusters_record["assignment"], device=device)
+    if group is not None:
+        check_distributable(objectives, min(cfg.optim.batch_size, len(training.items)), group)
 
     use_cache = cfg.data.cache and not spec.uses_image_tower
     cache = None
@@ -127,19 +135,24 @@ def execute_run(
     inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval, cfg.data.num_workers)
 
     t0 = time.perf_counter()
-    train_views = inputs.train_views(train_ds, training.items, cfg.data.n_views) if use_cache else None
+    train_views = inputs.train_views(train_ds, training.items, cfg.data.n_views, shard=group) if use_cache else None
     if use_cache:  # warm the eval features now so that phase timings stay honest
         for split in plan.evals:
-            inputs.features(split.dataset, split.dataset.test, view=0)
+            inputs.features(split.dataset, split.dataset.test, view=0, shard=group)
+    if group is not None:
+        group.barrier()  # every rank sees the same checkpoint (or none) when training starts
     t_features = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     curve = train_prompts(TrainSetup(
         learner=learner, spec=spec, objectives=objectives, frozen_text=frozen_text, clusters=clusters,
         dataset=train_ds, items=training.items, inputs=inputs, train_views=train_views, optim=cfg.optim,
-        seed=cfg.seed, progress=progress, checkpoint=run_dir / CHECKPOINT,
+        seed=cfg.seed, progress=progress and (group is None or group.is_main), checkpoint=run_dir / CHECKPOINT,
+        group=group,
     ))
     t_train = time.perf_counter() - t0
+    if group is not None and not group.is_main:
+        return RunOutcome(run_dir, {}, skipped=False)  # rank 0 evaluates and writes the run
 
     t0 = time.perf_counter()
     evaluation = evaluate_plan(cfg, backbone, learner, spec, plan.evals, training, inputs, frozen_text)

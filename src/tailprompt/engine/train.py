@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.checkpoint import TrainProgress, load_checkpoint, save_checkpoint
 from tailprompt.engine.config import OptimConfig
+from tailprompt.engine.distributed import DistContext
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
 from tailprompt.engine.steps import (
@@ -45,6 +46,7 @@ class TrainSetup:
     seed: int
     progress: bool = False
     checkpoint: Path | None = None  # where to keep a resumable training checkpoint (None: never)
+    group: DistContext | None = None  # torchrun's process group: each rank runs a share of every batch
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -75,6 +77,7 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
     class_ids = torch.arange(setup.dataset.num_classes, device=device)
     scale = float(inputs.backbone.logit_scale)
     exact = setup.train_views is None or setup.spec.uses_image_tower  # run the image tower every step
+    group = setup.group
     learner.train()
     epochs = range(start_epoch, setup.optim.epochs)
     if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
@@ -84,8 +87,14 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
         order = torch.randperm(n, generator=gen)[: steps_per_epoch * bs]  # drop_last when a batch is full
         # Exact mode: the epoch's images are decoded (in worker processes if any) in batch order, each
         # augmented with its own seed (run seed, epoch, image), as fresh as the reference's per-step draw.
+        batch_items, batch_len = [setup.items[i] for i in order.tolist()], min(bs, len(order))
+        if group is not None:  # this rank decodes only its share of each batch
+            start, end = group.share(batch_len)
+            batch_items = [it for b in range(steps_per_epoch)
+                           for it in batch_items[b * batch_len + start : b * batch_len + end]]
+            batch_len = end - start
         image_iter = inputs.image_batches(
-            setup.dataset, [setup.items[i] for i in order.tolist()], bs, train_seed=(setup.seed, epoch)
+            setup.dataset, batch_items, batch_len, train_seed=(setup.seed, epoch)
         ) if exact else None
         sums: dict[str, Tensor] = {}
         for b in range(steps_per_epoch):
@@ -99,9 +108,14 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
                 images = next(image_iter)
                 with torch.no_grad(), autocast_for(device):
                     frozen_img = normalized(inputs.backbone.encode_image(images))
+            if group is not None and image_iter is None:
+                frozen_img = frozen_img[slice(*group.share(len(idx)))]
             with autocast_for(device):  # the towers in bf16 on CUDA; objectives below in fp32
                 img, txt = learner_outputs(learner, setup.spec, frozen_img, images)
             img, txt, frozen_img = img.float(), txt.float(), frozen_img.float()
+            if group is not None:  # every rank gets the whole batch (see engine/distributed.py)
+                img, frozen_img = group.gather(img, len(idx)), group.gather(frozen_img, len(idx))
+                txt = group.gather(txt, len(idx)) if txt.dim() == 3 else group.shared(txt)
             state = StepState(
                 logits=scaled_logits(img, txt, scale),
                 labels=labels,
@@ -117,6 +131,8 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
             loss, terms = objective_terms(setup.objectives, state)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if group is not None:
+                group.all_reduce_gradients(params)
             optimizer.step()
             # Accumulate on device; one host sync per epoch, not per step.
             sums["total"] = sums.get("total", 0) + loss.detach()
@@ -128,7 +144,8 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
         for k, v in sums.items():
             curve.setdefault(k, []).append(float(v) / (b + 1))
         every = setup.optim.checkpoint_every_s
-        if setup.checkpoint is not None and every is not None and time.monotonic() - last_save >= every:
+        writes = group is None or group.is_main
+        if setup.checkpoint is not None and writes and every is not None and time.monotonic() - last_save >= every:
             save_checkpoint(setup.checkpoint, learner, optimizer, gen, TrainProgress(epoch + 1, step, curve))
             last_save = time.monotonic()
         if setup.optim.max_steps is not None and step >= setup.optim.max_steps:

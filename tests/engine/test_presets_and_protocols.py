@@ -26,7 +26,7 @@ def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrid
         assert curve["total"] == []  # nothing to train
     else:
         assert len(curve["total"]) == 1 and curve["total"][0] == curve["total"][0]
-        names = {o["name"] for o in resolve_config(preset).objectives}
+        names = {o.name for o in resolve_config(preset).objectives}
         assert {k.split("/")[0] for k in curve if k != "total"} == names  # every objective logged its terms
     assert 0 <= r["splits"]["new"]["accuracy"] <= 100
 

@@ -34,6 +34,7 @@ from tailprompt.backbone.transforms import (
     preprocess_id,
     train_transform,
 )
+from tailprompt.tensors import unit
 
 
 class FrozenVLM(nn.Module):
@@ -305,6 +306,11 @@ class FrozenVLM(nn.Module):
     def encode_image(self, images: Tensor) -> Tensor:
         """Image features ``[B, D]`` of ``[B, 3, S, S]`` preprocessed images, not normalised (open_clip)."""
         return self.model.encode_image(images.to(self.device, self.dtype))
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """L2-normalised fp32 ``[B, D]`` features of the frozen image tower, without a graph."""
+        with torch.no_grad():
+            return unit(self.encode_image(images))
 
     def encode_image_with_prompts(
         self,

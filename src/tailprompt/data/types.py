@@ -44,6 +44,7 @@ class DatasetSplits:
     image_identity: Callable[[Item], str]
     templates: Sequence[str] = field(default_factory=tuple)  # optional ensemble templates
     domain: str = ""
+    descriptions: dict[str, list[str]] | None = None  # per-class sentences, when the reader has them
 
     @property
     def num_classes(self) -> int:

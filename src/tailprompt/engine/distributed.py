@@ -22,6 +22,7 @@ cache fill is sharded: each rank encodes its share of the missing images, then a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -61,6 +62,12 @@ class DistContext:
         sizes = shard_sizes(n, self.world_size)
         start = sum(sizes[: self.rank])
         return start, start + sizes[self.rank]
+
+    def local_rows(self, rows: list[Any], batch: int) -> tuple[list[Any], int]:
+        """This rank's share of each consecutive batch of `batch` rows, and the share's size."""
+        start, end = self.share(batch)
+        mine = [r for b in range(0, len(rows), batch) for r in rows[b + start : b + end]]
+        return mine, end - start
 
     def gather(self, local: Tensor, n: int) -> Tensor:
         """All ranks' rows of a batch of n in rank order -> [n, ...]; the gradient of this rank's rows flows back."""
@@ -141,14 +148,25 @@ def threads_per_rank(free: int) -> int:
 
 
 def check_distributable(objectives: list[Any], batch: int, group: DistContext) -> None:
-    """A clear error, before anything is written, for what this data-parallel split cannot do exactly."""
+    """A clear error, before anything is written, for what this data-parallel split cannot do exactly.
+
+    `objectives`: the run's `BoundObjective`s (name, objective.transform_gradients, reads).
+    """
+    from tailprompt.objectives import StepState
+
+    fields = {f.name for f in dataclasses.fields(StepState)}
     for obj in objectives:
-        if getattr(obj, "transform_gradients", None) is not None:
+        built = getattr(obj, "objective", obj)
+        if getattr(built, "transform_gradients", None) is not None:
             raise ConfigError(f"objective {obj.name!r} rewrites gradients from per-term gradients, which a "
                               "data-parallel step cannot reproduce; run it in one process (without torchrun)")
-        if "encode_training_images" in getattr(obj, "reads", ()):
+        reads = set(getattr(obj, "reads", ()))
+        if "encode_training_images" in reads:
             raise ConfigError(f"objective {obj.name!r} encodes extra training images inside the loss, which "
                               "every rank would count again; run it in one process (without torchrun)")
+        if reads - fields:
+            raise ConfigError(f"objective {obj.name!r} reads the learner's outputs {sorted(reads - fields)}, "
+                              "which are not split over ranks; run it in one process (without torchrun)")
     if batch < group.world_size:
         raise ConfigError(f"optim.batch_size: a global batch of {batch} images cannot be split over "
                           f"{group.world_size} processes; use at least {group.world_size} or fewer processes")

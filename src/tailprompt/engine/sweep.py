@@ -89,7 +89,7 @@ def expand(spec: SweepSpec, extra: Sequence[str] = ()) -> list[RunConfig]:
 
 
 def run_label(cfg: RunConfig) -> str:
-    return f"{cfg.method or cfg.learner['name']} {cfg.data.name} tau={cfg.data.tau} seed={cfg.seed}"
+    return f"{cfg.method or cfg.learner.name} {cfg.data.name} tau={cfg.data.tau} seed={cfg.seed}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def run_all(
     with logging_redirect_tqdm():
         bar = tqdm(configs, desc="sweep", unit="run", disable=not progress)
         for cfg in bar:
-            bar.set_postfix_str(f"{cfg.method or cfg.learner['name']} tau={cfg.data.tau} seed={cfg.seed}")
+            bar.set_postfix_str(f"{cfg.method or cfg.learner.name} tau={cfg.data.tau} seed={cfg.seed}")
             run_dir = run_directory(cfg, backbones.get(cfg.backbone))
             try:
                 report = run_locked(cfg, backbones, log_path)

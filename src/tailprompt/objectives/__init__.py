@@ -15,14 +15,19 @@ from tailprompt.objectives import (  # noqa: F401  (imported for their OBJECTIVE
     tcpt,
     zsnorm,
 )
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.objectives.base import (
+    OBJECTIVES,
+    OPTIONAL_FIELDS,
+    Objective,
+    ObjectiveContext,
+    ObjectiveSpec,
+    StepState,
+    per_image_mean,
+)
 from tailprompt.objectives.cpt import (
-    ClusterResult,
     cross_modal_convergence_loss,
     intra_cluster_etf_loss,
     rotation_stability_loss,
-    select_clusters,
-    semantic_clusters,
 )
 from tailprompt.objectives.cross_entropy import cross_entropy_loss
 from tailprompt.objectives.global_etf import global_etf_loss
@@ -34,7 +39,9 @@ from tailprompt.objectives.zsnorm import zero_shot_range_logits, zsnorm_loss
 
 __all__ = [
     "OBJECTIVES",
-    "ClusterResult",
+    "OPTIONAL_FIELDS",
+    "Objective",
+    "ObjectiveContext",
     "ObjectiveSpec",
     "StepState",
     "cross_entropy_loss",
@@ -48,8 +55,6 @@ __all__ = [
     "modality_isomorphism_loss",
     "per_image_mean",
     "rotation_stability_loss",
-    "select_clusters",
-    "semantic_clusters",
     "text_moment_matching_loss",
     "zero_shot_range_logits",
     "zero_shot_range_penalty",

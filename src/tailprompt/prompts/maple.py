@@ -18,25 +18,26 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    PromptModule,
     assemble_prompts,
     backbone_dtype,
     class_prompts,
     encode_prompt_embeddings,
     install_class_prompts,
-    load_prompt_state_into,
-    normalized,
     random_context,
     word_context,
 )
+from tailprompt.prompts.learner import LEARNERS, PromptLearner
+from tailprompt.tensors import unit
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 # The reference initialises from ctx_init only when n_ctx <= 4 (`if ctx_init and n_ctx <= 4`).
 _MAX_WORD_INIT_CTX = 4
@@ -57,22 +58,12 @@ class MaPLeConfig:
             raise ValueError(f"prompt_depth: expected >= 1 (1 = shallow MaPLe), got {self.prompt_depth}")
 
 
-def tower_depths(backbone: Any) -> tuple[int | None, int | None]:
-    """(text blocks, vision blocks) of the backbone, or None where it cannot tell."""
-    text = getattr(backbone, "text_layers", None)
-    vision = getattr(backbone, "vision_layers", None)
-    model = getattr(backbone, "model", None)
-    if text is None and model is not None:
-        blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
-        text = len(blocks) if blocks is not None else None
-    if vision is None and model is not None:
-        visual = getattr(model, "visual", None)
-        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-        vision = len(blocks) if blocks is not None else None
-    return text, vision
+def tower_depths(backbone: FrozenVLM) -> tuple[int, int | None]:
+    """(text blocks, vision blocks) of the backbone; vision is None for a convolutional image tower."""
+    return backbone.text_layers, backbone.vision_layers
 
 
-def effective_depth(backbone: Any, prompt_depth: int) -> int:
+def effective_depth(backbone: FrozenVLM, prompt_depth: int) -> int:
     """`prompt_depth` clamped to the shallower tower (prompts of layer i go into block i, i < depth).
 
     The reference allows at most 12 on ViT-B/16 and silently ignores deeper prompts; here a depth
@@ -90,22 +81,20 @@ def effective_depth(backbone: Any, prompt_depth: int) -> int:
     return limit
 
 
-class MaPLe(PromptModule):
+class MaPLe(PromptLearner):
     """MaPLe prompt learner; parameter names follow the reference's `MultiModalPromptLearner`.
 
     Trainable: `ctx` `[n, W]`, `proj.{weight,bias}` (`W -> Wv`), `compound_prompts_text.<i>` `[n, W]`,
     `compound_prompt_projections.<i>.{weight,bias}` for `i < prompt_depth - 1`.
     """
 
-    def __init__(
-        self,
-        backbone: Any,
-        classnames: list[str],
-        n_ctx: int = 2,
-        ctx_init: str = "a photo of a",
-        prompt_depth: int = 9,
-    ) -> None:
-        super().__init__(backbone)
+    name = "maple"
+    config_cls = MaPLeConfig
+    uses_image_tower = True
+
+    def __init__(self, config: MaPLeConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
+        super().__init__(config, backbone)
+        n_ctx, ctx_init, prompt_depth = config.n_ctx, config.ctx_init, config.prompt_depth
         if not getattr(backbone, "has_vit", False) or backbone.vision_width is None:
             raise LearnerError(
                 f"maple prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
@@ -134,10 +123,9 @@ class MaPLe(PromptModule):
             [copy.deepcopy(single_layer) for _ in range(self.prompt_depth - 1)]
         )
         self.to(backbone.device)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames, "{}")
+        self.set_classnames(classnames, template)
 
-    def set_classnames(self, classnames: list[str], template: str) -> None:
+    def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Rebuild the class-name buffers for a new label space; every prompt parameter is kept."""
         buffers = class_prompts(self.backbone, classnames, self.prompt_prefix, self.n_ctx)
         install_class_prompts(self, buffers)
@@ -169,12 +157,7 @@ class MaPLe(PromptModule):
         out = self.backbone.encode_image_with_prompts(
             images.to(dtype), shared.to(dtype), [d.to(dtype) for d in deep] or None
         )
-        return normalized(out)
-
-    def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
-        """Load from our `prompt_state`, a reference prompt-learner state dict or a reference whole-model
-        state dict (`prompt_learner.*` keys; the frozen CLIP weights in it are dropped)."""
-        load_prompt_state_into(self, state_dict, "maple")
+        return unit(out)
 
     def extra_repr(self) -> str:
         return (
@@ -183,13 +166,6 @@ class MaPLe(PromptModule):
         )
 
 
-def build_maple(config: MaPLeConfig, backbone: Any, classnames: list[str], template: str) -> MaPLe:
-    """`LearnerSpec.build` for `maple`."""
-    return MaPLe(
-        backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init, prompt_depth=config.prompt_depth
-    )
+LEARNERS.register("maple", MaPLe)
 
-
-LEARNERS.register("maple", LearnerSpec(MaPLeConfig, build_maple, uses_image_tower=True))
-
-__all__ = ["MaPLe", "MaPLeConfig", "build_maple", "effective_depth", "tower_depths"]
+__all__ = ["MaPLe", "MaPLeConfig", "effective_depth", "tower_depths"]

@@ -38,19 +38,21 @@ def test_concurrent_jobs_cluster_once_and_share_the_partition(tmp_path, monkeypa
     import threading
     import time
 
-    import tailprompt.engine.clusters as clusters_mod
+    import tailprompt.clustering as clustering
 
     calls = []
+    real_select = clustering.select_clusters
 
     def slow_select(*args):
         calls.append(1)
         time.sleep(0.3)
-        return select_clusters(*args)
+        return real_select(*args)
 
-    monkeypatch.setattr(clusters_mod, "select_clusters", slow_select)
+    monkeypatch.setattr(clustering, "select_clusters", slow_select)
     feats = _prototypes()
     results = []
-    threads = [threading.Thread(target=lambda: results.append(ClusterCache(tmp_path)(feats, 2))) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: results.append(ClusterCache(tmp_path)(feats, ClusterSettings(2))))
+               for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:

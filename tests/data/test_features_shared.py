@@ -51,3 +51,32 @@ def test_concurrent_fills_encode_each_image_once(tmp_path):
     assert sorted(c.misses for c in caches) == [0, 0, len(ds.train)]
     assert all(torch.equal(o, outs[0]) for o in outs)
     assert not list((tmp_path / "cache").rglob("*.lock"))
+
+
+def test_ranks_of_one_job_split_the_misses(tmp_path):
+    """Under torchrun every rank calls `get` with the same items; each encodes its share, all read all."""
+    ds = load_dataset("eurosat", make_eurosat_tree(tmp_path / "data", images_per_class=3))
+    models = [SlowStandIn(), SlowStandIn()]
+    meeting = threading.Barrier(2)
+    outs: dict[int, torch.Tensor] = {}
+
+    class Rank:
+        def __init__(self, rank: int) -> None:
+            self.rank, self.world_size = rank, 2
+
+        def barrier(self) -> None:
+            meeting.wait()
+
+    def rank_job(rank: int) -> None:
+        cache = FeatureCache(tmp_path / "cache")
+        outs[rank] = cache.get(models[rank], ds, ds.train, view=1, batch_size=2, shard=Rank(rank))
+
+    threads = [threading.Thread(target=rank_job, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    n = len(ds.train)
+    assert [m.encoded for m in models] == [(n + 1) // 2, n // 2]
+    single = FeatureCache(tmp_path / "other").get(SlowStandIn(), ds, ds.train, view=1, batch_size=2)
+    assert torch.equal(outs[0], outs[1]) and torch.allclose(outs[0], single, atol=1e-6)

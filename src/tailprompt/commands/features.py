@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from tailprompt.cli import UserError
 from tailprompt.commands.data import add_dataset_arguments, load_or_fail, reader_options
@@ -12,6 +13,9 @@ from tailprompt.data.files import DatasetError
 from tailprompt.data.sampling import sample_training_set
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.utils import resolve_device
+
+if TYPE_CHECKING:
+    from tailprompt.engine.distributed import DistContext
 
 SPLITS = ("train", "val", "test")
 
@@ -56,6 +60,10 @@ def selected_items(ds: DatasetSplits, split: str, shots: int | None, seeds: list
     return list(chosen.values())
 
 
+def _silent(*args: object) -> None:
+    pass
+
+
 def run(args: argparse.Namespace) -> int:
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in SPLITS]
@@ -75,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
         finish(group)
 
 
-def fill(args: argparse.Namespace, ds: DatasetSplits, splits: list[str], group) -> int:
+def fill(args: argparse.Namespace, ds: DatasetSplits, splits: list[str], group: DistContext | None) -> int:
+    """Fill the cache for `splits`; under torchrun every rank encodes a share and rank 0 reports."""
     backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
-    say = print if group is None or group.is_main else (lambda *a, **k: None)
+    say = print if group is None or group.is_main else _silent
     say(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
     for split in splits:
         items = selected_items(ds, split, args.shots, args.seeds)

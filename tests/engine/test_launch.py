@@ -141,3 +141,20 @@ def test_launcher_mistakes_are_one_line_errors(base_overrides, tmp_path, capsys,
     assert main(["sweep", str(bad), "--launcher", "submitit-local"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "slurm_bogus_key" in err and "bad.yaml" in err
+
+
+def test_ctrl_c_on_a_sweep_is_one_line_and_releases_the_lock(base_overrides, tmp_path, capsys, monkeypatch):
+    import tailprompt.engine.sweep as sweep_mod
+
+    sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("coop",), seeds=(1,))
+    held = []
+
+    def interrupted(cfg, backbones):
+        held.extend((tmp_path / "runs").glob(f"*/{RUN_LOCK}"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_mod, "execute_run", interrupted)
+    assert main(["sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0] and f"tailprompt sweep {sweep}" in err[0]
+    assert len(held) == 1 and not held[0].exists()  # the run was locked while it ran, and released

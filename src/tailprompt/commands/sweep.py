@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("submitit / SLURM (any other sbatch parameter: slurm_<name> keys in FILE)")
     s.add_argument("--partition", help="SLURM partition")
     s.add_argument("--account", help="SLURM account")
-    s.add_argument("--gpus-per-run", type=int, default=None, metavar="N", help="GPUs per job (default 0)")
+    s.add_argument("--gpus-per-run", type=int, default=None, metavar="N", help="GPUs per job: 0 (default) or 1")
     s.add_argument("--cpus-per-run", type=int, default=None, metavar="N",
                    help="CPUs per job (also its torch threads unless --threads)")
     s.add_argument("--mem-gb", type=float, default=None, help="memory per job")
@@ -72,6 +72,9 @@ def launch_options(args: argparse.Namespace, slurm: dict, source: str):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "gpus_per_run" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be >= {0 if name == 'gpus_per_run' else 1}, got {value}")
+    if (args.gpus_per_run or 0) > 1:
+        raise UserError("--gpus-per-run: a sweep job trains one run in one process on one GPU; to train one run "
+                        "on several GPUs, start it with torchrun (README, 'Running on a cluster')")
     given = {k: getattr(args, k) for k in SUBMITIT_ONLY if getattr(args, k) is not None}
     return LaunchOptions(launcher=args.launcher, jobs=args.jobs or 2, threads_per_job=args.threads,
                          wait=args.wait, slurm=dict(slurm), source=source, **given)

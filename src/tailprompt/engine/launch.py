@@ -21,7 +21,7 @@ import torch
 
 from tailprompt.config import ConfigError
 from tailprompt.engine.config import RunConfig
-from tailprompt.engine.run import BackboneCache
+from tailprompt.engine.run import BackboneCache, run_directory
 from tailprompt.engine.sweep import JobReport, last_error_line, run_all, run_label, run_locked
 from tailprompt.utils import configure_threads
 
@@ -73,7 +73,11 @@ def parallel_worker(slot: int, threads: int, tasks: Any, results: Any) -> None:
                 report = run_locked(cfg, backbones)
             except Exception as e:  # the run left error.json; the worker goes on with the next one
                 log.error("run failed: %s: %s", run_label(cfg), last_error_line(e))
-                report = JobReport("", "failed", last_error_line(e))
+                try:
+                    run_dir = str(run_directory(cfg, backbones.get(cfg.backbone)))
+                except Exception:  # the backbone itself failed to load
+                    run_dir = str(cfg.output_dir)
+                report = JobReport(run_dir, "failed", last_error_line(e))
             results.put((index, report))
     except KeyboardInterrupt:  # Ctrl-C reaches every worker; the parent prints the one line
         pass
@@ -104,8 +108,6 @@ def run_parallel(
                 index, report = results.get(timeout=1.0)
             except Exception:  # queue.Empty: look at the workers again
                 continue
-            if not report.run_dir:
-                report = JobReport(str(configs[index].output_dir), report.status, report.detail)
             reports[index] = report
             if on_result:
                 on_result(configs[index], report)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from tailprompt.cli import UserError, user_errors
-from tailprompt.utils import configure_threads
 
 LAUNCHERS = ("local", "local-parallel", "submitit", "submitit-local")  # = engine.launch.LAUNCHERS (lazy import)
 SUBMITIT_ONLY = ("partition", "account", "gpus_per_run", "cpus_per_run", "mem_gb", "timeout_min",
@@ -21,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "folder), and unfinished runs resume from their training checkpoint, so a killed sweep continues "
         "where it stopped when rerun.",
     )
-    p.add_argument("file", help="sweep YAML")
+    p.add_argument("file", help="sweep YAML, or the name of a packaged sweep (demo, cpt_table, tcpt_table)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
@@ -112,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 def launch(args: argparse.Namespace, configs: list, opts) -> int:
     from tailprompt.engine.launch import run_launcher
     from tailprompt.engine.sweep import sweep_status
+    from tailprompt.utils import configure_threads
 
     if args.launcher == "local":
         configure_threads(args.threads)

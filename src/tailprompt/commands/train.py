@@ -6,7 +6,6 @@ import argparse
 import json
 
 from tailprompt.cli import user_errors
-from tailprompt.utils import configure_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tailprompt.engine.distributed import finish, init_from_env, threads_per_rank
     from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import execute_run
-    from tailprompt.utils import free_cores
+    from tailprompt.utils import configure_threads, free_cores
 
     with user_errors():
         cfg = resolve_config(args.config, args.overrides)

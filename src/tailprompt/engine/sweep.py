@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +53,15 @@ class SweepSpec:
     slurm: dict[str, Any] = field(default_factory=dict)  # extra submitit `slurm_*` parameters
 
 
+def packaged_sweep(name: str) -> Path:
+    """A sweep shipped in `tailprompt/configs/sweeps/` (`demo`, `cpt_table`, `tcpt_table`, ...)."""
+    return Path(str(resources.files("tailprompt") / "configs" / "sweeps" / f"{name}.yaml"))
+
+
 def read_sweep(path: str | Path) -> SweepSpec:
+    """Read a sweep file; a bare name that is no file is looked up among the packaged sweeps."""
+    if not Path(path).exists() and Path(path).suffix == "" and packaged_sweep(str(path)).is_file():
+        path = packaged_sweep(str(path))
     data = load_yaml(path)
     unknown = {k for k in data if not str(k).startswith("slurm_")} - {"methods", "grid", "set", "output_dir"}
     if unknown:

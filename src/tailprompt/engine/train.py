@@ -43,6 +43,7 @@ class TrainSetup:
     descriptions: Tensor | None = None  # [n, K, D] frozen description features, when an objective reads them
     progress: bool = False
     checkpoint: Path | None = None  # where to keep a resumable training checkpoint (None: never)
+    extra_items: list[Item] = field(default_factory=list)  # addressed by encode_training_images after `items`
     group: DistContext | None = None  # torchrun's processes: each runs its share of every batch
 
     @property
@@ -58,7 +59,7 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 def frozen_image_features(inputs: ImageInputs, images: Tensor) -> Tensor:
     """Normalised `[B, D]` features of the frozen image tower (no graph)."""
-    with torch.no_grad(), autocast_for(inputs.device):
+    with torch.no_grad(), autocast_for(inputs.device, inputs.backbone.precision):
         return unit(inputs.backbone.encode_image(images))
 
 
@@ -112,16 +113,20 @@ class EpochInputs:
         return views[other.to(views.device), idx.to(views.device)]
 
     def encoder_of_training_images(self, step: int) -> Callable[[Tensor], Tensor]:
-        """Training-item indices `[N]` -> the learner's image features `[N, D]` of one augmented view each."""
+        """Training-item indices `[N]` -> the learner's image features `[N, D]` of one augmented view each.
+
+        Indices past the training items address `setup.extra_items` (`ObjectiveContext.extra_labels`).
+        """
         setup = self.setup
+        pool = setup.items + setup.extra_items
 
         def encode(indices: Tensor) -> Tensor:
             if not self.exact:
                 return self.cached_view(indices.cpu())[1]
-            items = [setup.items[i] for i in indices.tolist()]
+            items = [pool[i] for i in indices.tolist()]
             seed = (setup.seed, self.epoch, "extra", step)
             images = torch.cat(list(setup.inputs.image_batches(setup.dataset, items, len(items), train_seed=seed)))
-            with autocast_for(setup.inputs.device):
+            with autocast_for(setup.inputs.device, setup.inputs.backbone.precision):
                 return setup.learner.image_features(images).float()
 
         return encode
@@ -148,7 +153,7 @@ def step_state(run: EpochInputs, idx: Tensor, labels: Tensor, step: int) -> Step
     mine = frozen_img
     if group is not None and not run.exact and frozen_img is not None:
         mine = frozen_img[slice(*group.share(n))]
-    with autocast_for(inputs.device):  # the towers in bf16 on CUDA; objectives below in fp32
+    with autocast_for(inputs.device, inputs.backbone.precision):  # the towers; objectives below in fp32
         img = learner.image_features(images) if learner.uses_image_tower else mine
         assert img is not None
         txt = learner.text_features(img if learner.instance_conditioned else None)

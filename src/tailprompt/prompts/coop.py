@@ -21,6 +21,7 @@ from tailprompt.prompts.common import (
     encode_prompt_embeddings,
     initial_context,
     install_class_prompts,
+    shared_context_prefix,
 )
 from tailprompt.prompts.learner import LEARNERS, PromptLearner
 
@@ -78,11 +79,13 @@ class CoOp(PromptLearner):
         super().__init__(config, backbone)
         self.class_token_position = config.class_token_position
         self.csc = config.csc
-        self.n_ctx, self.prompt_prefix, ctx = initial_context(
-            backbone, config.n_ctx, config.ctx_init, len(classnames) if config.csc else None
-        )
+        self.n_ctx, self.prompt_prefix, ctx = self.initial_context(template, len(classnames) if config.csc else None)
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.set_classnames(classnames, template)
+
+    def initial_context(self, template: str, num_classes: int | None) -> tuple[int, str, Tensor]:
+        """(n_ctx, prompt prefix text, initial ctx) from the config: CoOp's rule; ProGrad overrides it."""
+        return initial_context(self.backbone, self.config.n_ctx, self.config.ctx_init, num_classes)
 
     def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Rebuild the class-name buffers for a new label space; the context is kept.
@@ -113,7 +116,8 @@ class CoOp(PromptLearner):
 
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored (not instance-conditioned)."""
-        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot)
+        prefix = shared_context_prefix(self.n_ctx, self.class_token_position, self.csc)
+        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, shared_prefix=prefix)
 
     def extra_repr(self) -> str:
         return (

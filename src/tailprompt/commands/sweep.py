@@ -14,11 +14,11 @@ SUBMITIT_ONLY = ("partition", "account", "gpus_per_run", "cpus_per_run", "mem_gb
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
-        help="run a grid of runs (methods x datasets x tau x seeds x any key), resumable, locally or on SLURM",
-        description="Expand FILE (keys: methods, grid, set, output_dir, slurm_*) into runs; runs whose result.json "
-        "exists are skipped, runs being trained by another sweep or job are left to it (a lock in each run "
-        "folder), and unfinished runs resume from their training checkpoint, so a killed sweep continues "
-        "where it stopped when rerun.",
+        help="run a grid of runs (methods x datasets x tau x seeds x any key), resumable",
+        description="Expand FILE (keys: methods, grid, set, output_dir, slurm_*) into runs and run them here, "
+        "N at a time, or as SLURM jobs (--launcher); runs whose result.json exists are skipped, runs being "
+        "trained by another sweep or job are left to it (a lock in each run folder), and unfinished runs resume "
+        "from their training checkpoint, so a killed sweep continues where it stopped when rerun.",
     )
     p.add_argument("file", help="sweep YAML, or the name of a packaged sweep (demo, cpt_table, tcpt_table)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

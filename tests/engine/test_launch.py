@@ -155,6 +155,15 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_releases_the_lock(base_overrides, tmp
 
     monkeypatch.setattr(sweep_mod, "execute_run", interrupted)
     assert main(["sweep", str(sweep)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "interrupted" in err[0] and f"tailprompt sweep {sweep}" in err[0]
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]  # (besides the progress bar)
+    assert "Traceback" not in err and len(errors) == 1
+    assert "interrupted" in errors[0] and f"tailprompt sweep {sweep}" in errors[0]
     assert len(held) == 1 and not held[0].exists()  # the run was locked while it ran, and released
+
+
+def test_the_command_lists_every_launcher():
+    from tailprompt.commands.sweep import LAUNCHERS as COMMAND_LAUNCHERS
+    from tailprompt.engine.launch import LAUNCHERS
+
+    assert COMMAND_LAUNCHERS == LAUNCHERS

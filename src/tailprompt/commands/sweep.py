@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from tailprompt.cli import UserError, user_errors
+
+if TYPE_CHECKING:
+    from tailprompt.engine.config import RunConfig
+    from tailprompt.engine.launch import LaunchOptions
 
 LAUNCHERS = ("local", "local-parallel", "submitit", "submitit-local")  # = engine.launch.LAUNCHERS (lazy import)
 SUBMITIT_ONLY = ("partition", "account", "gpus_per_run", "cpus_per_run", "mem_gb", "timeout_min",
@@ -32,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "at once on this machine; submitit: one SLURM job per run (a job array, needs sbatch); "
                    "submitit-local: the same jobs through submitit's local executor, on this machine")
     g.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="local-parallel: runs at once (each gets cores // N torch threads, and one GPU of "
+                   help="local-parallel: runs at once (default 2; each gets cores // N torch threads, and one GPU of "
                    "several round robin)")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per run")
     g.add_argument("--no-wait", dest="wait", action="store_false",
@@ -52,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def launch_options(args: argparse.Namespace, slurm: dict, source: str):
+def launch_options(args: argparse.Namespace, slurm: dict[str, Any], source: str) -> LaunchOptions:
     """LaunchOptions from the command line; an option the chosen launcher does not use is an error naming it."""
     from tailprompt.engine.launch import LaunchOptions
 
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
                             "(finished runs are skipped, unfinished ones continue from their checkpoints)") from None
 
 
-def launch(args: argparse.Namespace, configs: list, opts) -> int:
+def launch(args: argparse.Namespace, configs: list[RunConfig], opts: LaunchOptions) -> int:
+    """Run the pending runs with the chosen launcher; exit code 1 when a run failed."""
     from tailprompt.engine.launch import run_launcher
     from tailprompt.engine.sweep import sweep_status
     from tailprompt.utils import configure_threads

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import submitit
 import torch
@@ -28,7 +28,7 @@ from tailprompt.utils import configure_threads
 log = logging.getLogger(__name__)
 
 LauncherName = Literal["local", "local-parallel", "submitit", "submitit-local"]
-LAUNCHERS: tuple[str, ...] = ("local", "local-parallel", "submitit", "submitit-local")
+LAUNCHERS: tuple[str, ...] = get_args(LauncherName)
 
 
 @dataclass

@@ -130,7 +130,8 @@ class SweepJob(submitit.helpers.Checkpointable):
 
     def __call__(self, cfg: RunConfig) -> JobReport:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        configure_threads(self.threads)
+        # A SLURM job owns the CPUs of its allocation (its affinity mask); elsewhere count the idle cores.
+        configure_threads(self.threads or (cores() if "SLURM_JOB_ID" in os.environ else None))
         log_path = None
         try:
             log_path = str(submitit.JobEnvironment().paths.stderr)

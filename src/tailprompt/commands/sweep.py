@@ -116,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
 def launch(args: argparse.Namespace, configs: list[RunConfig], opts: LaunchOptions) -> int:
     """Run the pending runs with the chosen launcher; exit code 1 when a run failed."""
     from tailprompt.engine.launch import run_launcher
-    from tailprompt.engine.sweep import sweep_status
+    from tailprompt.engine.sweep import distinct_runs, sweep_status
     from tailprompt.utils import configure_threads
 
+    configs = distinct_runs(configs)
     if args.launcher == "local":
         configure_threads(args.threads)
     elif args.launcher in ("submitit", "submitit-local"):

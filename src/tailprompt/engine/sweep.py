@@ -97,6 +97,18 @@ def expand(spec: SweepSpec, extra: Sequence[str] = ()) -> list[RunConfig]:
     return configs
 
 
+def distinct_runs(configs: Sequence[RunConfig]) -> list[RunConfig]:
+    """One config per run folder, in order: configs that land in the same folder (a method that trains
+    nothing, swept over tau x seed) are one run, so parallel launchers never start it twice."""
+    backbones, seen, runs = BackboneCache(), set(), []
+    for cfg in configs:
+        run_dir = run_directory(cfg, backbones.get(cfg.backbone))
+        if run_dir not in seen:
+            seen.add(run_dir)
+            runs.append(cfg)
+    return runs
+
+
 def run_label(cfg: RunConfig) -> str:
     return f"{cfg.method or cfg.learner.name} {cfg.data.name} tau={cfg.data.tau} seed={cfg.seed}"
 

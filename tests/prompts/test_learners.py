@@ -29,7 +29,9 @@ LABELS = torch.tensor([0, 1, 2, 0])
 REFERENCE_NAMES = {
     "zeroshot": set(),
     "coop": {"ctx"},
+    "dpc": {"ctx"},  # the default base learner is CoOp; the stage-1 copy is a non-persistent buffer
     "kgcoop": {"ctx"},
+    "prograd": {"ctx"},
     "cocoop": {
         "ctx",
         "meta_net.linear1.weight",
@@ -155,9 +157,14 @@ def test_backbone_bit_identical_after_training(name, backbone, images):
     assert not backbone.training
 
 
+# 16-vector contexts (ProGrad's default) overshoot on the random tiny tower at this lr, as CoOp's 16 random ones
+# do; with 4 the context is all template words, like CoOp's default.
+SHORT_CONTEXT = {"prograd": {"n_ctx": 4}}
+
+
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_loss_decreases_on_a_fixed_batch(name, backbone, images):
-    losses = sgd_steps(name, build(name, backbone), backbone, images, steps=6)
+    losses = sgd_steps(name, build(name, backbone, **SHORT_CONTEXT.get(name, {})), backbone, images, steps=6)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.1, losses
 

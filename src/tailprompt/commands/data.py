@@ -13,6 +13,7 @@ from tailprompt.data.files import DatasetError
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.sampling import PROFILES, sample_training_set, sampling_record, select_classes
 from tailprompt.data.types import DatasetSplits
+from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:

@@ -48,6 +48,7 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     from tailprompt.metrics import split_metrics
     from tailprompt.prompts import LEARNERS
     from tailprompt.utils import write_json_atomic
+    from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     prompts_file = run_dir / "prompts.safetensors"
     if not prompts_file.is_file():

@@ -16,6 +16,7 @@ from tailprompt.data.sampling import select_classes
 from tailprompt.data.types import DatasetSplits
 from tailprompt.engine.config import RunConfig
 from tailprompt.registry import Registry
+from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
 
 @dataclass

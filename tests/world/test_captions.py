@@ -9,6 +9,7 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from tailprompt.world import captions as world_captions
 from tailprompt.world import render as world_render
+from tailprompt.world import vocab as world_vocab
 
 CONTEXT = 32
 
@@ -40,3 +41,26 @@ def test_captions_tokenize_within_the_context_and_use_only_vocabulary_words():
     # attributes are dropped at random: some captions name no colour
     colours = {w for c in world_render.COLOURS for w in world_captions.SYNONYMS.get(c, (c,))}
     assert any(not colours & set(world_captions.words_of(c)) for c in caps)
+
+
+def test_class_descriptions_name_every_class_attribute_in_pretrained_words_and_are_deterministic():
+    vocab_words = set(world_captions.vocabulary())
+    for vocab in world_vocab.VOCABULARIES.values():
+        described = world_captions.class_descriptions(vocab, per_class=6)
+        assert list(described) == vocab.classnames()
+        for attrs in vocab.classes():
+            sentences = described[vocab.classname(attrs)]
+            assert len(sentences) == len(set(sentences)) == 6
+            for text in sentences:
+                words = set(world_captions.words_of(text))
+                assert words <= vocab_words, text
+                for attr in vocab.phrase:  # each class attribute, by its name or a synonym
+                    value = world_render.ATTRIBUTES[attr][attrs[attr]]
+                    if attr == "texture" and value in world_captions.TEXTURE_AFTER_NOUN:
+                        options = {*world_captions.SYNONYMS[value], *world_captions.words_of(
+                            world_captions.TEXTURE_AFTER_NOUN[value])}
+                    else:
+                        options = set(world_captions.SYNONYMS.get(value, (value,)))
+                    assert words & options, (text, attr, value)
+        assert world_captions.class_descriptions(vocab, per_class=6) == described
+        assert world_captions.class_descriptions(vocab, per_class=6, seed=1) != described

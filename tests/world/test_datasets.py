@@ -81,3 +81,26 @@ def test_the_render_cache_stays_small_and_serves_repeated_loads():
         renderer.chunk("test", c)
     assert len(renderer._cache) == 2
     assert torch.equal(renderer.chunk("test", 0), first)  # re-rendered identically after eviction
+
+
+def test_world_datasets_carry_descriptions_and_the_data_command_writes_them(tmp_path, capsys):
+    import json
+
+    from tailprompt.cli import main
+
+    ds = load_dataset("world", None, {})
+    assert ds.descriptions is not None and set(ds.descriptions) == set(ds.classnames)
+    out = tmp_path / "descriptions.json"
+    assert main(["data", "descriptions", "--dataset", "world", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert list(written) == ds.classnames and written == ds.descriptions
+    assert "descriptions" in capsys.readouterr().out
+
+    from tailprompt.data.fixtures import make_eurosat_tree
+
+    root = make_eurosat_tree(tmp_path / "data", images_per_class=3)
+    args = ["data", "descriptions", "--dataset", "eurosat", "--root", str(root), "--out", str(tmp_path / "e.json")]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code != 0 and "no descriptions" in err and "Traceback" not in err
+    assert not (tmp_path / "e.json").exists()

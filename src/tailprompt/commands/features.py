@@ -7,6 +7,7 @@ import time
 
 from tailprompt.cli import UserError
 from tailprompt.commands.data import add_dataset_arguments, load_or_fail, reader_options
+from tailprompt.data.augment import resolve_augment
 from tailprompt.data.features import FeatureCache
 from tailprompt.data.files import DatasetError
 from tailprompt.data.sampling import sample_training_set
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
     backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
+    augment = resolve_augment(None, ds.augment)  # the views a run with the dataset's default would read
     print(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
     for split in splits:
         items = selected_items(ds, split, args.shots, args.seeds)
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         for view in views:
             hits, misses, start = cache.hits, cache.misses, time.perf_counter()
             try:
-                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True)
+                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True, augment=augment)
             except DatasetError as e:  # an image vanished or is unreadable: name it, no traceback
                 raise UserError(f"{e} (run `tailprompt data check` for a full report)") from None
             print(

@@ -3,7 +3,8 @@
 A cached feature is the raw `backbone.encode_image` output (fp32, not normalised) of one image under
 one view, keyed by
 
-* the backbone's `identity` (architecture + weights hash) and `preprocess_id` -> a *space* folder,
+* the backbone's `identity` (architecture + weights hash), `preprocess_id` and the training augmentation
+  when it is not the CoOp recipe (`tailprompt.data.augment`) -> a *space* folder,
 * the view index -> a sub-folder (view 0 = eval preprocessing; view v >= 1 = the training
   augmentation, with torch's RNG seeded from (v, item key) inside a forked RNG, so a cached
   augmented view is reproducible and the caller's global RNG is neither used nor advanced),
@@ -33,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from tailprompt.data.augment import COOP_AUGMENT, Augment, augment_id, train_transform
 from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
@@ -54,29 +56,37 @@ def augmentation_seed(view: int, key: str) -> int:
     return derived_seed("view", view, key)
 
 
-def view_transform(backbone: Any, view: int) -> tuple[Any, tuple | None]:
+def view_transform(backbone: Any, view: int, augment: Augment = COOP_AUGMENT) -> tuple[Any, tuple | None]:
     """(transform, seed parts) of a view: eval preprocessing for 0, seeded training augmentation for v >= 1."""
     if view == 0:
         return backbone.preprocess_eval, None
-    return backbone.preprocess_train, ("view", view)
+    return train_transform(backbone, augment), ("view", view)
 
 
-def view_batch(backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int) -> torch.Tensor:
+def view_batch(
+    backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int, augment: Augment = COOP_AUGMENT
+) -> torch.Tensor:
     """Preprocessed images of one view -> [B, 3, S, S].
 
     View 0 uses `backbone.preprocess_eval`; view v >= 1 applies `backbone.preprocess_train` with
     torch's RNG seeded by `augmentation_seed(v, item.key)` inside `torch.random.fork_rng`, so the
     result does not depend on (nor change) the global RNG state.
     """
-    transform, seed_parts = view_transform(backbone, view)
+    transform, seed_parts = view_transform(backbone, view, augment)
     return next(image_batches(dataset, items, transform, seed_parts, batch_size=max(1, len(items))))
 
 
 def view_batches(
-    backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int, batch_size: int, num_workers: int
+    backbone: Any,
+    dataset: DatasetSplits,
+    items: Sequence[Item],
+    view: int,
+    batch_size: int,
+    num_workers: int,
+    augment: Augment = COOP_AUGMENT,
 ) -> Iterator[torch.Tensor]:
     """`view_batch` over consecutive chunks of `items`, decoded by `num_workers` processes when > 0."""
-    transform, seed_parts = view_transform(backbone, view)
+    transform, seed_parts = view_transform(backbone, view, augment)
     return image_batches(dataset, items, transform, seed_parts, batch_size, num_workers)
 
 
@@ -98,11 +108,12 @@ def compute_features(
     batch_size: int = 256,
     progress: bool = False,
     num_workers: int = 0,
+    augment: Augment = COOP_AUGMENT,
 ) -> torch.Tensor:
     """Encode `items` under `view` without any cache (the exact no-cache path) -> fp32 [N, D]."""
     chunks = []
     bar = tqdm(total=len(items), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
-    for images in view_batches(backbone, dataset, items, view, batch_size, num_workers):
+    for images in view_batches(backbone, dataset, items, view, batch_size, num_workers, augment):
         chunks.append(encode_batch(backbone, images))
         bar.update(len(images))
     bar.close()
@@ -125,10 +136,16 @@ class FeatureCache:
         self._index: dict[Path, dict[str, tuple[str, int]]] = {}  # view dir -> entry -> (shard, row)
         self._scanned: dict[Path, set[str]] = {}
 
-    def space_dir(self, backbone: Any) -> Path:
-        """The folder for one (backbone identity, preprocessing) pair."""
+    def space_dir(self, backbone: Any, augment: Augment = COOP_AUGMENT) -> Path:
+        """The folder for one (backbone identity, preprocessing, training augmentation) triple."""
+        return self.root / "features" / stable_hash(self._space_key(backbone, augment), 16)
+
+    @staticmethod
+    def _space_key(backbone: Any, augment: Augment) -> dict[str, Any]:
         key = {"format": FORMAT_VERSION, "backbone": backbone.identity, "preprocess": backbone.preprocess_id}
-        return self.root / "features" / stable_hash(key, 16)
+        if augment != COOP_AUGMENT:  # the CoOp recipe is already named by preprocess_id: its caches stay valid
+            key["augment"] = augment_id(augment)
+        return key
 
     @staticmethod
     def entry_key(dataset: DatasetSplits, item: Item) -> str:
@@ -144,12 +161,16 @@ class FeatureCache:
         view: int,
         batch_size: int = 256,
         progress: bool = False,
+        augment: Augment = COOP_AUGMENT,
     ) -> torch.Tensor:
-        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output)."""
+        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output).
+
+        `augment` is the training augmentation of views >= 1 (view 0, the eval view, is the same under any).
+        """
         if view < 0:
             raise ValueError(f"view must be >= 0, got {view}")
         entries = [self.entry_key(dataset, it) for it in items]
-        space = self.space_dir(backbone)
+        space = self.space_dir(backbone, augment)
         view_dir = space / f"view{view}"
         index = self._refresh(view_dir)
         first_item = {}
@@ -160,9 +181,9 @@ class FeatureCache:
         self.misses += len(missing)
         fresh: dict[str, torch.Tensor] = {}
         if missing:
-            self._write_key_file(space, backbone)
+            self._write_key_file(space, self._space_key(backbone, augment))
             fresh = self._compute_and_store(
-                backbone, dataset, view, view_dir, missing, first_item, batch_size, progress
+                backbone, dataset, view, view_dir, missing, first_item, batch_size, progress, augment
             )
         return self._gather(backbone, view_dir, entries, fresh)
 
@@ -176,11 +197,12 @@ class FeatureCache:
         first_item: dict[str, Item],
         batch_size: int,
         progress: bool,
+        augment: Augment,
     ) -> dict[str, torch.Tensor]:
         fresh: dict[str, torch.Tensor] = {}
         bar = tqdm(total=len(missing), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
         batches = view_batches(
-            backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers
+            backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers, augment
         )
         for start, images in zip(range(0, len(missing), batch_size), batches):
             batch = missing[start : start + batch_size]
@@ -202,15 +224,10 @@ class FeatureCache:
             index.setdefault(e, (name, row))
         self._scanned.setdefault(view_dir, set()).add(name)
 
-    def _write_key_file(self, space: Path, backbone: Any) -> None:
+    def _write_key_file(self, space: Path, key: dict[str, Any]) -> None:
         path = space / "key.json"
         if not path.exists():
-            meta = {
-                "format": FORMAT_VERSION,
-                "backbone": backbone.identity,
-                "preprocess": backbone.preprocess_id,
-            }
-            write_json_atomic(path, meta)
+            write_json_atomic(path, key)
 
     def _refresh(self, view_dir: Path) -> dict[str, tuple[str, int]]:
         """Index shards written since the last look (by this or another process)."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from tailprompt.data.augment import Augment
+
 
 @dataclass(frozen=True)
 class Item:
@@ -44,6 +46,10 @@ class DatasetSplits:
     image_identity: Callable[[Item], str]
     templates: Sequence[str] = field(default_factory=tuple)  # optional ensemble templates
     domain: str = ""
+    augment: Augment | None = None  # default training augmentation; None: the CoOp recipe
+    # Per-class description sentences ({classname: [sentence, ...]}, CoPrompt's `gpt_file` format), when the
+    # dataset can write its own (the embedded world); real datasets take them from `data.descriptions`.
+    descriptions: dict[str, list[str]] | None = None
 
     @property
     def num_classes(self) -> int:

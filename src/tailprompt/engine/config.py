@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tailprompt.data.augment import Augment
+
 
 @dataclass
 class BackboneConfig:
@@ -29,6 +31,9 @@ class DataConfig:
     batch_size_eval: int = 256
     num_workers: int = 0  # processes decoding images (cache fill, exact mode, MaPLe); results do not change
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific reader options
+    # training augmentation {crop_scale: [min, max], flip: bool}; None: the dataset's default (the CoOp
+    # recipe, scale 0.08-1 + flip, for the real datasets; a gentler crop for the embedded world)
+    augment: Augment | None = None
 
 
 @dataclass

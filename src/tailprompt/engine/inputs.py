@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tailprompt.data.augment import COOP_AUGMENT, Augment, train_transform
 from tailprompt.data.features import compute_features
 from tailprompt.data.loading import image_batches
 from tailprompt.data.types import DatasetSplits, Item
@@ -23,13 +24,16 @@ class ImageInputs:
     device: torch.device
     batch_size: int = 256
     num_workers: int = 0  # image-decoding processes (0: decode in this process)
+    augment: Augment = COOP_AUGMENT  # training augmentation (cached views >= 1 and exact-mode batches)
 
     def features(self, dataset: DatasetSplits, items: Sequence[Item], view: int = 0) -> Tensor:
         """[N, D] normalised features of `items` for `view` (0 = eval preprocessing)."""
         if not items:
             return torch.zeros(0, self.backbone.embed_dim, device=self.device)
         if self.cache is not None:
-            feats = self.cache.get(self.backbone, dataset, list(items), view=view, batch_size=self.batch_size)
+            feats = self.cache.get(
+                self.backbone, dataset, list(items), view=view, batch_size=self.batch_size, augment=self.augment
+            )
             return normalized(feats.to(self.device))
         assert view == 0, "uncached features exist for the eval view only; training augments per step"
         # The data layer's no-cache path: the same fp32 encoding the cache stores, so both modes agree.
@@ -48,7 +52,7 @@ class ImageInputs:
         `train_seed` None: eval preprocessing. Otherwise training augmentation, each image's drawn from
         torch's RNG seeded by `train_seed + (item key,)`, so the tensors do not depend on `num_workers`.
         """
-        tf = self.backbone.preprocess_train if train_seed is not None else self.backbone.preprocess_eval
+        tf = train_transform(self.backbone, self.augment) if train_seed is not None else self.backbone.preprocess_eval
         parts = ("train", *train_seed) if train_seed is not None else None
         for images in image_batches(dataset, items, tf, parts, batch_size, self.num_workers):
             yield images.to(self.device)

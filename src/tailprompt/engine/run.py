@@ -20,6 +20,7 @@ from torch import Tensor
 
 import tailprompt
 from tailprompt.config import ConfigError, dump_yaml, to_dict
+from tailprompt.data.augment import resolve_augment
 from tailprompt.data.features import FeatureCache, default_cache_dir
 from tailprompt.data.sampling import sample_training_set
 from tailprompt.data.seeding import derived_rng
@@ -124,7 +125,8 @@ def execute_run(
     cache = None
     if use_cache:
         cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers)
-    inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval, cfg.data.num_workers)
+    augment = resolve_augment(cfg.data.augment, train_ds.augment)
+    inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval, cfg.data.num_workers, augment)
 
     t0 = time.perf_counter()
     train_views = inputs.train_views(train_ds, training.items, cfg.data.n_views) if use_cache else None
@@ -179,6 +181,7 @@ def execute_run(
         "versions": versions(),
         "device": str(device),
         "sampling": {"counts": training.counts, "ids": training.ids},
+        "augment": to_dict(augment),
         "splits": evaluation.splits,
         "hm": hm,
         "groups": groups,

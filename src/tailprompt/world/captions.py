@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
+from tailprompt.utils import stable_hash
 from tailprompt.world.render import ATTRIBUTES, BACKGROUNDS, COLOURS, SHAPES, SIZES, TEXTURES, Scenes
-from tailprompt.world.vocab import VOCABULARIES
+from tailprompt.world.vocab import VOCABULARIES, LabelVocab
 
 # Canonical word first; the captioner picks it with probability CANONICAL_P, else a synonym.
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -65,23 +66,25 @@ def _word(canonical: str, rng: random.Random) -> str:
     return rng.choice(options[1:])
 
 
-def caption(attrs: Mapping[str, int], rng: random.Random) -> str:
+def caption(attrs: Mapping[str, int], rng: random.Random, keep: Collection[str] = ()) -> str:
     """One caption for a scene's attributes, e.g. "a photo of a big red striped circle."
 
     Attributes are dropped at random (`KEEP_P`), words replaced by synonyms, and the wording drawn
     from `CAPTION_TEMPLATES` (the zero-shot template "a photo of a {}." is the most frequent), so
-    the text tower learns each attribute word on its own, not just whole class names.
+    the text tower learns each attribute word on its own, not just whole class names. Attributes in
+    `keep` are always named (class descriptions); the random draws are the same with or without it.
     """
     shape = SHAPES[attrs["shape"]]
-    noun = rng.choice(GENERIC_NOUNS) if rng.random() < GENERIC_NOUN_P else _word(shape, rng)
+    generic = rng.random() < GENERIC_NOUN_P and "shape" not in keep
+    noun = rng.choice(GENERIC_NOUNS) if generic else _word(shape, rng)
     words: list[str] = []
-    if rng.random() < KEEP_P["size"]:
+    if rng.random() < KEEP_P["size"] or "size" in keep:
         words.append(_word(SIZES[attrs["size"]], rng))
-    if rng.random() < KEEP_P["colour"]:
+    if rng.random() < KEEP_P["colour"] or "colour" in keep:
         words.append(_word(COLOURS[attrs["colour"]], rng))
     texture = TEXTURES[attrs["texture"]]
     after = ""
-    keep_texture = rng.random() < KEEP_P["texture"] * (0.5 if texture == "solid" else 1.0)
+    keep_texture = rng.random() < KEEP_P["texture"] * (0.5 if texture == "solid" else 1.0) or "texture" in keep
     if keep_texture and texture in TEXTURE_AFTER_NOUN and rng.random() < 0.3:
         after = " " + TEXTURE_AFTER_NOUN[texture]
     elif keep_texture:
@@ -95,6 +98,30 @@ def caption(attrs: Mapping[str, int], rng: random.Random) -> str:
 
 def captions(scenes: Scenes, rng: random.Random) -> list[str]:
     return [caption(scenes.attributes(i), rng) for i in range(len(scenes))]
+
+
+def class_descriptions(vocab: LabelVocab, per_class: int = 8, seed: int = 0) -> dict[str, list[str]]:
+    """{classname: [sentence, ...]}: `per_class` distinct sentences describing each class, in the world's words.
+
+    The world's answer to CoPrompt's LLM descriptions (its `gpt_file` format): captions of scenes of the
+    class that always name the class's attributes (with synonyms) and add others a scene of it may have
+    (size, texture, background), so every word is one the embedded model was pretrained on. Deterministic
+    given (vocabulary, class, seed).
+    """
+    out: dict[str, list[str]] = {}
+    for attrs in vocab.classes():
+        name = vocab.classname(attrs)
+        rng = random.Random(int(stable_hash(["descriptions", vocab.name, name, seed], length=15), 16))
+        sentences: list[str] = []
+        for _ in range(50 * per_class):  # a bounded number of draws: a tiny vocabulary may repeat
+            scene = {a: attrs.get(a, rng.randrange(len(values))) for a, values in ATTRIBUTES.items()}
+            text = caption(scene, rng, keep=vocab.phrase)
+            if text not in sentences:
+                sentences.append(text)
+            if len(sentences) == per_class:
+                break
+        out[name] = sentences
+    return out
 
 
 def words_of(text: str) -> list[str]:

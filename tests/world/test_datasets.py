@@ -33,14 +33,15 @@ def test_rendering_is_deterministic_per_seed_and_differs_across_seeds():
 
 def test_splits_are_disjoint_scenes_and_load_image_matches_batch_rendering():
     ds = load_dataset("world_size_colour_shape_noisy", None, {})
-    train, labels = world_datasets.render_split(world_vocab.VOCABULARIES["size_colour_shape"], "noisy", "train", 0, 32)
-    assert train.shape == (32 * 32, 32, 32, 3) and torch.equal(labels[:40], torch.arange(40) % 32)
+    vocab = world_vocab.VOCABULARIES["size_colour_shape"]
+    train, labels = world_datasets.render_split(vocab, "noisy", "train", 0, 32)
+    assert train.shape == (32 * 72, 32, 32, 3) and torch.equal(labels[:80], torch.arange(80) % 72)
     for idx in (0, 257, 1000):
         img = ds.load_image(ds.train[idx])
         assert img.mode == "RGB" and img.size == (32, 32)
         assert torch.equal(torch.from_numpy(np.array(img)), train[idx])
-    test, _ = world_datasets.render_split(world_vocab.VOCABULARIES["size_colour_shape"], "noisy", "test", 0, 1)
-    assert not torch.equal(test[:32], train[:32])
+    test, _ = world_datasets.render_split(vocab, "noisy", "test", 0, 1)
+    assert not torch.equal(test[:72], train[:72])
 
 
 def test_every_registered_world_dataset_has_the_promised_shape():
@@ -50,7 +51,7 @@ def test_every_registered_world_dataset_has_the_promised_shape():
     for name in ("world", "world_texture_shape_blurred"):
         ds = load_dataset(name, "/does/not/matter", {})
         k = ds.num_classes
-        assert 20 <= k <= 40
+        assert 20 <= k <= 80
         assert len(ds.train) == 32 * k and len(ds.val) == 8 * k and len(ds.test) >= 100 * k
         assert all(it.key.startswith("world:") for it in ds.train[:3])
         per_class = torch.bincount(torch.tensor([it.label for it in ds.test]), minlength=k)

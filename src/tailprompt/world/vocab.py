@@ -68,7 +68,7 @@ VOCABULARIES: dict[str, LabelVocab] = {
         ),
         LabelVocab(
             "size_colour_shape", ("size", "colour", "shape"),
-            {"size": (0, 1), "colour": tuple(range(4)), "shape": tuple(range(4))}, ("colour", "shape"),
+            {"size": (0, 1), "colour": tuple(range(6)), "shape": tuple(range(6))}, ("colour", "shape"),
         ),
     )
 }
@@ -82,7 +82,7 @@ FULL_COLOUR_SHAPE = LabelVocab(
 def held_out_pairs() -> frozenset[tuple[int, int]]:
     """(colour, shape) index pairs never rendered in pretraining: the new half of `colour_shape`.
 
-    The new half of `size_colour_shape` (same checkerboard on a sub-grid) is inside this set too.
+    The new half of `size_colour_shape` (both sizes of the same colour+shape grid) is exactly this set too.
     """
     vocab = VOCABULARIES["colour_shape"]
     return frozenset((c["colour"], c["shape"]) for c in vocab.classes()[vocab.num_base():])

@@ -2,6 +2,8 @@
 
 Every config in tailprompt is a dataclass. `from_dict` builds one from plain data and rejects unknown
 keys with an error naming the dotted field; `to_dict` gives plain data back (for YAML and hashing).
+A dataclass whose schema depends on one of its values (a learner section: its keys depend on the learner's
+name) defines `from_data(data, where)` and `to_data()`; both functions defer to them.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if hasattr(tp, "from_data"):  # a section whose schema depends on a value in it (a registry name)
+            return tp.from_data(value, where)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return from_dict(tp, value, where)
@@ -106,6 +110,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 def to_dict(obj: Any) -> Any:
     """Plain data (dicts, lists, scalars) for a dataclass tree."""
+    if hasattr(obj, "to_data") and not isinstance(obj, type):
+        return to_dict(obj.to_data())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

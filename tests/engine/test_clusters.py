@@ -1,7 +1,9 @@
 import torch
 
+from tailprompt.clustering import ClusterSettings, select_clusters
 from tailprompt.engine.clusters import ClusterCache
-from tailprompt.objectives.cpt import select_clusters
+
+AUTO = ClusterSettings()
 
 
 def _prototypes() -> torch.Tensor:
@@ -13,9 +15,9 @@ def _prototypes() -> torch.Tensor:
 def test_cluster_cache_returns_the_same_partition_and_hits_on_second_call(tmp_path):
     feats = _prototypes()
     cache = ClusterCache(tmp_path)
-    first = cache(feats, "auto")
+    first = cache(feats, AUTO)
     assert cache.hits == 0 and len(list((tmp_path / "clusters").glob("*.json"))) == 1
-    second = ClusterCache(tmp_path)(feats, "auto")
+    second = ClusterCache(tmp_path)(feats, AUTO)
     direct = select_clusters(feats, "auto")
     assert torch.equal(first.assignment, direct.assignment) and torch.equal(second.assignment, direct.assignment)
     assert second.criterion == direct.criterion and first.n_clusters == 3
@@ -24,9 +26,9 @@ def test_cluster_cache_returns_the_same_partition_and_hits_on_second_call(tmp_pa
 def test_cluster_cache_misses_when_features_or_settings_change(tmp_path):
     feats = _prototypes()
     cache = ClusterCache(tmp_path)
-    cache(feats, "auto")
-    cache(feats, 2)
-    cache(feats + 0.01, "auto")
+    cache(feats, AUTO)
+    cache(feats, ClusterSettings(2))
+    cache(feats + 0.01, AUTO)
     assert cache.hits == 0 and len(list((tmp_path / "clusters").glob("*.json"))) == 3
-    cache(feats, 2)
+    cache(feats, ClusterSettings(2))
     assert cache.hits == 1

@@ -23,10 +23,10 @@ def test_preset_defaults_match_the_references():
     assert coop.optim.momentum == 0.9 and coop.optim.weight_decay == 5e-4 and coop.optim.warmup_lr == 1e-5
     maple = resolve_config("maple")
     assert (maple.optim.lr, maple.optim.epochs, maple.optim.batch_size) == (0.0035, 5, 4)
-    assert maple.learner["prompt_depth"] == 9
+    assert maple.learner.options.prompt_depth == 9
     kg = resolve_config("kgcoop")
     assert (kg.optim.epochs, kg.optim.batch_size) == (100, 128)
-    assert [o["name"] for o in resolve_config("cpt_tcpt_coop").objectives] == ["cross_entropy", "cpt", "tcpt"]
+    assert [o.name for o in resolve_config("cpt_tcpt_coop").objectives] == ["cross_entropy", "cpt", "tcpt"]
 
 
 def test_overrides_and_unknown_keys():
@@ -47,7 +47,7 @@ def test_user_file_extends_a_preset(tmp_path):
     f.write_text("preset: cpt_coop\ndata: {tau: 0.25}\n")
     cfg = resolve_config(str(f))
     assert cfg.method == "cpt_coop" and cfg.data.tau == 0.25
-    assert [o["name"] for o in cfg.objectives] == ["cross_entropy", "cpt"]
+    assert [o.name for o in cfg.objectives] == ["cross_entropy", "cpt"]
 
 
 def test_run_id_depends_on_config_and_backbone_not_output_dir():

@@ -21,8 +21,8 @@ def test_killed_run_resumes_mid_training_with_identical_results(extra, base_over
     real_save = train_mod.save_checkpoint
     saves = []
 
-    def save_then_die(path, learner, optimizer, gen, progress):
-        real_save(path, learner, optimizer, gen, progress)
+    def save_then_die(path, learner, optimizer, gen, progress, hooks=()):
+        real_save(path, learner, optimizer, gen, progress, hooks)
         saves.append(progress.epoch)
         if len(saves) == 2:
             raise Killed  # killed right after epoch 2's checkpoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tailprompt.objectives import StepState
+from tailprompt.objectives import ObjectiveContext, StepState
 
 
 def make_state(
@@ -35,6 +35,16 @@ def make_state(
         class_ids=torch.arange(f.shape[0]),
         logit_scale=logit_scale,
     )
+
+
+def build_terms(name: str, config=None, frozen_text_feats: torch.Tensor | None = None, clusters=None):
+    """The term function of registered objective `name` (default config unless given)."""
+    from tailprompt.objectives import OBJECTIVES
+
+    spec = OBJECTIVES.get(name)
+    frozen = frozen_text_feats if frozen_text_feats is not None else torch.zeros(1, 1)
+    context = ObjectiveContext(frozen, [f"c{i}" for i in range(frozen.shape[0])], clusters=clusters)
+    return spec.make(config if config is not None else spec.config_cls(), context).terms
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from tailprompt.objectives.kgcoop import knowledge_guidance_loss
 from tailprompt.objectives.penalty import zero_shot_range_penalty
 from tailprompt.objectives.zsnorm import zero_shot_range_logits, zsnorm_loss
 
+from .conftest import build_terms
+
 
 def test_cross_entropy_hand_worked():
     logits = torch.tensor([[math.log(3.0), 0.0]])  # p(class 0) = 3/4
@@ -89,7 +91,6 @@ def test_calibration_objectives_do_not_backprop_into_zero_shot_logits(state_fact
     )
     state.zeroshot_logits.requires_grad_(True)
     for name in ("zsnorm", "penalty"):
-        spec = OBJECTIVES.get(name)
-        (term,) = spec.build(spec.config_cls(), {})(state).values()
+        (term,) = build_terms(name)(state).values()
         term.backward(retain_graph=True)
     assert state.zeroshot_logits.grad is None

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import pytest
 import torch
 
+from clustering_fixtures import grouped_prototypes, same_partition
 from tailprompt.config import ConfigError, from_dict
 from tailprompt.objectives import OBJECTIVES
 from tailprompt.objectives.cpt import (
     CPTConfig,
-    auto_candidates,
     cross_modal_convergence_loss,
     intra_cluster_etf_loss,
     rotation_stability_loss,
-    select_clusters,
-    semantic_clusters,
 )
+
+from .conftest import build_terms
 
 
 def t(rows):
@@ -138,102 +135,6 @@ def test_rs_instance_conditioned_matches_per_image_mean():
     assert rotation_stability_loss(per_image, frozen).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-# ----------------------------------------------------------------------------- clusters
-
-
-def grouped_prototypes(group_sizes, dim=16, noise=0.05, seed=0):
-    """Classes around well-separated orthogonal directions: the true partition is known."""
-    gen = torch.Generator().manual_seed(seed)
-    rows, truth = [], []
-    for gid, size in enumerate(group_sizes):
-        centre = torch.zeros(dim)
-        centre[gid] = 1.0
-        for _ in range(size):
-            rows.append(centre + noise * torch.randn(dim, generator=gen))
-            truth.append(gid)
-    return torch.stack(rows), truth
-
-
-def same_partition(a, b):
-    a, b = list(a), list(b)
-    return all((a[i] == a[j]) == (b[i] == b[j]) for i in range(len(a)) for j in range(len(a)))
-
-
-def test_auto_clusters_recover_semantic_groups_and_report_criterion():
-    protos, truth = grouped_prototypes([3, 4, 3])
-    result = select_clusters(protos, "auto")
-    assert result.n_clusters == 3
-    assert same_partition(result.assignment.tolist(), truth)
-    assert sorted(result.sizes) == [3, 3, 4]
-    assert "silhouette" in result.criterion and "M=3" in result.criterion
-    assert set(result.silhouettes) == set(auto_candidates(10)) == {2, 3, 4, 5}
-    # ids renumbered by first appearance in class order
-    assert result.assignment.tolist()[0] == 0
-    record = result.record()
-    assert record == {
-        "n_clusters": 3,
-        "assignment": result.assignment.tolist(),
-        "sizes": result.sizes,
-        "criterion": result.criterion,
-    }
-
-
-def test_partition_is_identical_for_any_run_seed():
-    protos, _ = grouped_prototypes([4, 4, 4], noise=0.4, seed=7)  # overlapping groups: K-means has choices
-    partitions = []
-    for run_seed in (1, 2, 3):
-        random.seed(run_seed)
-        np.random.seed(run_seed)
-        torch.manual_seed(run_seed)
-        partitions.append(semantic_clusters(protos, "auto").tolist())
-        partitions.append(semantic_clusters(protos, 4).tolist())
-    assert partitions[0::2] == [partitions[0]] * 3
-    assert partitions[1::2] == [partitions[1]] * 3
-
-
-def test_auto_keeps_clusters_of_at_least_two_classes():
-    protos, _ = grouped_prototypes([3, 3, 1], noise=0.02)  # the lone class is an outlier
-    result = select_clusters(protos, "auto")
-    assert min(result.sizes) >= 2
-    assert result.n_clusters >= 2
-
-
-def test_max_cluster_size_bounds_auto_partition():
-    # two groups of 6 classes spread evenly along a segment: silhouette prefers M=2 (sizes 6, 6)
-    offsets = torch.linspace(-0.3, 0.3, 6)
-    rows = [torch.eye(8)[0] + o * torch.eye(8)[2] for o in offsets]
-    rows += [torch.eye(8)[1] + o * torch.eye(8)[3] for o in offsets]
-    protos = torch.stack(rows)
-    assert select_clusters(protos, "auto").sizes == [6, 6]
-    bounded = select_clusters(protos, "auto", max_cluster_size=3)
-    assert bounded.assignment.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert "[2, 3]" in bounded.criterion
-    # an unreachable bound keeps the candidates closest to it instead of ignoring it
-    tight = select_clusters(protos, "auto", min_cluster_size=2, max_cluster_size=2)
-    assert max(tight.sizes) <= max(bounded.sizes) and min(tight.sizes) >= 2
-    with pytest.raises(ConfigError, match="max_cluster_size"):
-        from_dict(CPTConfig, {"min_cluster_size": 3, "max_cluster_size": 2})
-
-
-def test_fixed_and_degenerate_cluster_counts():
-    protos, _ = grouped_prototypes([2, 2, 2])
-    assert select_clusters(protos, 1).assignment.tolist() == [0] * 6
-    assert select_clusters(protos, 6).n_clusters == 6
-    tiny = select_clusters(protos[:3], "auto")
-    assert tiny.assignment.tolist() == [0, 0, 0] and "one cluster" in tiny.criterion
-    with pytest.raises(ValueError, match="n_clusters"):
-        select_clusters(protos, 7)
-    with pytest.raises(ValueError, match="n_clusters"):
-        select_clusters(protos, "many")
-
-
-def test_auto_candidates_are_bounded():
-    assert auto_candidates(3) == []
-    assert auto_candidates(9) == [2, 3, 4]
-    big = auto_candidates(1000)
-    assert len(big) <= 24 and big[0] == 2 and big[-1] == 500 and big == sorted(set(big))
-
-
 # ----------------------------------------------------------------------------- registered objective
 
 
@@ -248,38 +149,42 @@ def test_cpt_config_from_dict():
         from_dict(CPTConfig, {"clusters": 4})
 
 
-def test_cpt_builder_records_clusters_and_uses_them(state_factory):
+def test_cpt_config_bounds_cluster_sizes():
+    with pytest.raises(ConfigError, match="max_cluster_size"):
+        from_dict(CPTConfig, {"min_cluster_size": 3, "max_cluster_size": 2})
+    settings = from_dict(CPTConfig, {"n_clusters": 3, "cluster_seed": 5}).cluster_settings()
+    assert (settings.n_clusters, settings.seed, settings.min_cluster_size) == (3, 5, 2)
+
+
+def test_cpt_uses_the_partition_delivered_in_the_step_state(state_factory):
     spec = OBJECTIVES.get("cpt")
     assert spec.needs_clusters
     assert spec.default_weights == {"tetf": 0.25, "cc": 0.15, "rs": 0.10}
     protos, truth = grouped_prototypes([3, 3, 3])
-    names = [f"class{i}" for i in range(9)]
-    context = {"frozen_text_feats": protos, "classnames": names}
-    terms = spec.build(from_dict(spec.config_cls, {"n_clusters": 3}), context)
-    clusters = context["record"]["clusters"]
-    assert clusters["n_clusters"] == 3 and clusters["sizes"] == [3, 3, 3]
-    assert same_partition(clusters["assignment"], truth)
-    assert clusters["criterion"] == "fixed: n_clusters=3"
+    config = from_dict(spec.config_cls, {"n_clusters": 3})
+    partition = config.cluster_settings().select(protos)
+    assert same_partition(partition.assignment.tolist(), truth)
+    terms = build_terms("cpt", config, protos, partition)
 
     learned = (protos + 0.1 * torch.randn(9, 16)).requires_grad_(True)
     frozen = protos.clone().requires_grad_(True)
     images = torch.randn(6, 16, requires_grad=True)
     labels = torch.tensor([0, 0, 3, 4, 8, 8])
     state = state_factory(learned, frozen, images, labels)
+    state.clusters = partition.assignment
     out = terms(state)
     assert set(out) == {"tetf", "cc", "rs"}
-    part = torch.tensor(clusters["assignment"])
-    assert out["tetf"].item() == pytest.approx(intra_cluster_etf_loss(state.text_feats, part).item())
+    assert out["tetf"].item() == pytest.approx(intra_cluster_etf_loss(state.text_feats, partition.assignment).item())
+    other = state_factory(learned, frozen, images, labels)
+    other.clusters = torch.zeros(9, dtype=torch.long)  # a different partition changes the term
+    assert terms(other)["tetf"].item() != pytest.approx(out["tetf"].item())
     sum(out.values()).backward()
     assert frozen.grad is None  # the frozen prototypes are a constant
     assert learned.grad.abs().sum() > 0 and images.grad.abs().sum() > 0
 
 
-def test_cpt_builder_without_context_features_clusters_first_step(state_factory):
-    spec = OBJECTIVES.get("cpt")
-    protos, truth = grouped_prototypes([3, 3])
-    context: dict = {}
-    terms = spec.build(spec.config_cls(), context)
+def test_cpt_without_a_partition_says_so(state_factory):
+    protos, _ = grouped_prototypes([3, 3])
     state = state_factory(protos.clone(), protos, torch.randn(2, 16), torch.tensor([0, 5]))
-    terms(state)
-    assert same_partition(context["record"]["clusters"]["assignment"], truth)
+    with pytest.raises(ValueError, match="clusters"):
+        build_terms("cpt")(state)

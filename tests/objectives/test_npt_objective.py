@@ -8,6 +8,8 @@ import torch
 from tailprompt.objectives import OBJECTIVES
 from tailprompt.objectives.npt import language_collapse_loss, modality_isomorphism_loss
 
+from .conftest import build_terms
+
 
 def t(rows):
     return torch.tensor(rows, dtype=torch.float64)
@@ -65,7 +67,7 @@ def test_registered_npt(state_factory):
     frozen = torch.randn(4, 8, generator=gen, requires_grad=True)
     state = state_factory(learned, frozen, torch.randn(3, 8, generator=gen), torch.tensor([0, 1, 3]))
     for reduction, scale in (("mean", 1.0), ("sum", 12.0)):
-        out = spec.build(spec.config_cls(reduction=reduction), {})(state)
+        out = build_terms("npt", spec.config_cls(reduction=reduction))(state)
         assert out["lc"].item() == pytest.approx(scale * language_collapse_loss(state.text_feats).item())
     out["lc"].backward()
     assert frozen.grad is None and learned.grad.abs().sum() > 0

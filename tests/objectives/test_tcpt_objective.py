@@ -9,6 +9,8 @@ import torch
 from tailprompt.objectives import OBJECTIVES
 from tailprompt.objectives.tcpt import logit_margins, margin_mean_variance_loss, text_moment_matching_loss
 
+from .conftest import build_terms
+
 
 def test_margin_matches_direct_computation_on_crafted_logits():
     logits = torch.tensor(
@@ -77,9 +79,9 @@ def test_registered_tcpt(state_factory):
         torch.randn(5, 8, generator=gen),
         torch.tensor([0, 1, 2, 3, 3]),
     )
-    out = spec.build(spec.config_cls(), {})(state)
+    out = build_terms("tcpt")(state)
     assert out["margin"].item() == pytest.approx(margin_mean_variance_loss(state.logits, state.labels).item())
-    alt = spec.build(spec.config_cls(alpha=0.0, beta=1.0), {})(state)
+    alt = build_terms("tcpt", spec.config_cls(alpha=0.0, beta=1.0))(state)
     assert alt["margin"].item() == pytest.approx(
         logit_margins(state.logits, state.labels).var(unbiased=False).item()
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tailprompt.backbone import load_backbone
-from tailprompt.prompts import LEARNERS
+from tailprompt.prompts import LEARNERS, build_learner
 
 # Names with different BPE lengths (1, 2 after "_" -> " ", 3 tokens) so class-token layouts differ.
 CLASSNAMES = ["cat", "golden_retriever", "sea or lake"]
@@ -27,6 +27,5 @@ def images(backbone) -> torch.Tensor:
 
 def build(name: str, backbone, classnames=CLASSNAMES, seed: int = 0, **overrides):
     """Build learner `name` with its default config plus `overrides`, under `torch.manual_seed(seed)`."""
-    spec = LEARNERS.get(name)
     torch.manual_seed(seed)
-    return spec.build(spec.config_cls(**overrides), backbone, list(classnames), TEMPLATE)
+    return build_learner(name, LEARNERS.get(name).config_cls(**overrides), backbone, list(classnames), TEMPLATE)

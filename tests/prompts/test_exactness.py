@@ -272,7 +272,7 @@ def test_maple_random_init_beyond_four_tokens(backbone):
 def test_maple_refuses_a_convolutional_image_tower():
     conv = types.SimpleNamespace(has_vit=False, vision_width=None, arch="embedded")
     with pytest.raises(UserError, match="convolutional image tower"):  # one line from the CLI
-        MaPLe(conv, CLASSNAMES)
+        MaPLe(MaPLe.config_cls(), conv, CLASSNAMES, TEMPLATE)
 
 
 # ----- zero-shot -----

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from tailprompt.cli import user_errors
-from tailprompt.utils import configure_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,11 +42,11 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     from tailprompt.engine.config import RunConfig
     from tailprompt.engine.evaluate import split_outputs
     from tailprompt.engine.inputs import ImageInputs
-    from tailprompt.engine.resolve import learner_config
+    from tailprompt.engine.protocols import with_template
     from tailprompt.engine.run import BackboneCache
     from tailprompt.metrics import split_metrics
-    from tailprompt.prompts import LEARNERS
-    from tailprompt.utils import write_json_atomic
+    from tailprompt.prompts import build_learner
+    from tailprompt.utils import configure_threads, write_json_atomic
     from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     prompts_file = run_dir / "prompts.safetensors"
@@ -63,14 +62,14 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
         raise ValueError(f"{prompts_file}: prompts were trained on backbone {meta['backbone_identity']}, "
                          f"but {cfg.backbone.name} now loads as {backbone.identity}")
     root = root if root is not None else cfg.data.root
-    ds = select_classes(load_dataset(dataset, root, cfg.data.options if dataset == cfg.data.name else {}), classes)
-    spec = LEARNERS.get(cfg.learner["name"])
-    learner = spec.build(learner_config(cfg), backbone, list(ds.classnames), ds.template).to(backbone.device)
+    options = with_template(cfg.data, dataset, cfg.data.options if dataset == cfg.data.name else {})
+    ds = select_classes(load_dataset(dataset, root, options), classes)
+    learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
     learner.load_prompt_state(state)
-    use_cache = cfg.data.cache and not spec.uses_image_tower
+    use_cache = cfg.data.cache and not learner.uses_image_tower
     cache = FeatureCache(cfg.data.cache_dir, cfg.data.num_workers) if use_cache else None
     inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers)
-    out = split_outputs(learner, spec, ds, ds.test, inputs)
+    out = split_outputs(learner, ds, ds.test, inputs)
     metrics = {"dataset": dataset, "classes": classes,
                **split_metrics(out.logits, out.labels, list(ds.classnames), n_bins=cfg.eval.ece_bins)}
     write_json_atomic(run_dir / f"eval_{dataset}_{classes}.json", metrics)

@@ -3,8 +3,9 @@
 A cached feature is the raw `backbone.encode_image` output (fp32, not normalised) of one image under
 one view, keyed by
 
-* the backbone's `identity` (architecture + weights hash), `preprocess_id` and the training augmentation
-  when it is not the CoOp recipe (`tailprompt.data.augment`) -> a *space* folder,
+* the backbone's `identity` (architecture + weights hash), `preprocess_id`, `precision` (the towers'
+  autocast: bf16 features differ from fp32 ones in the 4th digit) and the training augmentation when it is
+  not the CoOp recipe (`tailprompt.data.augment`) -> a *space* folder,
 * the view index -> a sub-folder (view 0 = eval preprocessing; view v >= 1 = the training
   augmentation, with torch's RNG seeded from (v, item key) inside a forked RNG, so a cached
   augmented view is reproducible and the caller's global RNG is neither used nor advanced),
@@ -34,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from tailprompt.backbone.precision import autocast_context
 from tailprompt.data.augment import COOP_AUGMENT, Augment, augment_id, train_transform
 from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
@@ -90,14 +92,22 @@ def view_batches(
     return image_batches(dataset, items, transform, seed_parts, batch_size, num_workers)
 
 
+def backbone_precision(backbone: Any) -> str:
+    """The precision the backbone's towers run in (`fp32` for objects without a policy)."""
+    return str(getattr(backbone, "precision", "fp32"))
+
+
 @torch.no_grad()
 def encode_batch(backbone: Any, images: torch.Tensor) -> torch.Tensor:
-    """`backbone.encode_image` on the backbone's device and dtype -> fp32 CPU [B, D]."""
+    """`backbone.encode_image` on the backbone's device and dtype, in its precision -> fp32 CPU [B, D]."""
     dtype = getattr(backbone, "dtype", None)
-    images = images.to(device=getattr(backbone, "device", "cpu"))
+    device = torch.device(getattr(backbone, "device", "cpu"))
+    images = images.to(device=device)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         images = images.to(dtype)
-    return backbone.encode_image(images).float().cpu()
+    with autocast_context(device, backbone_precision(backbone)):
+        feats = backbone.encode_image(images)
+    return feats.float().cpu()
 
 
 def compute_features(
@@ -122,30 +132,44 @@ def compute_features(
     return torch.cat(chunks)
 
 
+def space_key(backbone: Any, augment: Augment = COOP_AUGMENT) -> dict[str, Any]:
+    """What a cache space's hash stands for. fp32 adds no field, so caches filled before the precision
+    policy existed (all fp32) stay valid; bf16 features live in their own space. Likewise the CoOp recipe
+    adds no field (`preprocess_id` already names it); another augmentation does."""
+    key: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "backbone": backbone.identity,
+        "preprocess": backbone.preprocess_id,
+    }
+    if backbone_precision(backbone) != "fp32":
+        key["precision"] = backbone_precision(backbone)
+    if augment != COOP_AUGMENT:
+        key["augment"] = augment_id(augment)
+    return key
+
+
 class FeatureCache:
     """Image features on disk; `get` returns cached rows and computes (and stores) the rest.
 
-    `hits` / `misses` count distinct images looked up over the cache's lifetime.
+    `hits` / `misses` count distinct images looked up over the cache's lifetime. Misses are decoded by
+    `num_workers` processes while the tower encodes the previous batch, encoded `batch_size` at a time
+    in the backbone's precision, and shown on a progress bar (images/s) when `progress` is set.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, num_workers: int = 0, progress: bool = False
+    ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.num_workers = num_workers  # image-decoding processes for misses (0: in this process)
+        self.progress = progress  # default of `get(progress=...)`
         self.hits = 0
         self.misses = 0
         self._index: dict[Path, dict[str, tuple[str, int]]] = {}  # view dir -> entry -> (shard, row)
         self._scanned: dict[Path, set[str]] = {}
 
     def space_dir(self, backbone: Any, augment: Augment = COOP_AUGMENT) -> Path:
-        """The folder for one (backbone identity, preprocessing, training augmentation) triple."""
-        return self.root / "features" / stable_hash(self._space_key(backbone, augment), 16)
-
-    @staticmethod
-    def _space_key(backbone: Any, augment: Augment) -> dict[str, Any]:
-        key = {"format": FORMAT_VERSION, "backbone": backbone.identity, "preprocess": backbone.preprocess_id}
-        if augment != COOP_AUGMENT:  # the CoOp recipe is already named by preprocess_id: its caches stay valid
-            key["augment"] = augment_id(augment)
-        return key
+        """The folder for one (backbone identity, preprocessing, precision, training augmentation) tuple."""
+        return self.root / "features" / stable_hash(space_key(backbone, augment), 16)
 
     @staticmethod
     def entry_key(dataset: DatasetSplits, item: Item) -> str:
@@ -160,11 +184,12 @@ class FeatureCache:
         items: Sequence[Item],
         view: int,
         batch_size: int = 256,
-        progress: bool = False,
+        progress: bool | None = None,
         augment: Augment = COOP_AUGMENT,
     ) -> torch.Tensor:
         """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output).
 
+        Only images missing from the cache are decoded and encoded; `progress` None uses the cache's default.
         `augment` is the training augmentation of views >= 1 (view 0, the eval view, is the same under any).
         """
         if view < 0:
@@ -181,9 +206,10 @@ class FeatureCache:
         self.misses += len(missing)
         fresh: dict[str, torch.Tensor] = {}
         if missing:
-            self._write_key_file(space, self._space_key(backbone, augment))
+            self._write_key_file(space, backbone, augment)
+            show = self.progress if progress is None else progress
             fresh = self._compute_and_store(
-                backbone, dataset, view, view_dir, missing, first_item, batch_size, progress, augment
+                backbone, dataset, view, view_dir, missing, first_item, batch_size, show, augment
             )
         return self._gather(backbone, view_dir, entries, fresh)
 
@@ -200,7 +226,12 @@ class FeatureCache:
         augment: Augment,
     ) -> dict[str, torch.Tensor]:
         fresh: dict[str, torch.Tensor] = {}
-        bar = tqdm(total=len(missing), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
+        bar = tqdm(
+            total=len(missing),
+            unit="img",  # the rate reads images/s
+            desc=f"features {dataset.name} view {view} ({backbone_precision(backbone)})",
+            disable=not progress,
+        )
         batches = view_batches(
             backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers, augment
         )
@@ -224,10 +255,10 @@ class FeatureCache:
             index.setdefault(e, (name, row))
         self._scanned.setdefault(view_dir, set()).add(name)
 
-    def _write_key_file(self, space: Path, key: dict[str, Any]) -> None:
+    def _write_key_file(self, space: Path, backbone: Any, augment: Augment) -> None:
         path = space / "key.json"
         if not path.exists():
-            write_json_atomic(path, key)
+            write_json_atomic(path, {**space_key(backbone, augment), "precision": backbone_precision(backbone)})
 
     def _refresh(self, view_dir: Path) -> dict[str, tuple[str, int]]:
         """Index shards written since the last look (by this or another process)."""

@@ -47,8 +47,8 @@ class DatasetSplits:
     templates: Sequence[str] = field(default_factory=tuple)  # optional ensemble templates
     domain: str = ""
     augment: Augment | None = None  # default training augmentation; None: the CoOp recipe
-    # Per-class description sentences ({classname: [sentence, ...]}, CoPrompt's `gpt_file` format), when the
-    # dataset can write its own (the embedded world); real datasets take them from `data.descriptions`.
+    # Per-class sentences ({classname: [sentence, ...]}, CoPrompt's `gpt_file` format) when the reader has them
+    # (the embedded world writes its own from class attributes); otherwise runs read `data.descriptions`.
     descriptions: dict[str, list[str]] | None = None
 
     @property

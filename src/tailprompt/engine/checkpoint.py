@@ -1,7 +1,8 @@
 """Mid-run training checkpoints, so that a killed run resumes at the epoch where it stopped.
 
 A checkpoint holds what the rest of training depends on: the prompt parameters, the optimiser state,
-the sampler's generator state, the epoch and step counters and the loss curve so far. Resuming from it
+the sampler's generator state, the training hooks' state, the epoch and step counters and the loss curve
+so far. Resuming from it
 gives the same result as an uninterrupted run (the per-image augmentation seeds depend on the epoch,
 not on the process). Stored as safetensors (tensors) + JSON metadata, written atomically.
 """
@@ -9,9 +10,10 @@ not on the process). Stored as safetensors (tensors) + JSON metadata, written at
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -19,6 +21,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tailprompt.utils import atomic_path
+
+if TYPE_CHECKING:
+    from tailprompt.hooks import TrainHook
 
 FORMAT = "tailprompt-train-checkpoint-1"
 
@@ -31,9 +36,12 @@ class TrainProgress:
 
 
 def save_checkpoint(
-    path: Path, learner: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, progress: TrainProgress
+    path: Path, learner: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, progress: TrainProgress,
+    hooks: Sequence[TrainHook] = (),
 ) -> None:
     tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in learner.named_parameters() if p.requires_grad}
+    for i, hook in enumerate(hooks):
+        tensors.update({f"hook/{i}/{k}": v.detach().cpu().contiguous() for k, v in hook.state_dict().items()})
     opt = optimizer.state_dict()
     state_meta: dict[str, dict[str, Any]] = {}
     for idx, entry in opt["state"].items():
@@ -55,7 +63,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, learner: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator
+    path: Path, learner: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+    hooks: Sequence[TrainHook] = (),
 ) -> TrainProgress | None:
     """Restore a checkpoint into the learner, optimiser and generator; None if there is none (or it is stale)."""
     if not path.is_file():
@@ -85,5 +94,8 @@ def load_checkpoint(
             state.setdefault(int(idx), {})[name] = value.to(device) if value.dim() > 0 else value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optim_groups"])})
     gen.set_state(tensors["rng"])
+    for i, hook in enumerate(hooks):
+        prefix = f"hook/{i}/"
+        hook.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
     progress = json.loads(meta["progress"])
     return TrainProgress(progress["epoch"], progress["step"], progress["curve"])

@@ -15,30 +15,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tailprompt.objectives.cpt import ClusterResult, select_clusters
+from tailprompt.clustering import ClusterResult, ClusterSettings
 from tailprompt.utils import stable_hash, write_json_atomic
 
 
 class ClusterCache:
-    """`select_clusters` with the same signature, reading and writing JSON records under `root`."""
+    """`ClusterSettings.select`, reading and writing JSON records under `root` (None: no memo)."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = root / "clusters" if root is not None else None
         self.hits = 0
 
-    def __call__(
-        self,
-        frozen_text_feats: Tensor,
-        n_clusters: int | str = "auto",
-        seed: int = 0,
-        min_cluster_size: int = 2,
-        max_cluster_size: int | None = None,
-    ) -> ClusterResult:
-        settings = [n_clusters, seed, min_cluster_size, max_cluster_size]
+    def __call__(self, frozen_text_feats: Tensor, settings: ClusterSettings) -> ClusterResult:
         if self.root is None:
-            return select_clusters(frozen_text_feats, *settings)
+            return settings.select(frozen_text_feats)
+        key = [settings.n_clusters, settings.seed, settings.min_cluster_size, settings.max_cluster_size]
         digest = hashlib.sha256(frozen_text_feats.detach().to("cpu", torch.float32).numpy().tobytes()).hexdigest()
-        path = self.root / f"{stable_hash({'features': digest, 'settings': settings}, 24)}.json"
+        path = self.root / f"{stable_hash({'features': digest, 'settings': key}, 24)}.json"
         if path.is_file():
             try:
                 data: dict[str, Any] = json.loads(path.read_text())
@@ -47,6 +40,6 @@ class ClusterCache:
                 return ClusterResult(torch.tensor(data["assignment"], dtype=torch.long), data["criterion"], silhouettes)
             except (json.JSONDecodeError, KeyError, ValueError):
                 pass  # a damaged entry is recomputed and overwritten
-        result = select_clusters(frozen_text_feats, *settings)
+        result = settings.select(frozen_text_feats)
         write_json_atomic(path, {**result.record(), "silhouettes": result.silhouettes})
         return result

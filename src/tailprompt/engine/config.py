@@ -1,10 +1,16 @@
-"""The run config: one typed tree, resolved from defaults <- preset YAML <- user YAML <- `--set`."""
+"""The run config: one typed tree, resolved from defaults <- preset YAML <- user YAML <- `--set`.
+
+The learner, objective and hook sections are typed here too: each names a registered component and the
+rest of its keys are that component's own config dataclass, built once when the config is loaded.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tailprompt.config import ConfigError, from_dict, to_dict
 from tailprompt.data.augment import Augment
 
 
@@ -12,8 +18,11 @@ from tailprompt.data.augment import Augment
 class BackboneConfig:
     name: str = "embedded"  # open_clip architecture, "tiny-vit" or "embedded"
     weights: str | None = None  # local file or open_clip pretrained tag; None = the name's default
-    quick_gelu: str = "auto"  # auto | true | false
+    quick_gelu: Literal["auto"] | bool = "auto"  # true / false force QuickGELU; auto detects it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Tower matmuls: bf16 autocast on CUDA and on CPUs with AMX / AVX512-BF16, fp32 elsewhere ("auto");
+    # prompts, optimiser, objectives, metrics and cached features stay fp32. "fp32" is the parity path.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass
@@ -22,7 +31,7 @@ class DataConfig:
     root: str | None = None  # folder holding the dataset folders (CoOp's DATA/)
     shots: int = 16  # at most this many training images per class
     tau: float = 1.0  # imbalance ratio min/max shots
-    profile: str = "exp"  # exp | step | counts
+    profile: Literal["exp", "step", "counts"] = "exp"
     counts_file: str | None = None  # JSON {class_name: n} for profile=counts
     fewshot_ids: str | None = None  # JSON of a previous run's ids to reuse exactly
     cache: bool = True  # train/eval from cached image features (frozen image tower only)
@@ -30,7 +39,12 @@ class DataConfig:
     n_views: int = 4  # augmented training views cached per image
     batch_size_eval: int = 256
     num_workers: int = 0  # processes decoding images (cache fill, exact mode, MaPLe); results do not change
+    descriptions: str | None = None  # JSON {classname: [sentence, ...]} (CoPrompt's gpt_file format), or that folder
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific reader options
+    # Hand template per dataset name, overriding the reader's (CoOp's) table for the run's dataset and its
+    # transfer targets: methods whose reference uses its own table (DeKg/KgCoOp's DTD, ProGrad's) carry it
+    # in their preset. `options.template` / `protocol.target_options.template` still win.
+    templates: dict[str, str] = field(default_factory=dict)
     # training augmentation {crop_scale: [min, max], flip: bool}; None: the dataset's default (the CoOp
     # recipe, scale 0.08-1 + flip, for the real datasets; a gentler crop for the embedded world)
     augment: Augment | None = None
@@ -38,20 +52,20 @@ class DataConfig:
 
 @dataclass
 class ProtocolConfig:
-    name: str = "base_to_new"  # base_to_new | cross_dataset | domain_generalization | all_classes
+    name: str = "base_to_new"  # a registered protocol: base_to_new | all_classes | cross_dataset | ...
     targets: list[str] = field(default_factory=list)  # target datasets (cross_dataset, domain_generalization)
     target_options: dict[str, Any] = field(default_factory=dict)  # reader options for every target dataset
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    name: Literal["sgd"] = "sgd"
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
     epochs: int = 200
     batch_size: int = 32
-    scheduler: str = "cosine"  # cosine | constant
+    scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     max_steps: int | None = None  # optional cap on steps per run (smoke tests)
@@ -72,13 +86,120 @@ class EvalConfig:
     groups: Literal["thirds", "thresholds"] = "thirds"
 
 
+def _component(data: Any, where: str, registry_name: str) -> tuple[str, dict[str, Any]]:
+    """(name, other keys) of a `{name: ..., ...}` section."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with a 'name', got {type(data).__name__}")
+    if "name" not in data:
+        raise ConfigError(f"{where}: missing 'name' (the {registry_name}; see `tailprompt list`)")
+    return str(data["name"]), {k: v for k, v in data.items() if k != "name"}
+
+
+@dataclass
+class LearnerConfig:
+    """`learner:` — a registered learner's name plus its own config dataclass (`options`)."""
+
+    name: str = "coop"
+    options: Any = None  # the learner's config dataclass; None = its defaults
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = LearnerConfig.from_data({"name": self.name}, "learner").options
+
+    @classmethod
+    def from_data(cls, data: Any, where: str) -> LearnerConfig:
+        from tailprompt.prompts import LEARNERS
+
+        name, rest = _component(data, where, "learner")
+        try:
+            learner = LEARNERS.get(name)
+        except KeyError as e:
+            raise ConfigError(f"{where}.name: {e.args[0]}") from None
+        return cls(name, from_dict(learner.config_cls, rest, where))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"name": self.name, **to_dict(self.options)}
+
+
+@dataclass
+class ObjectiveConfig:
+    """One `objectives:` entry — a registered objective, its per-term weights and its config dataclass."""
+
+    name: str = "cross_entropy"
+    weights: dict[str, float] = field(default_factory=dict)  # every term's weight (defaults filled in)
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            resolved = ObjectiveConfig.from_data({"name": self.name, "weights": self.weights}, "objectives")
+            self.weights, self.options = resolved.weights, resolved.options
+
+    @classmethod
+    def from_data(cls, data: Any, where: str) -> ObjectiveConfig:
+        from tailprompt.objectives import OBJECTIVES
+
+        name, rest = _component(data, where, "objective")
+        try:
+            spec = OBJECTIVES.get(name)
+        except KeyError as e:
+            raise ConfigError(f"{where}.name: {e.args[0]}") from None
+        weights = dict(spec.default_weights)
+        given = rest.pop("weights", None) or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{where}.weights: expected a mapping term -> number, got {given!r}")
+        for term, w in given.items():
+            if term not in weights:
+                raise ConfigError(f"{where}.weights: unknown term {term!r} of objective {name!r}; "
+                                  f"terms: {', '.join(weights)}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise ConfigError(f"{where}.weights.{term}: expected a number, got {w!r}")
+            weights[term] = float(w)
+        return cls(name, weights, from_dict(spec.config_cls, rest, where))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": dict(self.weights), **to_dict(self.options)}
+
+
+@dataclass
+class HookConfig:
+    """One `hooks:` entry — a registered training hook (e.g. an epoch-end weight average) and its config."""
+
+    name: str
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = HookConfig.from_data({"name": self.name}, "hooks").options
+
+    @classmethod
+    def from_data(cls, data: Any, where: str) -> HookConfig:
+        from tailprompt.hooks import HOOKS
+
+        name, rest = _component(data, where, "training hook")
+        try:
+            hook = HOOKS.get(name)
+        except KeyError as e:
+            raise ConfigError(f"{where}.name: {e.args[0]}") from None
+        return cls(name, from_dict(hook.config_cls, rest, where))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"name": self.name, **to_dict(self.options)}
+
+
+@dataclass
+class InitConfig:
+    from_run: str | None = None  # a finished run folder whose prompts this run starts from (DPC stage 2)
+
+
 @dataclass
 class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    learner: dict[str, Any] = field(default_factory=lambda: {"name": "coop"})
-    objectives: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "cross_entropy"}])
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    objectives: list[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
+    hooks: list[HookConfig] = field(default_factory=list)
+    init: InitConfig = field(default_factory=InitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1

@@ -6,12 +6,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.inputs import ImageInputs
-from tailprompt.engine.steps import autocast_for, normalized, scaled_logits
-from tailprompt.prompts import LearnerSpec
+from tailprompt.engine.steps import autocast_for, scaled_logits
+from tailprompt.prompts import PromptLearner
+from tailprompt.prompts.common import image_chunks
+from tailprompt.tensors import unit
+
+# Text sequences per evaluation chunk of an instance-conditioned learner (B*K prompts): bounds memory.
+EVAL_SEQUENCES_PER_CHUNK = 4096
 
 
 @dataclass
@@ -22,47 +27,35 @@ class SplitOutputs:
     text_feats: Tensor  # [K, D] class features (for instance-conditioned learners: mean over images)
 
 
-def frozen_text_features(backbone: nn.Module, classnames: Sequence[str], template: str) -> Tensor:
-    """[K, D] normalised features of the dataset's hand template (the `g_hat` of CPT, KgCoOp, TCPT)."""
-    prompts = [template.format(name.replace("_", " ")) for name in classnames]
-    with torch.no_grad():
-        return normalized(backbone.encode_text(backbone.tokenize(prompts).to(backbone.device)))
-
-
 @torch.no_grad()
 def split_outputs(
-    learner: nn.Module,
-    spec: LearnerSpec,
-    dataset: DatasetSplits,
-    items: Sequence[Item],
-    inputs: ImageInputs,
+    learner: PromptLearner, dataset: DatasetSplits, items: Sequence[Item], inputs: ImageInputs
 ) -> SplitOutputs:
     """Logits of `items` against the learner's current label space."""
     learner.eval()
     device = inputs.device
     scale = float(inputs.backbone.logit_scale)
     labels = torch.tensor([it.label for it in items], device=device, dtype=torch.long)
-    with autocast_for(device):
-        text = None if spec.instance_conditioned else learner.text_features(None).float()
-    if spec.uses_image_tower:
+    with autocast_for(device, inputs.backbone.precision):
+        text = None if learner.instance_conditioned else learner.text_features(None).float()
+    if learner.uses_image_tower:
         chunks = []
         for images in inputs.image_batches(dataset, items, inputs.batch_size):
-            with autocast_for(device):
+            with autocast_for(device, inputs.backbone.precision):
                 chunks.append(learner.image_features(images).float())
         image_feats = torch.cat(chunks) if chunks else torch.zeros(0, inputs.backbone.embed_dim, device=device)
     else:
         image_feats = inputs.features(dataset, items, view=0)
     if text is not None:
         return SplitOutputs(scaled_logits(image_feats, text, scale), labels, image_feats, text)
-    # Instance-conditioned (CoCoOp): text per image; chunk so B*K prompts stay bounded.
+    # Instance-conditioned (CoCoOp): text per image, in chunks so B*K prompts stay bounded.
     k = dataset.num_classes
-    chunk = max(1, 4096 // max(1, k))
     logits, text_sum = [], 0
-    for start in range(0, len(items), chunk):
-        img = image_feats[start : start + chunk]
-        with autocast_for(device):
+    for chunk in image_chunks(len(items), k, EVAL_SEQUENCES_PER_CHUNK):
+        img = image_feats[chunk]
+        with autocast_for(device, inputs.backbone.precision):
             txt = learner.text_features(img).float()  # [b, K, D]
         logits.append(scaled_logits(img, txt, scale))
         text_sum = text_sum + txt.sum(0)
-    mean_text = normalized(text_sum) if len(items) else torch.zeros(k, inputs.backbone.embed_dim)
+    mean_text = unit(text_sum) if len(items) else torch.zeros(k, inputs.backbone.embed_dim)
     return SplitOutputs(torch.cat(logits), labels, image_feats, mean_text)

@@ -8,19 +8,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tailprompt.backbone import FrozenVLM
 from tailprompt.data.augment import COOP_AUGMENT, Augment, train_transform
-from tailprompt.data.features import compute_features
+from tailprompt.data.features import FeatureCache, compute_features
 from tailprompt.data.loading import image_batches
 from tailprompt.data.types import DatasetSplits, Item
-from tailprompt.engine.steps import normalized
+from tailprompt.tensors import unit
 
 
 @dataclass
 class ImageInputs:
     """Gives L2-normalised frozen image features for items, cached (`cache` set) or computed now."""
 
-    backbone: torch.nn.Module
-    cache: object | None  # tailprompt.data.features.FeatureCache
+    backbone: FrozenVLM
+    cache: FeatureCache | None
     device: torch.device
     batch_size: int = 256
     num_workers: int = 0  # image-decoding processes (0: decode in this process)
@@ -34,11 +35,11 @@ class ImageInputs:
             feats = self.cache.get(
                 self.backbone, dataset, list(items), view=view, batch_size=self.batch_size, augment=self.augment
             )
-            return normalized(feats.to(self.device))
+            return unit(feats.to(self.device))
         assert view == 0, "uncached features exist for the eval view only; training augments per step"
         # The data layer's no-cache path: the same fp32 encoding the cache stores, so both modes agree.
         feats = compute_features(self.backbone, dataset, list(items), 0, self.batch_size, num_workers=self.num_workers)
-        return normalized(feats.to(self.device))
+        return unit(feats.to(self.device))
 
     def train_views(self, dataset: DatasetSplits, items: Sequence[Item], n_views: int) -> Tensor:
         """[V, N, D] normalised features of `n_views` cached augmented views (views 1..V)."""

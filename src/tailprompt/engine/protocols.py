@@ -14,7 +14,7 @@ from tailprompt.config import ConfigError
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.sampling import select_classes
 from tailprompt.data.types import DatasetSplits
-from tailprompt.engine.config import RunConfig
+from tailprompt.engine.config import DataConfig, ProtocolConfig
 from tailprompt.registry import Registry
 from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
@@ -33,7 +33,7 @@ class ProtocolPlan:
     harmonic_of: tuple[str, str] | None = None  # ("base", "new") for base-to-new
 
 
-ProtocolBuilder = Callable[[RunConfig], ProtocolPlan]
+ProtocolBuilder = Callable[[DataConfig, ProtocolConfig], ProtocolPlan]
 PROTOCOLS: Registry[ProtocolBuilder] = Registry("protocol")
 
 # Default targets when `protocol.targets` is empty (the papers' choices).
@@ -42,16 +42,30 @@ XD_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "f
               "sun397", "dtd", "eurosat", "ucf101"]
 
 
-def _load(cfg: RunConfig, name: str | None = None) -> DatasetSplits:
-    """The source dataset (`name` None, with `data.options`) or a target (with `protocol.target_options`)."""
-    if name is None:
-        return load_dataset(cfg.data.name, cfg.data.root, cfg.data.options)
-    return load_dataset(name, cfg.data.root, cfg.protocol.target_options)
+def _source(data: DataConfig) -> DatasetSplits:
+    """The run's dataset, read with `data.options` (and its `data.templates` entry)."""
+    return load_dataset(data.name, data.root, with_template(data, data.name, data.options))
 
 
-def base_to_new(cfg: RunConfig) -> ProtocolPlan:
+def _target(data: DataConfig, protocol: ProtocolConfig, name: str) -> DatasetSplits:
+    """A transfer target, read with `protocol.target_options` (and its `data.templates` entry)."""
+    return load_dataset(name, data.root, with_template(data, name, protocol.target_options))
+
+
+def with_template(data: DataConfig, name: str, options: dict) -> dict:
+    """Reader options plus the `data.templates` entry for dataset `name` (explicit options.template wins)."""
+    template = data.templates.get(name)
+    if template is None or "template" in options:
+        return options
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ConfigError(f"data.templates.{name}: expected a template with one '{{}}' for the class name, "
+                          f"got {template!r}")
+    return {**options, "template": template}
+
+
+def base_to_new(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:
     """Train on the (imbalanced) base half, test base and new separately; HM of the two."""
-    full = _load(cfg)
+    full = _source(data)
     base, new = select_classes(full, "base"), select_classes(full, "new")
     return ProtocolPlan(
         train=base,
@@ -60,19 +74,19 @@ def base_to_new(cfg: RunConfig) -> ProtocolPlan:
     )
 
 
-def all_classes(cfg: RunConfig) -> ProtocolPlan:
+def all_classes(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:
     """The plain few-shot protocol: train and test on every class."""
-    full = select_classes(_load(cfg), "all")
+    full = select_classes(_source(data), "all")
     return ProtocolPlan(train=full, evals=[EvalSplit("all", full, True)])
 
 
-def _default_targets(cfg: RunConfig, source: str, dg: bool) -> list[str]:
+def _default_targets(protocol: ProtocolConfig, source: str, dg: bool) -> list[str]:
     """`protocol.targets`, else the papers' targets for `source` (the loaded dataset's own name, so that
     aliases such as `world` resolve to the registered dataset they stand for)."""
     from tailprompt.data.registry import DATASETS
 
-    if cfg.protocol.targets:
-        return list(cfg.protocol.targets)
+    if protocol.targets:
+        return list(protocol.targets)
     if source.startswith("world_"):
         # Same vocabulary in other rendering styles (DG) or other vocabularies (cross-dataset).
         worlds = [n for n in DATASETS.names("world_*") if n != source]
@@ -86,22 +100,22 @@ def _default_targets(cfg: RunConfig, source: str, dg: bool) -> list[str]:
     raise ConfigError(f"protocol.targets: no default targets for source {source!r}; list them explicitly")
 
 
-def _transfer(cfg: RunConfig, dg: bool) -> ProtocolPlan:
-    source = select_classes(_load(cfg), "all")
+def _transfer(data: DataConfig, protocol: ProtocolConfig, dg: bool) -> ProtocolPlan:
+    source = select_classes(_source(data), "all")
     evals = [EvalSplit("source", source, True)]
-    for name in _default_targets(cfg, source.name, dg):
-        evals.append(EvalSplit(name, select_classes(_load(cfg, name), "all"), False))
+    for name in _default_targets(protocol, source.name, dg):
+        evals.append(EvalSplit(name, select_classes(_target(data, protocol, name), "all"), False))
     return ProtocolPlan(train=source, evals=evals)
 
 
-def cross_dataset(cfg: RunConfig) -> ProtocolPlan:
+def cross_dataset(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:
     """Train on a source dataset (all classes), test the prompts on each target's full label set."""
-    return _transfer(cfg, dg=False)
+    return _transfer(data, protocol, dg=False)
 
 
-def domain_generalization(cfg: RunConfig) -> ProtocolPlan:
+def domain_generalization(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:
     """Train on the source domain, test on shifted domains with the same (or a subset of the) classes."""
-    return _transfer(cfg, dg=True)
+    return _transfer(data, protocol, dg=True)
 
 
 PROTOCOLS.register("base_to_new", base_to_new)

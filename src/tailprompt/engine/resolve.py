@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tailprompt.config import ConfigError, from_dict, load_yaml, merge, parse_override, set_path, to_dict
-from tailprompt.engine.config import RunConfig
+from tailprompt.engine.config import DataConfig, RunConfig
+from tailprompt.engine.per_dataset import apply_dataset_table, leaf_paths
 from tailprompt.utils import stable_hash
 
 PRESET_PACKAGE = "tailprompt.configs.methods"
@@ -50,67 +51,55 @@ def config_source(file_or_preset: str) -> tuple[dict[str, Any], str]:
     return data, file_or_preset
 
 
+def user_set_paths(file_or_preset: str | None) -> list[list[str]]:
+    """Dotted paths the user's own config file sets (and files it names as `preset:`); none for a preset."""
+    if not file_or_preset:
+        return []
+    path = Path(file_or_preset)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        return []
+    data = load_yaml(path)
+    base = data.pop("preset", None)
+    return leaf_paths(data) + user_set_paths(None if base is None else str(base))
+
+
 def resolve_config(file_or_preset: str | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Resolve a run config; unknown keys anywhere are a `ConfigError` naming the key."""
+    """Resolve a run config; unknown keys anywhere are a `ConfigError` naming the key.
+
+    The learner, objective and hook sections are typed against their registered config dataclasses here,
+    once, so every later reader gets `cfg.learner.options` etc. instead of a dict. A preset's `per_dataset`
+    table (engine/per_dataset.py) is applied for the run's `data.name` under the keys the user set in their
+    file or with `--set`.
+    """
+    import tailprompt.data  # noqa: F401  (registers the dataset names the table is checked against)
+    from tailprompt.data.registry import DATASETS
+
     data: dict[str, Any] = {}
     if file_or_preset:
         data, _ = config_source(file_or_preset)
     data = to_dict(data)
+    explicit = user_set_paths(file_or_preset)
     for text in overrides:
         path, value = parse_override(text)
         set_path(data, path, value)
+        explicit.append(path)
+    dataset = (data.get("data") or {}).get("name", DataConfig.name)
+    data = apply_dataset_table(data, explicit, str(dataset), DATASETS.names(), check=_checked)
+    return _checked(data)
+
+
+def _checked(data: dict[str, Any]) -> RunConfig:
     cfg = from_dict(RunConfig, data)
-    validate_components(cfg)
+    check_protocol(cfg)
     return cfg
 
 
-def validate_components(cfg: RunConfig) -> None:
-    """Check the learner and objective sections against their registered config dataclasses."""
-    from tailprompt.objectives import OBJECTIVES
-    from tailprompt.prompts import LEARNERS
+def check_protocol(cfg: RunConfig) -> None:
+    from tailprompt.engine.protocols import PROTOCOLS
 
-    learner_config(cfg)  # raises on bad keys
-    for i, entry in enumerate(cfg.objectives):
-        where = f"objectives[{i}]"
-        if "name" not in entry:
-            raise ConfigError(f"{where}: missing 'name'; available: {', '.join(OBJECTIVES.names())}")
-        objective_parts(entry, where)
-    if cfg.learner.get("name") not in LEARNERS:
-        raise ConfigError(f"learner.name: unknown learner {cfg.learner.get('name')!r}; "
-                          f"available: {', '.join(LEARNERS.names())}")
-
-
-def learner_config(cfg: RunConfig) -> Any:
-    """The learner's typed config built from `cfg.learner` (minus `name`)."""
-    from tailprompt.prompts import LEARNERS
-
-    name = cfg.learner.get("name")
-    try:
-        spec = LEARNERS.get(str(name))
-    except KeyError as e:
-        raise ConfigError(f"learner.name: {e.args[0]}") from None
-    rest = {k: v for k, v in cfg.learner.items() if k != "name"}
-    return from_dict(spec.config_cls, rest, "learner")
-
-
-def objective_parts(entry: dict[str, Any], where: str) -> tuple[Any, Any, dict[str, float]]:
-    """(spec, typed config, per-term weights) of one objective entry."""
-    from tailprompt.objectives import OBJECTIVES
-
-    try:
-        spec = OBJECTIVES.get(str(entry["name"]))
-    except KeyError as e:
-        raise ConfigError(f"{where}.name: {e.args[0]}") from None
-    weights = dict(spec.default_weights)
-    for term, w in (entry.get("weights") or {}).items():
-        if term not in weights:
-            raise ConfigError(f"{where}.weights: unknown term {term!r} of objective {entry['name']!r}; "
-                              f"terms: {', '.join(weights)}")
-        if not isinstance(w, (int, float)):
-            raise ConfigError(f"{where}.weights.{term}: expected a number, got {w!r}")
-        weights[term] = float(w)
-    rest = {k: v for k, v in entry.items() if k not in ("name", "weights")}
-    return spec, from_dict(spec.config_cls, rest, where), weights
+    if cfg.protocol.name not in PROTOCOLS:
+        raise ConfigError(f"protocol.name: unknown protocol {cfg.protocol.name!r}; "
+                          f"available: {', '.join(PROTOCOLS.names())}")
 
 
 # Keys that change where or how fast a run goes, never its numbers: left out of the run id, so that

@@ -15,23 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 import tailprompt
-from tailprompt.config import ConfigError, dump_yaml, to_dict
+from tailprompt.backbone import FrozenVLM
+from tailprompt.clustering import ClusterResult, ClusterSettings
+from tailprompt.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from tailprompt.data.augment import resolve_augment
+from tailprompt.data.descriptions import class_descriptions, descriptions_file, read_descriptions
 from tailprompt.data.features import FeatureCache, default_cache_dir
-from tailprompt.data.sampling import sample_training_set
+from tailprompt.data.sampling import TrainingSet, sample_training_set
 from tailprompt.data.seeding import derived_rng
+from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
-from tailprompt.engine.evaluate import SplitOutputs, frozen_text_features, split_outputs
+from tailprompt.engine.evaluate import SplitOutputs, split_outputs
 from tailprompt.engine.inputs import ImageInputs
-from tailprompt.engine.protocols import PROTOCOLS, EvalSplit
-from tailprompt.engine.resolve import learner_config, objective_parts, run_id
+from tailprompt.engine.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
+from tailprompt.engine.resolve import run_id
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
+from tailprompt.hooks import HOOKS, TrainHook
 from tailprompt.metrics import (
     apply_dac_scaling,
     dac_logit_scaling,
@@ -45,7 +51,9 @@ from tailprompt.metrics import (
     text_geometry,
     threshold_groups,
 )
-from tailprompt.prompts import LEARNERS
+from tailprompt.objectives import OBJECTIVES, OPTIONAL_FIELDS, ObjectiveContext
+from tailprompt.prompts import PromptLearner, build_learner
+from tailprompt.prompts.common import template_text_features
 from tailprompt.utils import atomic_path, resolve_device, seed_everything, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -57,15 +65,17 @@ CHECKPOINT = "checkpoint.safetensors"  # resumable training state while a run is
 class BackboneCache:
     """Backbones loaded in this process, keyed by their config (a sweep loads each once)."""
 
-    loaded: dict[tuple[str, str | None, str, str], Any] = field(default_factory=dict)
+    loaded: dict[tuple[str, str | None, str | bool, str, str], FrozenVLM] = field(default_factory=dict)
 
-    def get(self, cfg: BackboneConfig) -> Any:
+    def get(self, cfg: BackboneConfig) -> FrozenVLM:
         from tailprompt.backbone import load_backbone
 
         device = str(resolve_device(cfg.device))
-        key = (cfg.name, cfg.weights, cfg.quick_gelu, device)
+        key = (cfg.name, cfg.weights, cfg.quick_gelu, device, cfg.precision)
         if key not in self.loaded:
-            self.loaded[key] = load_backbone(cfg.name, cfg.weights, device=device, quick_gelu=cfg.quick_gelu)
+            self.loaded[key] = load_backbone(
+                cfg.name, cfg.weights, device=device, quick_gelu=cfg.quick_gelu, precision=cfg.precision
+            )
         return self.loaded[key]
 
 
@@ -76,8 +86,33 @@ class RunOutcome:
     skipped: bool  # True when a complete result already existed
 
 
-def run_directory(cfg: RunConfig, backbone: Any) -> Path:
+def run_directory(cfg: RunConfig, backbone: FrozenVLM) -> Path:
     return Path(cfg.output_dir) / run_id(cfg, backbone.identity)
+
+
+@dataclass
+class RunSetup:
+    """Everything a run trains and evaluates with, built once before training."""
+
+    backbone: FrozenVLM
+    plan: ProtocolPlan
+    training: TrainingSet
+    learner: PromptLearner
+    frozen_text: Tensor  # [K, D] of the training label space
+    objectives: list[BoundObjective]
+    hooks: list[TrainHook]
+    clusters: ClusterResult  # the objectives' partition, or the default auto one (geometry only)
+    clusters_used: bool  # whether an objective trains with `clusters`
+    inputs: ImageInputs
+    use_cache: bool
+    descriptions: Tensor | None  # [n, K, D]
+
+
+@dataclass
+class Timings:
+    features_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
 
 
 def execute_run(
@@ -94,107 +129,202 @@ def execute_run(
     if force:  # start from scratch, not from an unfinished attempt's checkpoint
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     seed_everything(cfg.seed)
-    device = backbone.device if isinstance(backbone.device, torch.device) else torch.device(backbone.device)
+    setup = prepare_run(cfg, backbone)
+    if setup.inputs.cache is not None:
+        setup.inputs.cache.progress = progress  # a bar (images/s) while the cache fills
+    timings = Timings()
+    t0 = time.perf_counter()
+    train_views = cached_features(cfg, setup)
+    timings.features_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    curve = train_prompts(TrainSetup(
+        learner=setup.learner, objectives=setup.objectives, frozen_text=setup.frozen_text,
+        clusters=setup.clusters.assignment.to(backbone.device) if setup.clusters_used else None,
+        dataset=setup.plan.train, items=setup.training.items, inputs=setup.inputs, train_views=train_views,
+        optim=cfg.optim, seed=cfg.seed, hooks=setup.hooks, descriptions=setup.descriptions, progress=progress,
+        checkpoint=run_dir / CHECKPOINT,
+    ))
+    timings.train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluation = evaluate_plan(cfg, setup)
+    timings.eval_s = time.perf_counter() - t0
+    result = run_record(cfg, setup, evaluation, curve, timings, run_dir.name)
+    result["timings"]["total_s"] = time.perf_counter() - t_start
+    write_run(run_dir, cfg, setup.learner, backbone, evaluation.train_outputs.text_feats, setup.frozen_text, result)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; nothing to resume
+    return RunOutcome(run_dir, result, skipped=False)
 
-    plan = PROTOCOLS.get(cfg.protocol.name)(cfg)
+
+def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
+    """Datasets, the sampled training set, the learner (maybe from another run), objectives and hooks."""
+    plan = PROTOCOLS.get(cfg.protocol.name)(cfg.data, cfg.protocol)
     train_ds = plan.train
     training = sample_training_set(
         train_ds, cfg.data.shots, cfg.data.tau, cfg.seed, profile=cfg.data.profile,
         counts=cfg.data.counts_file, fewshot_ids=cfg.data.fewshot_ids,
     )
-    spec = LEARNERS.get(cfg.learner["name"])
-    learner = spec.build(learner_config(cfg), backbone, list(train_ds.classnames), train_ds.template).to(device)
-    frozen_text = frozen_text_features(backbone, train_ds.classnames, train_ds.template)
-
+    learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(train_ds.classnames),
+                            train_ds.template)
+    if cfg.init.from_run:
+        learner.load_initial_state(initial_prompts(cfg, backbone, learner))
+    frozen_text = template_text_features(backbone, train_ds.classnames, [train_ds.template])
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     select = ClusterCache(cache_root if cfg.data.cache else None)
-    context: dict[str, Any] = {"frozen_text_feats": frozen_text, "classnames": list(train_ds.classnames),
-                               "record": {}, "select_clusters": select}
-    objectives = []
-    for i, entry in enumerate(cfg.objectives):
-        ospec, ocfg, weights = objective_parts(entry, f"objectives[{i}]")
-        objectives.append(BoundObjective(entry["name"], ospec.build(ocfg, context), weights))
-    clusters_record = context["record"].get("clusters")
-    if clusters_record is not None:
-        clusters_record = {**clusters_record, "used_by_objective": True}
-    else:  # no objective clustered: the same auto partition, for geometry only
-        clusters_record = {**select(frozen_text, "auto").record(), "used_by_objective": False}
-    clusters = torch.as_tensor(clusters_record["assignment"], device=device)
-
-    use_cache = cfg.data.cache and not spec.uses_image_tower
-    cache = None
-    if use_cache:
-        cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers)
+    specs = [OBJECTIVES.get(o.name) for o in cfg.objectives]
+    settings = {o.options.cluster_settings() for o, spec in zip(cfg.objectives, specs) if spec.needs_clusters}
+    if len(settings) > 1:
+        raise ConfigError("objectives: two objectives need clusters with different settings; use one partition")
+    clusters = select(frozen_text, next(iter(settings)) if settings else ClusterSettings())
+    log_clusters(clusters, train_ds.classnames)
+    context = ObjectiveContext(frozen_text, list(train_ds.classnames), backbone, clusters if settings else None,
+                               train_ds.template)
+    objectives = [BoundObjective(o.name, spec.make(o.options, context), o.weights, spec.reads)
+                  for o, spec in zip(cfg.objectives, specs)]
+    check_reads(objectives, learner)
+    reads = frozenset().union(*(o.reads for o in objectives))
+    descriptions = None
+    if "description_text_feats" in reads:
+        path = cfg.data.descriptions and str(descriptions_file(cfg.data.descriptions, cfg.data.name))
+        descriptions = description_features(backbone, train_ds, path)
+    use_cache = cfg.data.cache and not learner.uses_image_tower
+    cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers) if use_cache else None
     augment = resolve_augment(cfg.data.augment, train_ds.augment)
-    inputs = ImageInputs(backbone, cache, device, cfg.data.batch_size_eval, cfg.data.num_workers, augment)
+    inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers, augment)
+    return RunSetup(
+        backbone=backbone, plan=plan, training=training, learner=learner, frozen_text=frozen_text,
+        objectives=objectives, hooks=[HOOKS.get(h.name)(h.options) for h in cfg.hooks], clusters=clusters,
+        clusters_used=bool(settings), inputs=inputs, use_cache=use_cache, descriptions=descriptions,
+    )
 
-    t0 = time.perf_counter()
-    train_views = inputs.train_views(train_ds, training.items, cfg.data.n_views) if use_cache else None
-    if use_cache:  # warm the eval features now so that phase timings stay honest
-        for split in plan.evals:
-            inputs.features(split.dataset, split.dataset.test, view=0)
-    t_features = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    curve = train_prompts(TrainSetup(
-        learner=learner, spec=spec, objectives=objectives, frozen_text=frozen_text, clusters=clusters,
-        dataset=train_ds, items=training.items, inputs=inputs, train_views=train_views, optim=cfg.optim,
-        seed=cfg.seed, progress=progress, checkpoint=run_dir / CHECKPOINT,
-    ))
-    t_train = time.perf_counter() - t0
+def check_reads(objectives: list[BoundObjective], learner: PromptLearner) -> None:
+    """Every name an objective reads is an optional `StepState` field or an aux output of the learner."""
+    for obj in objectives:
+        unknown = sorted(obj.reads - OPTIONAL_FIELDS - learner.provides)
+        if unknown:
+            raise ConfigError(
+                f"objectives: {obj.name} reads {unknown}, which learner {learner.name!r} does not provide "
+                f"(it provides {sorted(learner.provides) or 'nothing extra'}); pick a learner that does"
+            )
 
-    t0 = time.perf_counter()
-    evaluation = evaluate_plan(cfg, backbone, learner, spec, plan.evals, training, inputs, frozen_text)
-    t_eval = time.perf_counter() - t0
 
+def log_clusters(result: ClusterResult, classnames: list[str]) -> None:
+    log.info("clusters: M=%d, sizes %s (%s)", result.n_clusters, result.sizes, result.criterion)
+    for m in range(result.n_clusters):
+        members = [n for n, c in zip(classnames, result.assignment.tolist()) if c == m]
+        log.debug("cluster %d: %s", m, ", ".join(members))
+
+
+def initial_prompts(cfg: RunConfig, backbone: FrozenVLM, learner: PromptLearner) -> dict[str, Tensor]:
+    """The prompt state of the finished run `init.from_run`, checked to fit this run."""
+    source = Path(str(cfg.init.from_run))
+    prompts_file, config_file = source / "prompts.safetensors", source / "config.yaml"
+    if not prompts_file.is_file() or not config_file.is_file():
+        raise ConfigError(f"init.from_run: {source} is not a finished run folder (expected prompts.safetensors "
+                          "and config.yaml in it)")
+    other = from_dict(RunConfig, load_yaml(config_file), str(config_file))
+    with safe_open(str(prompts_file), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    wanted = getattr(learner, "base_name", learner.name)
+    problems = []
+    if meta.get("backbone_identity") != backbone.identity:
+        problems.append(f"backbone {meta.get('backbone_identity')} (this run: {backbone.identity})")
+    if other.data.name != cfg.data.name:
+        problems.append(f"dataset {other.data.name!r} (this run: {cfg.data.name!r})")
+    if other.learner.name != wanted:
+        problems.append(f"learner {other.learner.name!r} (this run starts from a {wanted!r} run)")
+    if problems:
+        raise ConfigError(f"init.from_run: {source} was trained with " + "; ".join(problems))
+    return state
+
+
+def description_features(backbone: FrozenVLM, ds: DatasetSplits, path: str | None) -> Tensor:
+    """`[n, K, D]` normalised frozen features of the class descriptions: `data.descriptions`, else the dataset's own.
+
+    Description index i of class k is `sentences_k[i % len(sentences_k)]`, with n the largest count, so
+    classes with fewer sentences repeat theirs.
+    """
+    by_class = read_descriptions(path) if path else ds.descriptions
+    if by_class is None:
+        raise ConfigError(
+            f"data.descriptions: an objective reads class descriptions, but none were given and dataset "
+            f"{ds.name!r} has none; set data.descriptions to a JSON file {{classname: [sentence, ...]}} "
+            "or to a folder of them named as CoPrompt's gpt_file/"
+        )
+    where = f"data.descriptions: {path}" if path else f"dataset {ds.name}"
+    sentences = class_descriptions(by_class, ds.classnames, where)
+    n = max(len(s) for s in sentences)
+    try:
+        feats = [template_text_features(backbone, [s[i % len(s)] for s in sentences], ["{}"]) for i in range(n)]
+    except ValueError as e:  # a sentence longer than the text tower's context
+        raise ConfigError(f"{where}: {e}") from None
+    return torch.stack(feats)
+
+
+def cached_features(cfg: RunConfig, setup: RunSetup) -> Tensor | None:
+    """Fill the feature cache for the training views and every evaluation split; the training views."""
+    if not setup.use_cache:
+        return None
+    train_ds = setup.plan.train
+    train_views = setup.inputs.train_views(train_ds, setup.training.items, cfg.data.n_views)
+    for split in setup.plan.evals:  # warm the eval features now so that phase timings stay honest
+        setup.inputs.features(split.dataset, split.dataset.test, view=0)
+    return train_views
+
+
+def run_record(
+    cfg: RunConfig, setup: RunSetup, evaluation: PlanEvaluation, curve: dict[str, list[float]], timings: Timings,
+    name: str,
+) -> dict[str, Any]:
+    """The result.json record of a finished run (schema: docs/results.md)."""
+    train_ds, training = setup.plan.train, setup.training
     train_split = evaluation.train_split
     per_class = torch.tensor([train_split["per_class_accuracy"][c] for c in train_ds.classnames])
     groups_idx = class_groups(list(training.counts.values()), cfg.eval.groups)  # label order
     groups = group_accuracy(per_class, groups_idx)
     groups["classes"] = {g: [train_ds.classnames[i] for i in idx] for g, idx in groups_idx.items()}
-
     learned_text = evaluation.train_outputs.text_feats
     test_out = evaluation.train_outputs
+    clusters = setup.clusters.assignment.to(learned_text.device)
     geometry = {}
     if cfg.eval.geometry:
         geometry = {
             "learned": text_geometry(learned_text, clusters),
-            "frozen": text_geometry(frozen_text, clusters),
+            "frozen": text_geometry(setup.frozen_text, clusters),
             "image": image_geometry(test_out.image_feats, test_out.labels, learned_text),
         }
     hm = None
-    if plan.harmonic_of:
-        a, b = plan.harmonic_of
+    if setup.plan.harmonic_of:
+        a, b = setup.plan.harmonic_of
         hm = harmonic_mean(evaluation.splits[a]["accuracy"], evaluation.splits[b]["accuracy"])
-
-    result = {
-        "run_id": run_dir.name,
-        "method": cfg.method or cfg.learner["name"],
+    clusters_record = {**setup.clusters.record(), "used_by_objective": setup.clusters_used}
+    clusters_record["assignment"] = dict(zip(list(training.counts), map(int, clusters_record["assignment"])))
+    return {
+        "run_id": name,
+        "method": cfg.method or cfg.learner.name,
         "seed": cfg.seed,
         "dataset": cfg.data.name,
         "protocol": cfg.protocol.name,
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
-        "learner": cfg.learner["name"],
-        "backbone": {"name": cfg.backbone.name, "identity": backbone.identity},
+        "learner": cfg.learner.name,
+        "backbone": {
+            "name": cfg.backbone.name, "identity": setup.backbone.identity, "precision": setup.backbone.precision
+        },
         "config": to_dict(cfg),
         "versions": versions(),
-        "device": str(device),
+        "device": str(setup.backbone.device),
         "sampling": {"counts": training.counts, "ids": training.ids},
-        "augment": to_dict(augment),
+        "augment": to_dict(setup.inputs.augment),
         "splits": evaluation.splits,
         "hm": hm,
         "groups": groups,
         "geometry": geometry,
-        "clusters": {**clusters_record,
-                     "assignment": dict(zip(list(training.counts), map(int, clusters_record["assignment"])))},
+        "clusters": clusters_record,
         "loss_curve": curve,
-        "timings": {"features_s": t_features, "train_s": t_train, "eval_s": t_eval,
-                    "total_s": time.perf_counter() - t_start},
+        "timings": {"features_s": timings.features_s, "train_s": timings.train_s, "eval_s": timings.eval_s},
     }
-    write_run(run_dir, cfg, learner, backbone, learned_text, frozen_text, result)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; nothing to resume
-    return RunOutcome(run_dir, result, skipped=False)
 
 
 @dataclass
@@ -204,23 +334,21 @@ class PlanEvaluation:
     train_outputs: SplitOutputs
 
 
-def evaluate_plan(
-    cfg: RunConfig, backbone: Any, learner: Any, spec: Any, evals: list[EvalSplit], training: Any,
-    inputs: ImageInputs, frozen_text: Tensor,
-) -> PlanEvaluation:
+def evaluate_plan(cfg: RunConfig, setup: RunSetup) -> PlanEvaluation:
     """Metrics of every evaluation split, with post-hoc temperature scaling and DAC where they apply."""
+    learner, inputs, evals = setup.learner, setup.inputs, setup.plan.evals
     train_space = next(s for s in evals if s.is_training_space)
     temperature, fitted_on = cfg.eval.temperature, "fixed (eval.temperature)"
     if temperature is None and cfg.eval.fit_temperature:
-        temperature, fitted_on = _fitted_temperature(learner, spec, train_space, training, inputs, cfg.seed)
+        temperature, fitted_on = _fitted_temperature(learner, train_space, setup.training, inputs, cfg.seed)
     elif temperature is None:
         fitted_on = None
     splits: dict[str, dict[str, Any]] = {}
     train_outputs: SplitOutputs | None = None
     for split in sorted(evals, key=lambda s: not s.is_training_space):  # training space first (DAC needs it)
         ds = split.dataset
-        learner.set_classnames(list(ds.classnames), ds.template)
-        out = split_outputs(learner, spec, ds, ds.test, inputs)
+        learner.set_classnames(list(ds.classnames), ds.template, seen=split.is_training_space)
+        out = split_outputs(learner, ds, ds.test, inputs)
         block = split_metrics(out.logits, out.labels, list(ds.classnames), n_bins=cfg.eval.ece_bins)
         block["temperature"] = temperature
         block["temperature_source"] = fitted_on
@@ -232,8 +360,9 @@ def evaluate_plan(
         if split.is_training_space:
             train_outputs = out
         elif cfg.eval.dac and train_outputs is not None and len(out.labels):
-            zs_new = frozen_text_features(backbone, ds.classnames, ds.template)
-            factors = dac_logit_scaling(frozen_text, zs_new, train_outputs.text_feats, out.text_feats, k=cfg.eval.dac_k)
+            zs_new = template_text_features(setup.backbone, ds.classnames, [ds.template])
+            factors = dac_logit_scaling(setup.frozen_text, zs_new, train_outputs.text_feats, out.text_feats,
+                                        k=cfg.eval.dac_k)
             scaled = apply_dac_scaling(out.logits, factors)
             block["ece_dac"] = expected_calibration_error(torch.softmax(scaled, -1), out.labels, cfg.eval.ece_bins)
         splits[split.name] = block
@@ -242,7 +371,9 @@ def evaluate_plan(
     return PlanEvaluation(splits, splits[train_space.name], train_outputs)
 
 
-def calibration_items(ds: Any, training: Any, seed: int, per_class: int = 4) -> tuple[list[Any], str]:
+def calibration_items(
+    ds: DatasetSplits, training: TrainingSet, seed: int, per_class: int = 4
+) -> tuple[list[Item], str]:
     """Held-out labelled images to fit the temperature on, and where they come from.
 
     The few-shot validation split when it shares no image with the test split; otherwise (no val split,
@@ -255,7 +386,7 @@ def calibration_items(ds: Any, training: Any, seed: int, per_class: int = 4) -> 
     if val and len(val) == len(training.val_items):
         return val, "few-shot validation split"
     used = {it.key for it in training.items}
-    held_out: list[Any] = []
+    held_out: list[Item] = []
     for label in range(ds.num_classes):
         pool = [it for it in ds.train if it.label == label and it.key not in used and it.key not in test_keys]
         order = derived_rng("calibration", seed, label).permutation(len(pool))
@@ -266,10 +397,10 @@ def calibration_items(ds: Any, training: Any, seed: int, per_class: int = 4) -> 
 
 
 def _fitted_temperature(
-    learner: Any, spec: Any, train_space: EvalSplit, training: Any, inputs: ImageInputs, seed: int
+    learner: PromptLearner, train_space: EvalSplit, training: TrainingSet, inputs: ImageInputs, seed: int
 ) -> tuple[float, str]:
     items, source = calibration_items(train_space.dataset, training, seed)
-    out = split_outputs(learner, spec, train_space.dataset, items, inputs)
+    out = split_outputs(learner, train_space.dataset, items, inputs)
     return float(fit_temperature(out.logits, out.labels)), source
 
 
@@ -290,14 +421,14 @@ def versions() -> dict[str, str]:
 
 
 def write_run(
-    run_dir: Path, cfg: RunConfig, learner: Any, backbone: Any, learned_text: Tensor, frozen_text: Tensor,
-    result: dict[str, Any],
+    run_dir: Path, cfg: RunConfig, learner: PromptLearner, backbone: FrozenVLM, learned_text: Tensor,
+    frozen_text: Tensor, result: dict[str, Any],
 ) -> None:
     """Write the run's files; `result.json` last so its presence means the run is complete."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     state = {k: v.detach().float().cpu().contiguous() for k, v in learner.prompt_state().items()}
-    meta = {"backbone_identity": backbone.identity, "learner": cfg.learner["name"],
+    meta = {"backbone_identity": backbone.identity, "learner": cfg.learner.name,
             "classnames": json.dumps(list(result["sampling"]["counts"]))}
     with atomic_path(run_dir / "prompts.safetensors") as tmp:
         save_file(state, str(tmp), metadata=meta)

@@ -3,32 +3,32 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from tailprompt.objectives import StepState
-from tailprompt.prompts import LearnerSpec
+from tailprompt.backbone.precision import autocast_context
+from tailprompt.objectives import Objective, StepState
 
 
 @dataclass
 class BoundObjective:
-    """A built objective: its term function and the weight of each term."""
+    """A built objective of the run: its name, what it computes, the weight of each term and what it reads."""
 
     name: str
-    fn: Callable[[StepState], dict[str, Tensor]]
+    objective: Objective
     weights: dict[str, float]
+    reads: frozenset[str] = frozenset()
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; plain fp32 elsewhere (design §8)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The towers' autocast on `device` under the backbone's precision policy (design §8).
+
+    `precision` is `backbone.precision` (already resolved) or a config value (`auto` is resolved here).
+    """
+    return autocast_context(device, precision)
 
 
 def scaled_logits(image_feats: Tensor, text_feats: Tensor, scale: float) -> Tensor:
@@ -38,34 +38,24 @@ def scaled_logits(image_feats: Tensor, text_feats: Tensor, scale: float) -> Tens
     return scale * image_feats @ text_feats.t()
 
 
-def normalized(x: Tensor) -> Tensor:
-    return F.normalize(x.float(), dim=-1)
+@dataclass
+class StepLoss:
+    total: Tensor  # weighted sum of the minimised terms
+    logged: dict[str, Tensor]  # every term, detached, named `<objective>/<term>`
+    raw: list[dict[str, Tensor]]  # each objective's terms with their graphs (for gradient transforms)
 
 
-def objective_terms(objectives: list[BoundObjective], state: StepState) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted total and every unweighted term, named `<objective>/<term>`."""
+def objective_terms(objectives: list[BoundObjective], state: StepState) -> StepLoss:
+    """Weighted total and every unweighted term; a term of weight 0 is logged but not minimised."""
     total = state.logits.new_zeros(())
-    terms: dict[str, Tensor] = {}
+    logged: dict[str, Tensor] = {}
+    raw = []
     for obj in objectives:
-        for term, value in obj.fn(state).items():
-            terms[f"{obj.name}/{term}"] = value.detach()
+        values = obj.objective.terms(state)
+        raw.append(values)
+        for term, value in values.items():
+            logged[f"{obj.name}/{term}"] = value.detach()
             weight = obj.weights.get(term, 1.0)
             if weight:
                 total = total + weight * value
-    return total, terms
-
-
-def learner_outputs(
-    learner: nn.Module, spec: LearnerSpec, image_feats: Tensor | None, images: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """(image_feats [B, D], text_feats [K, D] or [B, K, D]), both L2-normalised.
-
-    `image_feats` are the frozen tower's features (from the cache); learners that prompt the image
-    tower get `images` instead and compute their own.
-    """
-    if spec.uses_image_tower:
-        assert images is not None, "a learner that prompts the image tower needs images"
-        image_feats = learner.image_features(images)
-    assert image_feats is not None
-    text_feats = learner.text_features(image_feats if spec.instance_conditioned else None)
-    return image_feats, text_feats
+    return StepLoss(total, logged, raw)

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-
-def unit(x: Tensor) -> Tensor:
-    """L2-normalise the last dimension; idempotent on already normalised features."""
-    return F.normalize(x, dim=-1)
 
 
 def class_feature_per_sample(text_feats: Tensor, labels: Tensor) -> Tensor:

@@ -21,193 +21,24 @@ Instance-conditioned learners (CoCoOp) give `text_feats [B, K, D]`: L_TETF and L
 image on that image's class features and averaged (`per_image_mean`); L_CC pairs image b with its
 own conditioned class feature `text_feats[b, y_b]`.
 
-Choosing M (`n_clusters`): an integer fixes it; `"auto"` (the default) runs K-means for candidate
-M in [2, K // 2] (every integer when that range has at most 24 values, else 24 values spaced
-geometrically) and keeps the M with the best silhouette score (Euclidean on the normalised
-prototypes, the geometry K-means optimises) among partitions whose clusters all hold at least
-`min_cluster_size` (2) classes, so that every class takes part in some ETF, and, when
-`max_cluster_size` is set, at most that many (a third-party summary of CPT mentions clusters of "up
-to 16 prototypes"; silhouette alone tends to favour few large clusters). If no candidate meets the
-upper bound, the candidates whose largest cluster is smallest are kept; if none meets the lower
-bound, all candidates are. With K < 4 there is no candidate and all classes form one cluster.
-K-means is scikit-learn's (k-means++, n_init=10, random_state = `cluster_seed` = 0), never the run
-seed, so the partition is identical for every run seed. Cluster ids are renumbered in order of first
-appearance in class order.
+The partition is computed by the training loop once, before training (`needs_clusters`), with this
+config's `cluster_settings()`: a fixed M or `"auto"` (best silhouette; `tailprompt.clustering` documents
+the rule; `max_cluster_size` bounds the clusters, since silhouette alone tends to favour few large ones —
+a third-party summary of CPT mentions clusters of "up to 16 prototypes"), and delivered to every step in
+`StepState.clusters`.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from tailprompt.objectives._shared import check_labels, class_feature_per_sample, unit
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
-
-log = logging.getLogger(__name__)
-
-KMEANS_N_INIT = 10  # design §8: n_init >= 10, so one unlucky k-means++ start cannot pick the partition
-AUTO_MAX_CANDIDATES = 24  # bounds the auto search (K = 1000 would otherwise need 499 K-means runs)
-
-
-# ----------------------------------------------------------------------------- clustering
-
-
-@dataclass
-class ClusterResult:
-    """A frozen class partition: `assignment [K]` (cluster id per class) and how M was chosen."""
-
-    assignment: Tensor  # LongTensor [K], ids 0..M-1 in order of first appearance
-    criterion: str
-    silhouettes: dict[int, float] = field(default_factory=dict)  # candidate M -> score (auto only)
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.assignment.max().item()) + 1 if self.assignment.numel() else 0
-
-    @property
-    def sizes(self) -> list[int]:
-        return torch.bincount(self.assignment, minlength=self.n_clusters).tolist()
-
-    def record(self) -> dict[str, Any]:
-        """The `clusters` block of result.json (assignment as a list in class order)."""
-        return {
-            "n_clusters": self.n_clusters,
-            "assignment": self.assignment.tolist(),
-            "sizes": self.sizes,
-            "criterion": self.criterion,
-        }
-
-
-def _first_appearance_ids(labels: np.ndarray) -> np.ndarray:
-    """Renumber cluster labels 0, 1, ... in order of first appearance (sklearn's ids are arbitrary)."""
-    mapping: dict[int, int] = {}
-    for lab in labels.tolist():
-        mapping.setdefault(lab, len(mapping))
-    return np.array([mapping[lab] for lab in labels.tolist()], dtype=np.int64)
-
-
-def _kmeans(points: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    from sklearn.cluster import KMeans
-
-    km = KMeans(n_clusters=n_clusters, init="k-means++", n_init=KMEANS_N_INIT, random_state=seed)
-    with warnings.catch_warnings():
-        # duplicate prototypes (e.g. repeated class names) make sklearn warn about fewer distinct clusters
-        warnings.simplefilter("ignore")
-        labels = km.fit_predict(points)
-    return _first_appearance_ids(labels)
-
-
-def auto_candidates(num_classes: int) -> list[int]:
-    """Candidate M for `"auto"`: [2, K // 2], thinned geometrically to at most 24 values."""
-    hi = num_classes // 2
-    if hi < 2:
-        return []
-    if hi - 1 <= AUTO_MAX_CANDIDATES:
-        return list(range(2, hi + 1))
-    grid = np.unique(np.round(np.geomspace(2, hi, AUTO_MAX_CANDIDATES)).astype(int))
-    return [int(m) for m in grid]
-
-
-def select_clusters(
-    frozen_text_feats: Tensor,
-    n_clusters: int | str = "auto",
-    seed: int = 0,
-    min_cluster_size: int = 2,
-    max_cluster_size: int | None = None,
-) -> ClusterResult:
-    """K-means partition of the frozen class prototypes, with the rule that chose M.
-
-    Args:
-        frozen_text_feats: `[K, D]` frozen class features (normalised here).
-        n_clusters: a fixed M in [1, K], or `"auto"` (best silhouette, see the module docstring).
-        seed: K-means `random_state`; a constant (0), deliberately not the run seed.
-        min_cluster_size: `"auto"` prefers partitions whose clusters all have at least this many classes.
-        max_cluster_size: `"auto"` prefers partitions whose clusters all have at most this many
-            classes (None: no upper bound).
-    """
-    if frozen_text_feats.dim() != 2:
-        raise ValueError(f"frozen_text_feats must be [K, D], got shape {tuple(frozen_text_feats.shape)}")
-    num_classes = frozen_text_feats.shape[0]
-    points = unit(frozen_text_feats.detach().to("cpu", torch.float64)).numpy()
-    if isinstance(n_clusters, str):
-        if n_clusters != "auto":
-            raise ValueError(f"n_clusters: expected 'auto' or an integer, got {n_clusters!r}")
-        return _auto_clusters(points, seed, min_cluster_size, max_cluster_size)
-    if not 1 <= n_clusters <= num_classes:
-        raise ValueError(f"n_clusters: expected an integer in [1, K={num_classes}], got {n_clusters}")
-    if n_clusters == 1:
-        labels = np.zeros(num_classes, dtype=np.int64)
-    else:
-        labels = _kmeans(points, n_clusters, seed)
-    return ClusterResult(torch.from_numpy(labels), f"fixed: n_clusters={n_clusters}")
-
-
-def _auto_clusters(
-    points: np.ndarray, seed: int, min_cluster_size: int, max_cluster_size: int | None
-) -> ClusterResult:
-    from sklearn.metrics import silhouette_score
-
-    num_classes = points.shape[0]
-    candidates = auto_candidates(num_classes)
-    if not candidates:
-        return ClusterResult(
-            torch.zeros(num_classes, dtype=torch.long),
-            f"auto: K={num_classes} < 4 leaves no M in [2, K//2]; one cluster",
-        )
-    scores: dict[int, float] = {}
-    partitions: dict[int, np.ndarray] = {}
-    for m in candidates:
-        labels = _kmeans(points, m, seed)
-        if len(np.unique(labels)) < 2:  # all prototypes identical
-            continue
-        scores[m] = float(silhouette_score(points, labels, metric="euclidean"))
-        partitions[m] = labels
-    if not scores:
-        return ClusterResult(
-            torch.zeros(num_classes, dtype=torch.long), "auto: prototypes indistinguishable; one cluster"
-        )
-    smallest = {m: int(np.bincount(labels).min()) for m, labels in partitions.items()}
-    largest = {m: int(np.bincount(labels).max()) for m, labels in partitions.items()}
-    pool = [m for m in scores if smallest[m] >= min_cluster_size]
-    rule = f"clusters >= {min_cluster_size} classes"
-    if not pool:
-        pool, rule = list(scores), f"no M gave clusters >= {min_cluster_size} classes; any sizes"
-    elif max_cluster_size is not None:
-        bounded = [m for m in pool if largest[m] <= max_cluster_size]
-        rule = f"cluster sizes in [{min_cluster_size}, {max_cluster_size}]"
-        if not bounded:  # get as close to the bound as the candidates allow
-            closest = min(largest[m] for m in pool)
-            bounded = [m for m in pool if largest[m] == closest]
-            rule = f"clusters >= {min_cluster_size} classes, none <= {max_cluster_size}: largest {closest}"
-        pool = bounded
-    best = max(pool, key=lambda m: (scores[m], -m))  # ties -> fewer clusters
-    criterion = (
-        f"auto: best silhouette {scores[best]:.4f} at M={best} over M in "
-        f"{candidates[0]}..{candidates[-1]} ({len(candidates)} candidates), {rule}"
-    )
-    return ClusterResult(torch.from_numpy(partitions[best]), criterion, scores)
-
-
-def semantic_clusters(
-    frozen_text_feats: Tensor,
-    n_clusters: int | str = "auto",
-    seed: int = 0,
-    min_cluster_size: int = 2,
-    max_cluster_size: int | None = None,
-) -> Tensor:
-    """CPT's frozen semantic partition: `[K, D]` frozen prototypes -> LongTensor `[K]` cluster ids.
-
-    Run once before training; independent of the run seed (`seed` is K-means' own, default 0).
-    See `select_clusters` for the criterion that chose M.
-    """
-    return select_clusters(frozen_text_feats, n_clusters, seed, min_cluster_size, max_cluster_size).assignment
-
+from tailprompt.clustering import ClusterSettings
+from tailprompt.objectives._shared import check_labels, class_feature_per_sample
+from tailprompt.objectives.base import OBJECTIVES, Objective, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.tensors import unit
 
 # ----------------------------------------------------------------------------- losses
 
@@ -288,6 +119,9 @@ class CPTConfig:
     max_cluster_size: int | None = None  # "auto" only: largest cluster wanted (None = no bound)
     cluster_seed: int = 0  # K-means random_state; never the run seed
 
+    def cluster_settings(self) -> ClusterSettings:
+        return ClusterSettings(self.n_clusters, self.cluster_seed, self.min_cluster_size, self.max_cluster_size)
+
     def __post_init__(self) -> None:
         if isinstance(self.n_clusters, str) and self.n_clusters != "auto":
             raise ValueError(f"n_clusters: expected 'auto' or a positive integer, got {self.n_clusters!r}")
@@ -302,56 +136,20 @@ class CPTConfig:
             )
 
 
-def _log_clusters(result: ClusterResult, classnames: list[str] | None) -> None:
-    log.info("CPT clusters: M=%d, sizes %s (%s)", result.n_clusters, result.sizes, result.criterion)
-    if classnames is not None and len(classnames) == result.assignment.numel():
-        for m in range(result.n_clusters):
-            members = [n for n, c in zip(classnames, result.assignment.tolist()) if c == m]
-            log.debug("CPT cluster %d: %s", m, ", ".join(members))
-
-
-def build_cpt(cfg: CPTConfig, context: dict[str, Any]):
-    """Cluster `context["frozen_text_feats"]` once and return the step function.
-
-    The partition is recorded in `context["record"]["clusters"]`. Without frozen features in the
-    context, `StepState.clusters` is used, or else the first step's `frozen_text_feats` are clustered.
-    `context["select_clusters"]`, when given, replaces `select_clusters` (the engine passes a version
-    memoised on disk, since `auto` is expensive for hundreds of classes).
-    """
-    record = context.setdefault("record", {})
-    fixed: dict[str, Tensor] = {}
-    select = context.get("select_clusters", select_clusters)
-
-    def cluster(frozen: Tensor) -> None:
-        result = select(
-            frozen, cfg.n_clusters, cfg.cluster_seed, cfg.min_cluster_size, cfg.max_cluster_size
-        )
-        fixed["cpu"] = result.assignment
-        record["clusters"] = result.record()
-        _log_clusters(result, context.get("classnames"))
-
-    if context.get("frozen_text_feats") is not None:
-        cluster(context["frozen_text_feats"])
-
-    def clusters_for(state: StepState) -> Tensor:
-        if "cpu" not in fixed:
-            if state.clusters is not None:
-                return state.clusters
-            cluster(state.frozen_text_feats)
-        key = str(state.text_feats.device)
-        if key not in fixed:  # one host->device copy per device, not per step
-            fixed[key] = fixed["cpu"].to(state.text_feats.device)
-        return fixed[key]
+def build_cpt(cfg: CPTConfig, context: ObjectiveContext) -> Objective:
+    """CPT's three terms on the frozen partition the engine delivers in `StepState.clusters`."""
 
     def terms(state: StepState) -> dict[str, Tensor]:
-        clusters = clusters_for(state)
+        if state.clusters is None:
+            raise ValueError("cpt: StepState.clusters is None; the objective declares needs_clusters, so the "
+                             "training loop must compute the partition (see ClusterSettings)")
         return {
-            "tetf": intra_cluster_etf_loss(state.text_feats, clusters),
+            "tetf": intra_cluster_etf_loss(state.text_feats, state.clusters),
             "cc": cross_modal_convergence_loss(state.image_feats, state.labels, state.text_feats),
             "rs": rotation_stability_loss(state.text_feats, state.frozen_text_feats),
         }
 
-    return terms
+    return Objective(terms)
 
 
 OBJECTIVES.register(

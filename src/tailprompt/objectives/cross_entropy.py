@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState
 
 
 @dataclass
@@ -29,7 +28,7 @@ def cross_entropy_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
-def build_cross_entropy(cfg: CrossEntropyConfig, context: dict[str, Any]):
+def build_cross_entropy(cfg: CrossEntropyConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {"ce": cross_entropy_loss(state.logits, state.labels, cfg.label_smoothing)}
 

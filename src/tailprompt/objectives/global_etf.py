@@ -11,12 +11,11 @@ for K <= D + 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState
 from tailprompt.objectives.cpt import intra_cluster_etf_loss
 
 
@@ -32,7 +31,7 @@ class GlobalETFConfig:
     """No options besides the weight (`weights: {etf: 0.25}`)."""
 
 
-def build_global_etf(cfg: GlobalETFConfig, context: dict[str, Any]):
+def build_global_etf(cfg: GlobalETFConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {"etf": global_etf_loss(state.text_feats)}
 

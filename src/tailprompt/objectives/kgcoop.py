@@ -10,12 +10,11 @@ scripts weight it by `W = 8.0` (peers.md §2.3). On unit vectors the two differ 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
-from tailprompt.objectives._shared import unit
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.tensors import unit
 
 
 @dataclass
@@ -39,7 +38,7 @@ def knowledge_guidance_loss(text_feats: Tensor, frozen_text_feats: Tensor) -> Te
     return per_image_mean(text_feats, one)
 
 
-def build_kgcoop(cfg: KgCoOpConfig, context: dict[str, Any]):
+def build_kgcoop(cfg: KgCoOpConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {"guidance": knowledge_guidance_loss(state.text_feats, state.frozen_text_feats)}
 

@@ -19,13 +19,14 @@ L_LC is computed per image and averaged, and L_MI pairs image b with `text_feats
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from tailprompt.objectives._shared import check_labels, class_feature_per_sample, unit
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.objectives._shared import check_labels, class_feature_per_sample
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.tensors import unit
 
 Reduction = Literal["mean", "sum"]
 
@@ -81,7 +82,7 @@ class NPTConfig:
     reduction: Reduction = "mean"  # "sum" = the paper's literal sums (scale grows with K² and B)
 
 
-def build_npt(cfg: NPTConfig, context: dict[str, Any]):
+def build_npt(cfg: NPTConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {
             "lc": language_collapse_loss(state.text_feats, cfg.reduction),

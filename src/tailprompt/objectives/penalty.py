@@ -11,12 +11,11 @@ bracketed term; λ is its default weight and the preset adds `cross_entropy`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState
 
 
 def zero_shot_range_penalty(logits: Tensor, zeroshot_logits: Tensor) -> Tensor:
@@ -32,11 +31,16 @@ class PenaltyConfig:
     """No options besides the weight (`weights: {penalty: 10.0}`)."""
 
 
-def build_penalty(cfg: PenaltyConfig, context: dict[str, Any]):
+def build_penalty(cfg: PenaltyConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {"penalty": zero_shot_range_penalty(state.logits, state.zeroshot_logits)}
 
     return terms
 
 
-OBJECTIVES.register("penalty", ObjectiveSpec(PenaltyConfig, build_penalty, default_weights={"penalty": 10.0}))
+OBJECTIVES.register(
+    "penalty",
+    ObjectiveSpec(
+        PenaltyConfig, build_penalty, default_weights={"penalty": 10.0}, reads=frozenset({"zeroshot_logits"})
+    ),
+)

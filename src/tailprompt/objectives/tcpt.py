@@ -17,13 +17,13 @@ reference's CoCoOp trainer used the last image of the batch only, a loop-variabl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from tailprompt.objectives._shared import check_labels, unit
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.objectives._shared import check_labels
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState, per_image_mean
+from tailprompt.tensors import unit
 
 
 def logit_margins(logits: Tensor, labels: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ class TCPTConfig:
     beta: float = 0.01  # weight of the margin variance (hard-coded 0.01 in the reference)
 
 
-def build_tcpt(cfg: TCPTConfig, context: dict[str, Any]):
+def build_tcpt(cfg: TCPTConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {
             "margin": margin_mean_variance_loss(state.logits, state.labels, cfg.alpha, cfg.beta),

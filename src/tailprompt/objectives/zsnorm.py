@@ -13,12 +13,11 @@ guard against a zero logit range; here the range is clamped at `eps` (identical 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from tailprompt.objectives.base import OBJECTIVES, ObjectiveSpec, StepState
+from tailprompt.objectives.base import OBJECTIVES, ObjectiveContext, ObjectiveSpec, StepState
 
 
 def zero_shot_range_logits(logits: Tensor, zeroshot_logits: Tensor, eps: float = 1e-6) -> Tensor:
@@ -45,11 +44,16 @@ class ZSNormConfig:
             raise ValueError(f"eps: expected a positive number, got {self.eps}")
 
 
-def build_zsnorm(cfg: ZSNormConfig, context: dict[str, Any]):
+def build_zsnorm(cfg: ZSNormConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         return {"ce": zsnorm_loss(state.logits, state.zeroshot_logits, state.labels, cfg.eps)}
 
     return terms
 
 
-OBJECTIVES.register("zsnorm", ObjectiveSpec(ZSNormConfig, build_zsnorm, default_weights={"ce": 1.0}))
+OBJECTIVES.register(
+    "zsnorm",
+    ObjectiveSpec(
+        ZSNormConfig, build_zsnorm, default_weights={"ce": 1.0}, reads=frozenset({"zeroshot_logits"})
+    ),
+)

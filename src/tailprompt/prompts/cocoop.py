@@ -11,24 +11,26 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    PromptModule,
     assemble_prompts,
     class_prompts,
     encode_prompt_embeddings,
-    frozen_image_features,
+    image_chunks,
     initial_context,
     install_class_prompts,
-    load_prompt_state_into,
+    shared_context_prefix,
 )
 from tailprompt.prompts.coop import check_context_config
+from tailprompt.prompts.learner import LEARNERS, PromptLearner
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 
 @dataclass
@@ -64,28 +66,23 @@ def meta_net(vis_dim: int, ctx_dim: int) -> nn.Sequential:
     )
 
 
-class CoCoOp(PromptModule):
+class CoCoOp(PromptLearner):
     """CoCoOp prompt learner. Trainable: `ctx` `[M, W]`, `meta_net.linear{1,2}.{weight,bias}`."""
 
-    def __init__(
-        self,
-        backbone: Any,
-        classnames: list[str],
-        n_ctx: int = 4,
-        ctx_init: str = "a photo of a",
-        max_sequences_per_call: int = 8192,
-    ) -> None:
-        super().__init__(backbone)
-        check_context_config(n_ctx, ctx_init)
-        self.max_sequences_per_call = max_sequences_per_call
+    name = "cocoop"
+    config_cls = CoCoOpConfig
+    instance_conditioned = True
+
+    def __init__(self, config: CoCoOpConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
+        super().__init__(config, backbone)
+        self.max_sequences_per_call = config.max_sequences_per_call
         # Same construction (and global-RNG) order as the reference: ctx, then the meta-net.
-        self.n_ctx, self.prompt_prefix, ctx = initial_context(backbone, n_ctx, ctx_init)
+        self.n_ctx, self.prompt_prefix, ctx = initial_context(backbone, config.n_ctx, config.ctx_init)
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.meta_net = meta_net(backbone.embed_dim, backbone.text_width).to(backbone.device)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames, "{}")
+        self.set_classnames(classnames, template)
 
-    def set_classnames(self, classnames: list[str], template: str) -> None:
+    def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Rebuild the class-name buffers for a new label space; `ctx` and the meta-net are kept."""
         buffers = class_prompts(self.backbone, classnames, self.prompt_prefix, self.n_ctx)
         install_class_prompts(self, buffers)
@@ -116,41 +113,18 @@ class CoCoOp(PromptModule):
         if image_feats is None:
             raise LearnerError("cocoop is instance-conditioned: text_features needs image_feats [B, D]")
         b, k = image_feats.shape[0], self.token_prefix.shape[0]
-        limit = self.max_sequences_per_call
-        step = b if limit == 0 else max(1, limit // k)
         chunks = []
-        for start in range(0, b, step):
-            prompts = self.prompt_embeddings(image_feats[start : start + step])  # [b', K, L, W]
-            n = prompts.shape[0]
-            feats = encode_prompt_embeddings(
-                self.backbone, prompts.reshape(n * k, *prompts.shape[2:]), self.eot.repeat(n)
-            )
-            chunks.append(feats.reshape(n, k, -1))
+        for chunk in image_chunks(b, k, self.max_sequences_per_call):
+            prompts = self.prompt_embeddings(image_feats[chunk])  # [b', K, L, W]
+            # One group of K class prompts per image: its [SOS][ctx + pi(x)] prefix runs once.
+            prefix = shared_context_prefix(self.n_ctx)
+            chunks.append(encode_prompt_embeddings(self.backbone, prompts, self.eot, shared_prefix=prefix))
         return torch.cat(chunks, dim=0)
-
-    def image_features(self, images: Tensor) -> Tensor:
-        """Normalised frozen image features `[B, D]` of images `[B, 3, H, W]`."""
-        return frozen_image_features(self.backbone, images)
-
-    def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
-        """Load from our `prompt_state` or a reference CoCoOp prompt-learner state dict."""
-        load_prompt_state_into(self, state_dict, "cocoop")
 
     def extra_repr(self) -> str:
         return f"n_ctx={self.n_ctx}, prefix={self.prompt_prefix!r}, classes={len(self.classnames)}"
 
 
-def build_cocoop(config: CoCoOpConfig, backbone: Any, classnames: list[str], template: str) -> CoCoOp:
-    """`LearnerSpec.build` for `cocoop`."""
-    return CoCoOp(
-        backbone,
-        classnames,
-        n_ctx=config.n_ctx,
-        ctx_init=config.ctx_init,
-        max_sequences_per_call=config.max_sequences_per_call,
-    )
+LEARNERS.register("cocoop", CoCoOp)
 
-
-LEARNERS.register("cocoop", LearnerSpec(CoCoOpConfig, build_cocoop, instance_conditioned=True))
-
-__all__ = ["CoCoOp", "CoCoOpConfig", "build_cocoop", "meta_net"]
+__all__ = ["CoCoOp", "CoCoOpConfig", "meta_net"]

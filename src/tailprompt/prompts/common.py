@@ -6,9 +6,7 @@ tokenise `"<prefix> <classname>."` where `<prefix>` is the init text or `"X X ..
 token embedding, keep position 0 (SOS) as `token_prefix` and positions `1 + n_ctx ...` (class tokens,
 ".", EOS, padding) as `token_suffix`, and put the learnable context at positions `1 .. n_ctx`.
 
-Learners hold the backbone by reference and do not register it as a submodule: `parameters()` and
-`state_dict()` of a learner are its prompt parameters only, under the reference's names, and
-`learner.train()` never flips the frozen backbone out of eval mode. Move the backbone yourself.
+The learner base class and registry are in `prompts/learner.py`.
 """
 
 from __future__ import annotations
@@ -17,12 +15,16 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from tailprompt.cli import UserError
+from tailprompt.tensors import unit
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 # The rest of a reference whole-model checkpoint (MaPLe saves `CustomCLIP.state_dict()`): frozen CLIP
 # weights, never prompt parameters.
@@ -42,43 +44,12 @@ class PromptStateError(LearnerError):
     """A prompt state dict does not fit the learner; the message lists the offending keys and shapes."""
 
 
-class SharedBackbone:
-    """Holds a learner's frozen backbone by reference.
-
-    Not an `nn.Module` attribute, so `parameters()`/`state_dict()` stay prompts-only and `.train()`
-    does not reach the backbone; `copy.deepcopy(learner)` shares the backbone instead of copying it.
-    """
-
-    def __init__(self, backbone: Any) -> None:
-        self.backbone = backbone
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> SharedBackbone:
-        return self
-
-
-class PromptModule(nn.Module):
-    """What every learner shares: the frozen backbone held by reference and a prompts-only state."""
-
-    def __init__(self, backbone: Any) -> None:
-        super().__init__()
-        self._shared = SharedBackbone(backbone)
-
-    @property
-    def backbone(self) -> Any:
-        """The frozen `FrozenVLM` (shared, not a submodule)."""
-        return self._shared.backbone
-
-    def prompt_state(self) -> dict[str, Tensor]:
-        """Trainable prompt parameters only, under the reference implementations' names."""
-        return prompt_state_of(self)
-
-
 def clean_classnames(classnames: Sequence[str]) -> list[str]:
     """Class names as the references write them into prompts (`_` -> space)."""
     return [name.replace("_", " ") for name in classnames]
 
 
-def backbone_dtype(backbone: Any) -> torch.dtype:
+def backbone_dtype(backbone: FrozenVLM) -> torch.dtype:
     return getattr(backbone, "dtype", torch.float32)
 
 
@@ -92,7 +63,7 @@ def random_context(shape: tuple[int, ...], device: torch.device | str | None) ->
     return vectors.to(device)
 
 
-def word_context(backbone: Any, text: str, n_ctx: int) -> Tensor:
+def word_context(backbone: FrozenVLM, text: str, n_ctx: int) -> Tensor:
     """Token embeddings at positions `1 .. n_ctx` of `tokenize(text)` -> `[n_ctx, W]` (fp32).
 
     Raises:
@@ -112,7 +83,7 @@ def word_context(backbone: Any, text: str, n_ctx: int) -> Tensor:
 
 
 def initial_context(
-    backbone: Any, n_ctx: int, ctx_init: str, num_classes: int | None = None
+    backbone: FrozenVLM, n_ctx: int, ctx_init: str, num_classes: int | None = None
 ) -> tuple[int, str, Tensor]:
     """CoOp's context initialisation -> (n_ctx, prompt prefix text, ctx).
 
@@ -148,7 +119,7 @@ class ClassPrompts:
     name_lens: list[int]  # BPE tokens of each class name (for middle/front class-token positions)
 
 
-def class_prompts(backbone: Any, classnames: Sequence[str], prefix_text: str, n_ctx: int) -> ClassPrompts:
+def class_prompts(backbone: FrozenVLM, classnames: Sequence[str], prefix_text: str, n_ctx: int) -> ClassPrompts:
     """Tokenise and embed `"<prefix_text> <name>."` for every class (the references' prompt buffers).
 
     Args:
@@ -242,35 +213,59 @@ def assemble_prompts(prefix: Tensor, ctx: Tensor, suffix: Tensor, order: Tensor 
     return torch.gather(prompts, -2, index)
 
 
-def normalized(x: Tensor) -> Tensor:
-    """`x / ||x||` along the last dim, in fp32 (the references' normalisation, not F.normalize's clamp)."""
-    x = x.float()
-    return x / x.norm(dim=-1, keepdim=True)
+def image_chunks(n_images: int, n_classes: int, max_sequences: int) -> list[slice]:
+    """Consecutive slices of `n_images` so that each holds at most `max_sequences` image x class prompts
+    (at least one image per slice; `max_sequences=0` means one slice for everything)."""
+    step = n_images if max_sequences == 0 else max(1, max_sequences // max(1, n_classes))
+    return [slice(start, start + step) for start in range(0, n_images, max(1, step))]
+
+
+def template_text_features(backbone: FrozenVLM, classnames: list[str], templates: list[str]) -> Tensor:
+    """Mean of the normalised `encode_text(template.format(name))` over templates, renormalised -> `[K, D]`.
+
+    With one template this is the plain normalised feature (ZeroshotCLIP).
+    """
+    names = clean_classnames(classnames)
+    with torch.no_grad():
+        per_template = []
+        for template in templates:
+            tokens = backbone.tokenize([template.format(n) for n in names]).to(backbone.device)
+            per_template.append(unit(backbone.encode_text(tokens)))
+        if len(per_template) == 1:
+            return per_template[0]
+        total = per_template[0]
+        for feats in per_template[1:]:  # sequential sum, in the reference's order
+            total = total + feats
+        return unit(total / len(per_template))
 
 
 def encode_prompt_embeddings(
-    backbone: Any, prompts: Tensor, eot: Tensor, deep_prompts: Sequence[Tensor] | None = None
+    backbone: FrozenVLM,
+    prompts: Tensor,
+    eot: Tensor,
+    deep_prompts: Sequence[Tensor] | None = None,
+    shared_prefix: int = 0,
 ) -> Tensor:
-    """Run prompt embeddings `[N, L, W]` through the frozen text tower -> normalised `[N, D]` (fp32).
+    """Run prompt embeddings `[N, L, W]` (or `[G, K, L, W]`) through the frozen text tower -> normalised
+    `[N, D]` (or `[G, K, D]`), fp32.
 
     Prompts live in fp32; they are cast to the backbone's dtype on the way in, so an fp16/bf16 tower
     gets its own dtype and gradients still flow back to the fp32 parameters.
+
+    `shared_prefix` = P > 0 says positions `0 .. P-1` (`[SOS][context]`) are the same for every class
+    (within each group of `[G, K, L, W]`): the tower then runs them once instead of once per class
+    (`FrozenVLM.encode_text_from_embeddings`; exact, and it falls back where it cannot apply).
     """
     dtype = backbone_dtype(backbone)
     deep = None if deep_prompts is None else [p.to(dtype) for p in deep_prompts]
-    out = backbone.encode_text_from_embeddings(prompts.to(dtype), eot, deep)
-    return normalized(out)
+    out = backbone.encode_text_from_embeddings(prompts.to(dtype), eot, deep, shared_prefix=shared_prefix)
+    return unit(out)
 
 
-def frozen_image_features(backbone: Any, images: Tensor) -> Tensor:
-    """Normalised `encode_image` of a frozen image tower -> `[B, D]` (no graph: nothing there trains)."""
-    with torch.no_grad():
-        return normalized(backbone.encode_image(images.to(backbone_dtype(backbone))))
-
-
-def prompt_state_of(module: nn.Module) -> dict[str, Tensor]:
-    """Detached copies of the learner's trainable parameters under their (reference) names."""
-    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+def shared_context_prefix(n_ctx: int, class_token_position: str = "end", csc: bool = False) -> int:
+    """Positions `[SOS][ctx_1 .. ctx_M]` shared by all classes: `1 + n_ctx` when one context precedes every
+    class name, else 0 (middle/front class positions or class-specific contexts differ per class)."""
+    return 1 + n_ctx if class_token_position == "end" and not csc else 0
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:

@@ -7,26 +7,26 @@ with shared (or class-specific, CSC) context vectors `v`, encoded by the frozen 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor, nn
 
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    PromptModule,
     assemble_prompts,
     class_prompts,
     class_token_order,
     count_words,
     encode_prompt_embeddings,
-    frozen_image_features,
     initial_context,
     install_class_prompts,
-    load_prompt_state_into,
+    shared_context_prefix,
 )
+from tailprompt.prompts.learner import LEARNERS, PromptLearner
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 ClassTokenPosition = Literal["end", "middle", "front"]
 
@@ -66,43 +66,34 @@ def check_context_config(n_ctx: int, ctx_init: str, csc: bool = False) -> None:
             )
 
 
-class CoOp(PromptModule):
+class CoOp(PromptLearner):
     """CoOp prompt learner (also KgCoOp's, which is CoOp with a guidance objective).
 
     Trainable parameters: `ctx` `[M, W]`, or `[K, M, W]` with class-specific contexts.
     """
 
-    def __init__(
-        self,
-        backbone: Any,
-        classnames: list[str],
-        n_ctx: int = 4,
-        ctx_init: str = "a photo of a",
-        class_token_position: str = "end",
-        csc: bool = False,
-        name: str = "coop",
-        ignored_reference_keys: Iterable[str] = (),
-    ) -> None:
-        super().__init__(backbone)
-        check_context_config(n_ctx, ctx_init, csc)
-        self.name = name
-        self.class_token_position = class_token_position
-        self.csc = csc
-        self._ignored = tuple(ignored_reference_keys)
-        self.n_ctx, self.prompt_prefix, ctx = initial_context(
-            backbone, n_ctx, ctx_init, len(classnames) if csc else None
-        )
-        self.ctx = nn.Parameter(ctx.to(backbone.device))
-        self.classnames: list[str] = []
-        self.set_classnames(classnames, "{}")
+    name = "coop"
+    config_cls = CoOpConfig
 
-    def set_classnames(self, classnames: list[str], template: str) -> None:
+    def __init__(self, config: CoOpConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
+        super().__init__(config, backbone)
+        self.class_token_position = config.class_token_position
+        self.csc = config.csc
+        self.n_ctx, self.prompt_prefix, ctx = self.initial_context(template, len(classnames) if config.csc else None)
+        self.ctx = nn.Parameter(ctx.to(backbone.device))
+        self.set_classnames(classnames, template)
+
+    def initial_context(self, template: str, num_classes: int | None) -> tuple[int, str, Tensor]:
+        """(n_ctx, prompt prefix text, initial ctx) from the config: CoOp's rule; ProGrad overrides it."""
+        return initial_context(self.backbone, self.config.n_ctx, self.config.ctx_init, num_classes)
+
+    def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Rebuild the class-name buffers for a new label space; the context is kept.
 
-        `template` is unused (the learned context replaces it); it is part of the learner interface.
+        `template` is unused (the learned context replaces it).
 
         Raises:
-            ValueError: class-specific contexts cannot move to a different number of classes.
+            LearnerError: class-specific contexts cannot move to a different number of classes.
         """
         if self.csc and len(classnames) != self.ctx.shape[0]:
             raise LearnerError(
@@ -125,15 +116,8 @@ class CoOp(PromptModule):
 
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored (not instance-conditioned)."""
-        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot)
-
-    def image_features(self, images: Tensor) -> Tensor:
-        """Normalised frozen image features `[B, D]` of images `[B, 3, H, W]`."""
-        return frozen_image_features(self.backbone, images)
-
-    def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
-        """Load `ctx` from our `prompt_state` or a reference prompt-learner state dict."""
-        load_prompt_state_into(self, state_dict, self.name, self._ignored)
+        prefix = shared_context_prefix(self.n_ctx, self.class_token_position, self.csc)
+        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, shared_prefix=prefix)
 
     def extra_repr(self) -> str:
         return (
@@ -142,19 +126,6 @@ class CoOp(PromptModule):
         )
 
 
-def build_coop(config: CoOpConfig, backbone: Any, classnames: list[str], template: str) -> CoOp:
-    """`LearnerSpec.build` for `coop`."""
-    return CoOp(
-        backbone,
-        classnames,
-        n_ctx=config.n_ctx,
-        ctx_init=config.ctx_init,
-        class_token_position=config.class_token_position,
-        csc=config.csc,
-        name="coop",
-    )
+LEARNERS.register("coop", CoOp)
 
-
-LEARNERS.register("coop", LearnerSpec(CoOpConfig, build_coop))
-
-__all__ = ["CoOp", "CoOpConfig", "build_coop", "check_context_config"]
+__all__ = ["CoOp", "CoOpConfig", "check_context_config"]

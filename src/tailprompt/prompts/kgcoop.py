@@ -10,13 +10,9 @@ is the separate objective `kgcoop`, so this file only fixes the learner's defaul
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.coop import ClassTokenPosition, CoOp, check_context_config
-
-# Present in the reference prompt learner but frozen there (only names containing "ctx" train).
-KGCOOP_UNUSED_REFERENCE_KEYS = ("bias_vectors", "meta_net.")
+from tailprompt.prompts.learner import LEARNERS
 
 
 @dataclass
@@ -32,20 +28,16 @@ class KgCoOpConfig:
         check_context_config(self.n_ctx, self.ctx_init, self.csc)
 
 
-def build_kgcoop(config: KgCoOpConfig, backbone: Any, classnames: list[str], template: str) -> CoOp:
-    """`LearnerSpec.build` for `kgcoop`: a CoOp learner named "kgcoop"."""
-    return CoOp(
-        backbone,
-        classnames,
-        n_ctx=config.n_ctx,
-        ctx_init=config.ctx_init,
-        class_token_position=config.class_token_position,
-        csc=config.csc,
-        name="kgcoop",
-        ignored_reference_keys=KGCOOP_UNUSED_REFERENCE_KEYS,
-    )
+class KgCoOp(CoOp):
+    """CoOp's learner under KgCoOp's name, defaults and reference keys."""
+
+    name = "kgcoop"
+    config_cls = KgCoOpConfig
+    # Present in the reference prompt learner but frozen there (only names containing "ctx" train). DeKg's
+    # prompt learner (cnunlp/DeKg `trainers/DeKg.py`, same layout) also holds its second CLIP's image tower.
+    ignored_reference_keys = ("bias_vectors", "meta_net.", "image_encoder.")
 
 
-LEARNERS.register("kgcoop", LearnerSpec(KgCoOpConfig, build_kgcoop))
+LEARNERS.register("kgcoop", KgCoOp)
 
-__all__ = ["KgCoOpConfig", "build_kgcoop"]
+__all__ = ["KgCoOp", "KgCoOpConfig"]

@@ -11,6 +11,10 @@ muzairkhattak/multimodal-prompt-learning `trainers/maple.py` and `clip/model.py`
   (after the positional embedding, before `ln_pre`); in vision blocks `1 .. J-1` the last `n_ctx`
   tokens are replaced by `F_i(P_i)` (`compound_prompt_projections.<i-1>`, deep copies of one
   initialised Linear, so all start equal).
+- `round_prompts_fp16`: the reference's `clip/model.py` casts the deep prompts (both towers) and the
+  projected layer-0 vision prompt with `.half()` even in fp32 runs, so they enter the towers rounded to
+  fp16 (the layer-0 text context is not rounded); that moves logits by ~1e-4. Off by default (plain
+  fp32); on, the learner reproduces the reference's fp32 outputs.
 """
 
 from __future__ import annotations
@@ -18,25 +22,26 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
 from tailprompt.prompts.common import (
     LearnerError,
-    PromptModule,
     assemble_prompts,
     backbone_dtype,
     class_prompts,
-    encode_prompt_embeddings,
     install_class_prompts,
-    load_prompt_state_into,
-    normalized,
     random_context,
+    shared_context_prefix,
     word_context,
 )
+from tailprompt.prompts.learner import LEARNERS, PromptLearner
+from tailprompt.tensors import unit
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 # The reference initialises from ctx_init only when n_ctx <= 4 (`if ctx_init and n_ctx <= 4`).
 _MAX_WORD_INIT_CTX = 4
@@ -49,6 +54,9 @@ class MaPLeConfig:
     n_ctx: int = 2  # prompt tokens per layer (text and vision)
     ctx_init: str = "a photo of a"  # first n_ctx tokens initialise P_0, the rest stay fixed ("" = random)
     prompt_depth: int = 9  # J: layers 0 .. J-1 carry prompts; clamped to the backbone's depth
+    # The reference's clip/model.py casts the deep prompts and the projected layer-0 vision prompt with
+    # `.half()` even in fp32 runs; true rounds them through fp16 the same way to match its outputs.
+    round_prompts_fp16: bool = False
 
     def __post_init__(self) -> None:
         if self.n_ctx < 1:
@@ -57,22 +65,12 @@ class MaPLeConfig:
             raise ValueError(f"prompt_depth: expected >= 1 (1 = shallow MaPLe), got {self.prompt_depth}")
 
 
-def tower_depths(backbone: Any) -> tuple[int | None, int | None]:
-    """(text blocks, vision blocks) of the backbone, or None where it cannot tell."""
-    text = getattr(backbone, "text_layers", None)
-    vision = getattr(backbone, "vision_layers", None)
-    model = getattr(backbone, "model", None)
-    if text is None and model is not None:
-        blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
-        text = len(blocks) if blocks is not None else None
-    if vision is None and model is not None:
-        visual = getattr(model, "visual", None)
-        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-        vision = len(blocks) if blocks is not None else None
-    return text, vision
+def tower_depths(backbone: FrozenVLM) -> tuple[int, int | None]:
+    """(text blocks, vision blocks) of the backbone; vision is None for a convolutional image tower."""
+    return backbone.text_layers, backbone.vision_layers
 
 
-def effective_depth(backbone: Any, prompt_depth: int) -> int:
+def effective_depth(backbone: FrozenVLM, prompt_depth: int, learner: str = "maple") -> int:
     """`prompt_depth` clamped to the shallower tower (prompts of layer i go into block i, i < depth).
 
     The reference allows at most 12 on ViT-B/16 and silently ignores deeper prompts; here a depth
@@ -83,36 +81,34 @@ def effective_depth(backbone: Any, prompt_depth: int) -> int:
         return prompt_depth
     limit = min(depths)
     warnings.warn(
-        f"maple: prompt_depth={prompt_depth} exceeds the backbone's {limit} transformer blocks; "
+        f"{learner}: prompt_depth={prompt_depth} exceeds the backbone's {limit} transformer blocks; "
         f"using {limit}",
         stacklevel=3,
     )
     return limit
 
 
-class MaPLe(PromptModule):
+class MaPLe(PromptLearner):
     """MaPLe prompt learner; parameter names follow the reference's `MultiModalPromptLearner`.
 
     Trainable: `ctx` `[n, W]`, `proj.{weight,bias}` (`W -> Wv`), `compound_prompts_text.<i>` `[n, W]`,
     `compound_prompt_projections.<i>.{weight,bias}` for `i < prompt_depth - 1`.
     """
 
-    def __init__(
-        self,
-        backbone: Any,
-        classnames: list[str],
-        n_ctx: int = 2,
-        ctx_init: str = "a photo of a",
-        prompt_depth: int = 9,
-    ) -> None:
-        super().__init__(backbone)
+    name = "maple"
+    config_cls = MaPLeConfig
+    uses_image_tower = True
+
+    def __init__(self, config: MaPLeConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
+        super().__init__(config, backbone)
+        n_ctx, ctx_init, prompt_depth = config.n_ctx, config.ctx_init, config.prompt_depth
         if not getattr(backbone, "has_vit", False) or backbone.vision_width is None:
             raise LearnerError(
-                f"maple prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
+                f"{self.name} prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
                 "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
                 "backbone.name=tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"
             )
-        self.prompt_depth = effective_depth(backbone, prompt_depth)
+        self.prompt_depth = effective_depth(backbone, prompt_depth, self.name)
         self.n_ctx = n_ctx
         width, vision_width = backbone.text_width, backbone.vision_width
         # Construction (and global-RNG) order as the reference: ctx, proj, deep text prompts, projections.
@@ -134,10 +130,9 @@ class MaPLe(PromptModule):
             [copy.deepcopy(single_layer) for _ in range(self.prompt_depth - 1)]
         )
         self.to(backbone.device)
-        self.classnames: list[str] = []
-        self.set_classnames(classnames, "{}")
+        self.set_classnames(classnames, template)
 
-    def set_classnames(self, classnames: list[str], template: str) -> None:
+    def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Rebuild the class-name buffers for a new label space; every prompt parameter is kept."""
         buffers = class_prompts(self.backbone, classnames, self.prompt_prefix, self.n_ctx)
         install_class_prompts(self, buffers)
@@ -147,34 +142,47 @@ class MaPLe(PromptModule):
         """Layer-0 text prompts `[K, L, W]`: `[SOS][ctx][suffix]`."""
         return assemble_prompts(self.token_prefix, self.ctx, self.token_suffix)
 
+    def as_reference_rounds(self, prompt: Tensor) -> Tensor:
+        """`prompt` through fp16 and back when `round_prompts_fp16` (the reference's `.half()`), else as is."""
+        return prompt.half().to(prompt.dtype) if self.config.round_prompts_fp16 else prompt
+
     def deep_text_prompts(self) -> list[Tensor]:
         """`P_1 .. P_{J-1}`, each `[n, W]`: they replace positions `1..n` at the input of text block i."""
-        return list(self.compound_prompts_text)
+        return [self.as_reference_rounds(p) for p in self.compound_prompts_text]
 
     def vision_prompts(self) -> tuple[Tensor, list[Tensor]]:
         """(`F_0(P_0)` `[n, Wv]` appended after the patch tokens, `[F_i(P_i)]` replacing them in block i)."""
-        shared = self.proj(self.ctx)
-        deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
+        shared = self.as_reference_rounds(self.proj(self.ctx))
+        deep = [
+            self.as_reference_rounds(layer(p))
+            for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)
+        ]
         return shared, deep
+
+    def unnormalised_text_features(self) -> Tensor:
+        """Class text features `[K, D]` as the text tower outputs them (before normalisation)."""
+        dtype = backbone_dtype(self.backbone)
+        deep = [p.to(dtype) for p in self.deep_text_prompts()]
+        prompts = self.prompt_embeddings().to(dtype)
+        return self.backbone.encode_text_from_embeddings(
+            prompts, self.eot, deep or None, shared_prefix=shared_context_prefix(self.n_ctx)
+        )
+
+    def unnormalised_image_features(self, images: Tensor) -> Tensor:
+        """Prompted image features `[B, D]` of images `[B, 3, H, W]` (before normalisation)."""
+        dtype = backbone_dtype(self.backbone)
+        shared, deep = self.vision_prompts()
+        return self.backbone.encode_image_with_prompts(
+            images.to(dtype), shared.to(dtype), [d.to(dtype) for d in deep] or None
+        )
 
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored."""
-        deep = self.deep_text_prompts()
-        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, deep or None)
+        return unit(self.unnormalised_text_features())
 
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised prompted image features `[B, D]` of images `[B, 3, H, W]`."""
-        dtype = backbone_dtype(self.backbone)
-        shared, deep = self.vision_prompts()
-        out = self.backbone.encode_image_with_prompts(
-            images.to(dtype), shared.to(dtype), [d.to(dtype) for d in deep] or None
-        )
-        return normalized(out)
-
-    def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
-        """Load from our `prompt_state`, a reference prompt-learner state dict or a reference whole-model
-        state dict (`prompt_learner.*` keys; the frozen CLIP weights in it are dropped)."""
-        load_prompt_state_into(self, state_dict, "maple")
+        return unit(self.unnormalised_image_features(images))
 
     def extra_repr(self) -> str:
         return (
@@ -183,13 +191,6 @@ class MaPLe(PromptModule):
         )
 
 
-def build_maple(config: MaPLeConfig, backbone: Any, classnames: list[str], template: str) -> MaPLe:
-    """`LearnerSpec.build` for `maple`."""
-    return MaPLe(
-        backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init, prompt_depth=config.prompt_depth
-    )
+LEARNERS.register("maple", MaPLe)
 
-
-LEARNERS.register("maple", LearnerSpec(MaPLeConfig, build_maple, uses_image_tower=True))
-
-__all__ = ["MaPLe", "MaPLeConfig", "build_maple", "effective_depth", "tower_depths"]
+__all__ = ["MaPLe", "MaPLeConfig", "effective_depth", "tower_depths"]

@@ -9,22 +9,16 @@ reference KaiyangZhou/CoOp `trainers/zsclip.py`: `ZeroshotCLIP` encodes the data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
-from tailprompt.data.readers import ENSEMBLE_TEMPLATES
-from tailprompt.prompts.base import LEARNERS, LearnerSpec
-from tailprompt.prompts.common import (
-    LearnerError,
-    PromptModule,
-    check_template,
-    clean_classnames,
-    frozen_image_features,
-    load_prompt_state_into,
-    normalized,
-)
+from tailprompt.data.templates import ENSEMBLE_TEMPLATES
+from tailprompt.prompts.common import LearnerError, check_template, template_text_features
+from tailprompt.prompts.learner import LEARNERS, PromptLearner
+
+if TYPE_CHECKING:
+    from tailprompt.backbone import FrozenVLM
 
 # CoOp `trainers/imagenet_templates.py` IMAGENET_TEMPLATES_SELECT (ZeroshotCLIP2's ensemble); one copy,
 # kept with the dataset templates.
@@ -47,36 +41,18 @@ class ZeroshotConfig:
             raise ValueError("ensemble=true needs templates or add_dataset_template=true")
 
 
-def template_text_features(backbone: Any, classnames: list[str], templates: list[str]) -> Tensor:
-    """Mean of the normalised `encode_text(template.format(name))` over templates, renormalised -> `[K, D]`.
-
-    With one template this is the plain normalised feature (ZeroshotCLIP).
-    """
-    names = clean_classnames(classnames)
-    with torch.no_grad():
-        per_template = []
-        for template in templates:
-            tokens = backbone.tokenize([template.format(n) for n in names]).to(backbone.device)
-            per_template.append(normalized(backbone.encode_text(tokens)))
-        if len(per_template) == 1:
-            return per_template[0]
-        total = per_template[0]
-        for feats in per_template[1:]:  # sequential sum, in the reference's order
-            total = total + feats
-        return normalized(total / len(per_template))
-
-
-class ZeroShot(PromptModule):
+class ZeroShot(PromptLearner):
     """Frozen class features from templates; `prompt_state()` is empty."""
 
-    def __init__(self, backbone: Any, classnames: list[str], template: str, config: ZeroshotConfig) -> None:
-        super().__init__(backbone)
-        self.config = config
-        self.classnames: list[str] = []
+    name = "zeroshot"
+    config_cls = ZeroshotConfig
+
+    def __init__(self, config: ZeroshotConfig, backbone: FrozenVLM, classnames: list[str], template: str) -> None:
+        super().__init__(config, backbone)
         self.templates: list[str] = []
         self.set_classnames(classnames, template)
 
-    def set_classnames(self, classnames: list[str], template: str) -> None:
+    def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Encode the class features of a new label space with that dataset's `template`."""
         if not classnames:
             raise LearnerError("zeroshot: needs at least one class name")
@@ -95,29 +71,10 @@ class ZeroShot(PromptModule):
         """Normalised class features `[K, D]` (computed once per label space)."""
         return self.class_features
 
-    def image_features(self, images: Tensor) -> Tensor:
-        """Normalised frozen image features `[B, D]`."""
-        return frozen_image_features(self.backbone, images)
-
-    def load_prompt_state(self, state_dict: dict[str, Tensor]) -> None:
-        """Accepts only an empty state (after dropping reference class-name buffers)."""
-        load_prompt_state_into(self, state_dict, "zeroshot")
-
     def extra_repr(self) -> str:
         return f"templates={len(self.templates)}, classes={len(self.classnames)}"
 
 
-def build_zeroshot(config: ZeroshotConfig, backbone: Any, classnames: list[str], template: str) -> ZeroShot:
-    """`LearnerSpec.build` for `zeroshot`."""
-    return ZeroShot(backbone, classnames, template, config)
+LEARNERS.register("zeroshot", ZeroShot)
 
-
-LEARNERS.register("zeroshot", LearnerSpec(ZeroshotConfig, build_zeroshot))
-
-__all__ = [
-    "IMAGENET_TEMPLATES_SELECT",
-    "ZeroShot",
-    "ZeroshotConfig",
-    "build_zeroshot",
-    "template_text_features",
-]
+__all__ = ["IMAGENET_TEMPLATES_SELECT", "ZeroShot", "ZeroshotConfig"]

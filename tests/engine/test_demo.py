@@ -25,6 +25,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     for method in spec.methods:
         assert method in printed  # the table reaches the terminal
+    assert "The seeds' claims" in printed and (report / "claims.md").is_file()
     # Zero-shot on the embedded weights must beat chance (1/18 per split) by a wide margin.
     zs = next(r for r in results if r["method"] == "zeroshot" and r["tau"] == 1.0)
     assert zs["splits"]["base"]["accuracy"] > 3 * 100 / len(zs["splits"]["base"]["classnames"])

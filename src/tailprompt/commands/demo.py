@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tailprompt.engine.sweep import expand, read_sweep, run_all
     from tailprompt.report import load_results, render_table, summary_tables, write_report
-    from tailprompt.utils import configure_threads
+    from tailprompt.utils import configure_threads, write_text_atomic
+    from tailprompt.world.claims import render_markdown
 
     t0 = time.perf_counter()
     threads = configure_threads()
@@ -44,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     for table in summary_tables(results):
         print()
         print(render_table(table, "md"))
-    print(f"\nreport: {', '.join(str(p) for p in paths)}")
+    claims_md = render_markdown(results)
+    write_text_atomic(out / "report" / "claims.md", claims_md + "\n")
+    print()
+    print(claims_md)
+    print(f"\nreport: {', '.join(str(p) for p in [*paths, out / 'report' / 'claims.md'])}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -24,26 +25,32 @@ class LabelVocab:
     """A label space over attribute combinations.
 
     `values[attr]` are the attribute indices used; classes are the product in `phrase` order
-    ("size colour shape" -> "large red circle"); `split_attrs` decides the base/new checkerboard:
-    a class is base when the sum of its positions along those attributes is even.
+    ("size colour shape" -> "large red circle"). `split` decides base and new: "checkerboard" makes a class
+    base when the sum of its positions along `split_attrs` is even (new classes are new *combinations* of
+    words the prompts were trained on); "values" makes it base when its value of `split_attrs[0]` is in the
+    first half of that attribute's values (new classes carry words, e.g. shapes, that no training label
+    has, as real base-to-new splits do: the prompts never see the new class names' key words).
     """
 
     name: str
     phrase: tuple[str, ...]
     values: Mapping[str, tuple[int, ...]]
-    split_attrs: tuple[str, str]
+    split_attrs: tuple[str, ...]
     template: str = TEMPLATE
+    split: Literal["checkerboard", "values"] = "checkerboard"
 
     def classes(self) -> list[dict[str, int]]:
-        """Attribute dicts in label order: the base half (checkerboard even) first, then the new half."""
+        """Attribute dicts in label order: the base half first, then the new half (product order within)."""
         combos: list[dict[str, int]] = [{}]
         for attr in self.phrase:
             combos = [{**c, attr: v} for c in combos for v in self.values[attr]]
+        return [c for c in combos if not self._is_new(c)] + [c for c in combos if self._is_new(c)]
 
-        def odd(c: dict[str, int]) -> int:
-            return sum(self.values[a].index(c[a]) for a in self.split_attrs) % 2
-
-        return [c for c in combos if not odd(c)] + [c for c in combos if odd(c)]
+    def _is_new(self, c: Mapping[str, int]) -> bool:
+        if self.split == "values":
+            values = self.values[self.split_attrs[0]]
+            return values.index(c[self.split_attrs[0]]) >= math.ceil(len(values) / 2)
+        return sum(self.values[a].index(c[a]) for a in self.split_attrs) % 2 == 1
 
     def classname(self, attrs: Mapping[str, int]) -> str:
         return " ".join(ATTRIBUTES[a][attrs[a]] for a in self.phrase)
@@ -69,6 +76,11 @@ VOCABULARIES: dict[str, LabelVocab] = {
         LabelVocab(
             "size_colour_shape", ("size", "colour", "shape"),
             {"size": (0, 1), "colour": tuple(range(6)), "shape": tuple(range(6))}, ("colour", "shape"),
+        ),
+        # The demo's benchmark: base classes use circle, square, triangle; new classes star, heart, cross.
+        LabelVocab(
+            "size_colour_shape_by_shape", ("size", "colour", "shape"),
+            {"size": (0, 1), "colour": tuple(range(6)), "shape": tuple(range(6))}, ("shape",), split="values",
         ),
     )
 }

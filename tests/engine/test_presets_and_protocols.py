@@ -27,6 +27,10 @@ def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrid
         overrides = overrides + ["protocol.name=base_to_new"]
     if reads_descriptions(preset):
         overrides = overrides + [f"data.descriptions={eurosat_descriptions}"]
+    stage1 = getattr(resolve_config(preset).learner.options, "base", None)
+    if stage1 is not None:  # a second-stage method (DPC) starts from a finished run of its base learner's preset
+        first = execute_run(resolve_config(stage1.name, overrides), backbones)
+        overrides = overrides + [f"init.from_run={first.run_dir}"]
     r = execute_run(resolve_config(preset, overrides), backbones).result
     assert r["method"] == preset
     curve = r["loss_curve"]
@@ -37,6 +41,9 @@ def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrid
         names = {o.name for o in resolve_config(preset).objectives}
         assert {k.split("/")[0] for k in curve if k != "total"} == names  # every objective logged its terms
     assert 0 <= r["splits"]["new"]["accuracy"] <= 100
+    roles = r["split_roles"]
+    assert [n for n, role in roles.items() if role["harmonic_mean"]] == ["base", "new"]
+    assert [n for n, role in roles.items() if role["training"]] == ["base"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +73,12 @@ def test_cross_dataset_on_explicit_targets(base_overrides, eurosat_root, tmp_pat
     assert set(r["splits"]) == {"source", "dtd"}
     assert len(r["splits"]["source"]["classnames"]) == 10 and len(r["splits"]["dtd"]["classnames"]) == 6
     assert r["splits"]["dtd"]["ece_dac"] is not None  # DAC applies to classes the prompts were not trained on
+    # the protocol's roles travel with the result: the report reads them instead of the protocol's name
+    assert r["protocol_label"] == "cross-dataset"
+    assert r["split_roles"] == {
+        "source": {"label": "Source", "training": True, "harmonic_mean": False, "target": False},
+        "dtd": {"label": "dtd", "training": False, "harmonic_mean": False, "target": True},
+    }
 
 
 @pytest.mark.parametrize("protocol, expected", [

@@ -29,6 +29,7 @@ LABELS = torch.tensor([0, 1, 2, 0])
 REFERENCE_NAMES = {
     "zeroshot": set(),
     "coop": {"ctx"},
+    "dpc": {"ctx"},  # the default base learner is CoOp; the stage-1 copy is a non-persistent buffer
     "kgcoop": {"ctx"},
     "prograd": {"ctx"},
     "cocoop": {

@@ -4,6 +4,7 @@ from tailprompt.prompts import (  # noqa: F401  (registration)
     cocoop,
     coop,
     coprompt,
+    dpc,
     kgcoop,
     maple,
     prograd,

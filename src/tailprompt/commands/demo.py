@@ -16,9 +16,9 @@ def sweep_file(quick: bool) -> Path:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run base-to-new on the embedded world for the *_coop methods at 3 imbalance ratios, 3 seeds, and report",
+        help="run base-to-new on the embedded world for the *_coop methods at 3 imbalance ratios, 2 seeds, and report",
         description="Runs the packaged sweep configs/sweeps/demo.yaml (embedded backbone, `world` dataset, "
-        "tau 1 / 0.25 / 0.06, seeds 1-3, a shorter schedule than the papers') and writes the report. "
+        "tau 1 / 0.25 / 0.06, seeds 1-2, a shorter schedule than the papers') and writes the report. "
         "Runs already complete in OUT are reused.",
     )
     p.add_argument("--quick", action="store_true",

@@ -87,6 +87,7 @@ class FrozenVLM(nn.Module):
         self.preprocess_train = train_transform(self.image_size, mean, std)
         self.preprocess_eval = eval_transform(self.image_size, mean, std)
         self.preprocess_id = preprocess_id(self.image_size, mean, std)
+        self._norm_stats = (tuple(mean), tuple(std))
         self._bpe: Any = None  # open_clip SimpleTokenizer, built on first use (reading BPE merges is slow)
         for p in self.parameters():
             p.requires_grad_(False)
@@ -95,6 +96,10 @@ class FrozenVLM(nn.Module):
     def train(self, mode: bool = True) -> FrozenVLM:
         # Always eval: a learner's .train() must not switch the conv tower's BatchNorm to batch statistics.
         return super().train(False)
+
+    def train_preprocess(self, crop_scale: tuple[float, float], flip: bool) -> Any:
+        """PIL -> FloatTensor[3, S, S]: `preprocess_train` with another crop scale range / flip choice."""
+        return train_transform(self.image_size, *self._norm_stats, crop_scale=crop_scale, flip=flip)
 
     # ----- tower parts (read-only views for learners) -----
     @property

@@ -38,16 +38,18 @@ def eval_transform(
 
 
 def train_transform(
-    image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+    image_size: int,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    crop_scale: tuple[float, float] = TRAIN_CROP_SCALE,
+    flip: bool = True,
 ) -> Callable[[Any], Any]:
     from torchvision import transforms as T
 
     return T.Compose(
         [
-            T.RandomResizedCrop(
-                image_size, scale=TRAIN_CROP_SCALE, interpolation=T.InterpolationMode.BICUBIC
-            ),
-            T.RandomHorizontalFlip(),
+            T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
+            *([T.RandomHorizontalFlip()] if flip else []),
             _to_rgb,
             T.ToTensor(),
             T.Normalize(mean, std),

@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import tailprompt.data  # noqa: F401  (registers datasets)
+    import tailprompt.world  # noqa: F401  (registers the world datasets)
     from tailprompt.config import load_yaml
     from tailprompt.data.registry import DATASETS
     from tailprompt.engine.protocols import PROTOCOLS

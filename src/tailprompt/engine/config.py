@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tailprompt.config import ConfigError, from_dict, to_dict
+from tailprompt.data.augment import Augment
 from tailprompt.registry import Registry
 
 
@@ -46,6 +47,9 @@ class DataConfig:
     # transfer targets: methods whose reference uses its own table (DeKg/KgCoOp's DTD, ProGrad's) carry it
     # in their preset. `options.template` / `protocol.target_options.template` still win.
     templates: dict[str, str] = field(default_factory=dict)
+    # training augmentation {crop_scale: [min, max], flip: bool}; None: the dataset's default (the CoOp
+    # recipe, scale 0.08-1 + flip, for the real datasets; a gentler crop for the embedded world)
+    augment: Augment | None = None
 
 
 @dataclass

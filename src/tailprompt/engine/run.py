@@ -23,6 +23,7 @@ import tailprompt
 from tailprompt.backbone import FrozenVLM
 from tailprompt.clustering import ClusterResult, ClusterSettings
 from tailprompt.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
+from tailprompt.data.augment import resolve_augment
 from tailprompt.data.descriptions import class_descriptions, descriptions_file, read_descriptions
 from tailprompt.data.features import FeatureCache, default_cache_dir
 from tailprompt.data.sampling import TrainingSet, sample_training_set
@@ -208,7 +209,8 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
         descriptions = description_features(backbone, train_ds, path)
     use_cache = cfg.data.cache and not learner.uses_image_tower
     cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers) if use_cache else None
-    inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers)
+    augment = resolve_augment(cfg.data.augment, train_ds.augment)
+    inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers, augment)
     return RunSetup(
         backbone=backbone, plan=plan, training=training, learner=learner, frozen_text=frozen_text,
         objectives=objectives, hooks=[HOOKS.get(h.name)(h.options) for h in cfg.hooks], clusters=clusters,
@@ -353,6 +355,7 @@ def run_record(
         "versions": versions(),
         "device": str(setup.backbone.device),
         "sampling": {"counts": training.counts, "ids": training.ids},
+        "augment": to_dict(setup.inputs.augment),
         "splits": evaluation.splits,
         "hm": hm,
         "groups": groups,

@@ -209,10 +209,8 @@ class PromptSRC(PromptLearner):
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored."""
         deep = [self._entering(p) for p in self.deep_text_prompts]
-        prefix = shared_context_prefix(self.n_ctx)  # [SOS][ctx] and the deep prompts are the same for every class
-        return encode_prompt_embeddings(
-            self.backbone, self.prompt_embeddings(), self.eot, deep or None, shared_prefix=prefix
-        )
+        prompts, prefix = self.prompt_embeddings(), shared_context_prefix(self.n_ctx)
+        return encode_prompt_embeddings(self.backbone, prompts, self.eot, deep or None, shared_prefix=prefix)
 
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised prompted image features `[B, D]` of images `[B, 3, H, W]`."""

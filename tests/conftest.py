@@ -22,6 +22,21 @@ def etf():
     return simplex_etf
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fp32_by_default():
+    """`backbone.precision: auto` resolves to fp32 on a CPU in tests, whatever this CPU can do.
+
+    Results of the suite (exactness, parity with the references) must not depend on the machine; the
+    precision tests ask for bf16 explicitly or patch the detector back. Session-scoped so that it is in
+    place before the session-scoped backbone fixtures are built.
+    """
+    from tailprompt.backbone import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's ~/.cache/tailprompt from tests."""

@@ -1,4 +1,9 @@
-"""The `tailprompt` command: argparse subcommands, one module each under `tailprompt.commands`."""
+"""The `tailprompt` command: argparse subcommands, one module each under `tailprompt.commands`.
+
+Start-up stays under a second: `tailprompt --help` imports no command module (the listing comes from
+`COMMANDS`), and `tailprompt CMD ...` imports only CMD's module, whose own imports of torch and open_clip
+(seconds) wait inside its `run`.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,41 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from tailprompt import __version__
 
-# Module names under tailprompt.commands, in --help order. Each defines add_parser(subparsers).
-COMMANDS: list[str] = [
-    "train",
-    "eval",
-    "sweep",
-    "demo",
-    "list_presets",
-    "report",
-    "pretrain_embedded",
-    "convert_weights",
-    "data",
-    "features",
-]
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its module under tailprompt.commands (which defines `add_parser(subparsers)`) and the
+    line `tailprompt --help` shows for it (the same text the module passes as `help=`; a test keeps them equal)."""
+
+    module: str
+    help: str
+
+
+# In --help order.
+COMMANDS: dict[str, Command] = {
+    "train": Command("train", "train one run (learner + objectives + protocol) and write runs/<run_id>/"),
+    "eval": Command("eval", "re-evaluate a run's saved prompts on a dataset"),
+    "sweep": Command("sweep", "run a grid of runs (methods x datasets x tau x seeds x any key), resumable"),
+    "demo": Command(
+        "demo",
+        "run base-to-new on the embedded world for the *_coop methods at 3 imbalance ratios, 3 seeds, and report",
+    ),
+    "list": Command("list_presets", "list method presets, learners, objectives, datasets and protocols"),
+    "report": Command("report", "tables and plots from a runs folder"),
+    "pretrain-embedded": Command(
+        "pretrain_embedded",
+        "pretrain the embedded tiny CLIP on the procedural world (rebuilds the shipped weights)",
+    ),
+    "convert-weights": Command(
+        "convert_weights", "convert a CLIP checkpoint (OpenAI TorchScript .pt, state dict) to .safetensors"
+    ),
+    "data": Command("data", "check dataset folders, sample few-shot training sets"),
+    "features": Command("features", "precompute cached image features (eval view + augmented views)"),
+}
 
 
 class UserError(Exception):
@@ -42,7 +66,9 @@ def user_errors() -> Iterator[None]:
         raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `tailprompt` parser with `command`'s full sub-parser; every other command is listed by name and
+    help line only, so building it imports nothing heavy."""
     parser = argparse.ArgumentParser(
         prog="tailprompt",
         description="Prompt tuning of CLIP-style models on long-tailed few-shot data.",
@@ -50,13 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tailprompt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"tailprompt.commands.{name}").add_parser(sub)
+    for name, spec in COMMANDS.items():
+        if name == command:
+            importlib.import_module(f"tailprompt.commands.{spec.module}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=spec.help, add_help=False)
     return parser
 
 
+def invoked_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (its first token that is a command name), or None."""
+    return next((token for token in argv if token in COMMANDS), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(invoked_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -177,3 +177,15 @@ def test_worker_processes_give_the_same_cached_features(tmp_path):
     serial = FeatureCache(tmp_path / "a").get(backbone, ds, items, view=1, batch_size=8)
     parallel = FeatureCache(tmp_path / "b", num_workers=2).get(backbone, ds, items, view=1, batch_size=8)
     assert torch.equal(serial, parallel)
+
+
+def test_progress_bar_shows_images_per_second_for_misses_only(eurosat, tmp_path, capsys):
+    model, cache = StandIn(), FeatureCache(tmp_path / "cache", progress=True)
+    n = len({cache.entry_key(eurosat, it) for it in eurosat.val})
+    cache.get(model, eurosat, eurosat.val, view=0)
+    err = capsys.readouterr().err
+    assert "img/s" in err and f"{n}/{n}" in err and "(fp32)" in err
+    cache.get(model, eurosat, eurosat.val, view=0)  # all hits: nothing decoded, encoded or shown
+    assert capsys.readouterr().err == "" and model.encoded == n
+    cache.get(model, eurosat, eurosat.test, view=0, progress=False)
+    assert capsys.readouterr().err == ""

@@ -32,6 +32,7 @@ def test_train_writes_a_complete_run(preset, base_overrides, tmp_path, capsys):
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     r = json.loads((run / "result.json").read_text())
     assert r["method"] == preset and r["protocol"] == "base_to_new"
+    assert r["backbone"]["precision"] == "fp32"  # auto on a CPU without native bf16 (tests/conftest.py)
     # tau = 0.06 over the 5 base classes: the formula's counts, in label order.
     assert list(r["sampling"]["counts"].values()) == [16, 7, 3, 1, 1]
     assert set(r["splits"]) == {"base", "new"}
@@ -98,6 +99,20 @@ def test_user_mistakes_exit_2_with_one_line(base_overrides, capsys):
     assert "tauu" in err and "Traceback" not in err
     assert main(["train", "--config", "coop", "--set", "data.name=nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(["train", "--config", "coop", "--set", "backbone.precision=fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "backbone.precision" in err and "fp16" in err and "Traceback" not in err
+
+
+def test_bf16_run_records_its_precision_and_caches_its_features_apart(base_overrides, tmp_path):
+    fp32 = execute_run(resolve_config("coop", base_overrides + ["optim.max_steps=2"]))
+    bf16 = execute_run(resolve_config("coop", base_overrides + ["optim.max_steps=2", "backbone.precision=bf16"]))
+    assert (fp32.result["backbone"]["precision"], bf16.result["backbone"]["precision"]) == ("fp32", "bf16")
+    keys = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "features").glob("*/key.json")]
+    assert sorted(k["precision"] for k in keys) == ["bf16", "fp32"]
+    # close to the fp32 run, not the same numbers
+    assert bf16.result["loss_curve"]["total"] != fp32.result["loss_curve"]["total"]
+    assert bf16.result["loss_curve"]["total"][0] == pytest.approx(fp32.result["loss_curve"]["total"][0], rel=0.05)
 
 
 def test_killed_sweep_resumes_to_exactly_the_grid(base_overrides, tmp_path, monkeypatch):

@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tailprompt.backbone.checkpoints import BackboneError
+from tailprompt.backbone.precision import ResolvedPrecision
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -49,6 +51,8 @@ class FrozenVLM(nn.Module):
         logit_scale: the exp'd temperature (open_clip's ``logit_scale.exp()``, ~100 for trained CLIPs).
         vocabulary: words the model was pretrained on (embedded model) or None (no check).
         preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both.
+        precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`); the
+            weights stay fp32 either way.
     """
 
     def __init__(
@@ -61,12 +65,14 @@ class FrozenVLM(nn.Module):
         vocabulary: set[str] | None = None,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
+        precision: ResolvedPrecision = "fp32",
     ) -> None:
         super().__init__()
         self.model = model
         self.arch = arch
         self.identity = identity
         self.vocabulary = vocabulary
+        self.precision: ResolvedPrecision = precision
         _check_text_tower(self._text_tower, arch)
         self.context_length = int(self.positional_embedding.shape[0])
         image_size = model.visual.image_size
@@ -258,6 +264,7 @@ class FrozenVLM(nn.Module):
         deep_prompts: Sequence[Tensor] | None = None,
         *,
         truncate: bool = True,
+        shared_prefix: int = 0,
     ) -> Tensor:
         """Run the text tower on token embeddings: the routine every learner calls (CoOp's TextEncoder).
 
@@ -267,20 +274,44 @@ class FrozenVLM(nn.Module):
         never reach it and the result equals the full-context pass (pass `eot` on the CPU to avoid a device
         sync for the cut length).
 
+        With ``shared_prefix = P > 0`` the caller promises that positions ``0 .. P-1`` are the same for all
+        K sequences of a group (``[SOS][context]`` when the context precedes the class name and does not
+        depend on the class). Causal attention then makes their hidden states the same too, so they are
+        computed once per group and the K class-specific tails attend to them (prefix caching; exact up to
+        float summation order). Falls back to the plain pass when it cannot apply (P beyond an end-of-text
+        position, per-sequence deep prompts, deep prompts reaching past P, a block layout it does not know).
+
         Args:
-            x: ``[K, L, W]`` token embeddings (learned context vectors already in place).
-            eot: ``[K]`` end-of-text positions.
-            deep_prompts: per-block text prompts, ``deep_prompts[i]`` ``[n, W]`` or ``[K, n, W]`` for block
-                ``i + 1``.
+            x: ``[K, L, W]`` token embeddings (learned context vectors already in place), or ``[G, K, L, W]``
+                for G groups (CoCoOp: one group of K class prompts per image).
+            eot: ``[K]`` end-of-text positions (shared by every group), or ``[G * K]``.
+            deep_prompts: per-block text prompts, ``deep_prompts[i]`` ``[n, W]`` or ``[N, n, W]`` (N = all
+                sequences) for block ``i + 1``.
             truncate: False keeps all L positions (the reference path, for tests and benchmarks).
+            shared_prefix: P, the number of leading positions shared within each group (0: none).
 
         Returns:
-            ``[K, D]`` text features, not normalised.
+            ``[K, D]`` (or ``[G, K, D]``) text features, not normalised.
         """
-        k, length, _ = x.shape
+        grouped = x.dim() == 4
+        groups, k = (x.shape[0], x.shape[1]) if grouped else (1, x.shape[0])
+        eot = eot.long()
         deep = list(deep_prompts or [])
         _check_depth(deep, self.text_layers, "text")
-        eot = eot.long()
+        if shared_prefix > 0 and self._prefix_applies(shared_prefix, eot, deep):
+            xs = x if grouped else x.unsqueeze(0)
+            feats = self._encode_with_shared_prefix(xs, eot[:k], deep, shared_prefix, truncate)
+            return feats if grouped else feats[0]
+        if grouped:
+            x = x.reshape(groups * k, *x.shape[2:])
+            if eot.numel() == k:
+                eot = eot.repeat(groups)
+        feats = self._encode_plain(x, eot, deep, truncate)
+        return feats.reshape(groups, k, -1) if grouped else feats
+
+    def _encode_plain(self, x: Tensor, eot: Tensor, deep: list[Tensor], truncate: bool) -> Tensor:
+        """Every sequence through every block: ``[N, L, W]`` -> ``[N, D]``."""
+        k, length, _ = x.shape
         if truncate:
             length = int(eot.max()) + 1
         eot = eot.to(x.device)
@@ -293,6 +324,32 @@ class FrozenVLM(nn.Module):
         x = self.ln_final(x)
         x = x[torch.arange(k, device=x.device), eot]
         return self._project_text(x)
+
+    def _prefix_applies(self, prefix: int, eot: Tensor, deep: list[Tensor]) -> bool:
+        """Whether the shared-prefix pass is exact for these inputs (else the caller falls back)."""
+        if prefix > int(eot.min()):  # every end-of-text token must lie in its sequence's own tail
+            return False
+        if any(p.dim() != 2 or 1 + p.shape[0] > prefix for p in deep):  # deep prompts must sit in the prefix
+            return False
+        return all(_is_plain_block(block) for block in self.text_blocks)
+
+    def _encode_with_shared_prefix(
+        self, x: Tensor, eot: Tensor, deep: list[Tensor], prefix: int, truncate: bool
+    ) -> Tensor:
+        """``[G, K, L, W]`` whose first `prefix` positions are equal within each group -> ``[G, K, D]``."""
+        groups, k, length, _ = x.shape
+        if truncate:
+            length = int(eot.max()) + 1
+        pos = self.positional_embedding[:length].to(x.dtype)
+        head = x[:, 0, :prefix] + pos[:prefix]  # [G, P, W]: the first sequence stands for its group
+        tail = x[:, :, prefix:length] + pos[prefix:]  # [G, K, R, W]
+        for i, block in enumerate(self.text_blocks):
+            if 1 <= i <= len(deep):
+                head = _replace_tokens(head, deep[i - 1], start=1)
+            head, tail = _prefix_block(block, head, tail)
+        tail = self.ln_final(tail)
+        rows = tail[:, torch.arange(k, device=x.device), (eot - prefix).to(x.device)]  # [G, K, W]
+        return self._project_text(rows)
 
     def _project_text(self, x: Tensor) -> Tensor:
         proj = self.text_projection
@@ -361,7 +418,10 @@ class FrozenVLM(nn.Module):
 
     # ----- misc -----
     def extra_repr(self) -> str:
-        return f"identity={self.identity!r}, embed_dim={self.embed_dim}, context_length={self.context_length}"
+        return (
+            f"identity={self.identity!r}, precision={self.precision}, embed_dim={self.embed_dim}, "
+            f"context_length={self.context_length}"
+        )
 
 
 def _is_vit(visual: nn.Module) -> bool:
@@ -380,6 +440,72 @@ def _check_text_tower(text: nn.Module, arch: str) -> None:
         )
     if not text.transformer.batch_first:
         raise BackboneError(f"architecture {arch!r}: text transformer is not batch-first (open_clip < 3?)")
+
+
+def _is_plain_block(block: nn.Module) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` with a standard ``nn.MultiheadAttention`` (what `_prefix_block`
+    re-implements); anything else takes the plain path."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is ResidualAttentionBlock
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and attn.dropout == 0.0
+    )
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """``[..., T, W]`` -> ``[..., heads, T, W / heads]``."""
+    *lead, t, w = x.shape
+    return x.reshape(*lead, t, heads, w // heads).transpose(-3, -2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """``[..., heads, T, d]`` -> ``[..., T, heads * d]``."""
+    *lead, h, t, d = x.shape
+    return x.transpose(-3, -2).reshape(*lead, t, h * d)
+
+
+def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
+    """One causal ``ResidualAttentionBlock`` over a shared head ``[G, P, W]`` and K tails ``[G, K, R, W]``.
+
+    The head attends causally to itself (it cannot see the tails). Each tail position attends to the whole
+    head and causally to its own tail: one softmax over the concatenated scores, so the result is the
+    block's output on the full sequences ``[head; tail_k]`` while the head's projections and MLP run once
+    per group instead of once per sequence.
+    """
+    attn: nn.MultiheadAttention = block.attn
+    heads = attn.num_heads
+    # One projection for head and tails together: the (G*P + G*K*R) rows share the weight read.
+    g, p, w = head.shape
+    rows = torch.cat([head.reshape(-1, w), tail.reshape(-1, w)])
+    qkv = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.split(w, dim=-1)
+    n_head = g * p
+    qh, kh, vh = (_split_heads(t[:n_head].reshape(g, p, w), heads) for t in (q, k, v))  # [G, h, P, d]
+    qt, kt, vt = (_split_heads(t[n_head:].reshape(tail.shape), heads) for t in (q, k, v))  # [G, K, h, R, d]
+    out_head = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [G, h, P, d]
+    scale = qt.shape[-1] ** -0.5
+    r = tail.shape[2]
+    scores_head = torch.einsum("gkhrd,ghpd->gkhrp", qt, kh) * scale  # every tail query sees the whole head
+    scores_tail = torch.einsum("gkhrd,gkhsd->gkhrs", qt, kt) * scale
+    causal = torch.ones(r, r, dtype=torch.bool, device=tail.device).triu(1)
+    scores_tail = scores_tail.masked_fill(causal, float("-inf"))
+    weights = torch.softmax(torch.cat([scores_head, scores_tail], dim=-1), dim=-1)
+    weights = weights.to(vt.dtype)
+    out_tail = torch.einsum("gkhrp,ghpd->gkhrd", weights[..., :p], vh) + torch.einsum(
+        "gkhrs,gkhsd->gkhrd", weights[..., p:], vt
+    )
+    mixed = torch.cat([_merge_heads(out_head).reshape(-1, w), _merge_heads(out_tail).reshape(-1, w)])
+    x = rows + block.ls_1(attn.out_proj(mixed))
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x[:n_head].reshape(head.shape), x[n_head:].reshape(tail.shape)
 
 
 def _check_depth(deep: list[Tensor], layers: int, tower: str) -> None:

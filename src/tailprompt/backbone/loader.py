@@ -16,6 +16,7 @@ from tailprompt.backbone.architectures import (
 )
 from tailprompt.backbone.checkpoints import BackboneError, error_summary, read_checkpoint
 from tailprompt.backbone.frozen import FrozenVLM
+from tailprompt.backbone.precision import resolve_precision
 from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
 from tailprompt.utils import sha256_file
 
@@ -42,6 +43,7 @@ def load_backbone(
     device: str = "cpu",
     quick_gelu: str | bool = "auto",
     seed: int = 0,
+    precision: str = "auto",
 ) -> FrozenVLM:
     """Build a frozen CLIP backbone.
 
@@ -56,6 +58,8 @@ def load_backbone(
         quick_gelu: ``auto`` uses QuickGELU when the weights say so (OpenAI layout, convert-weights metadata,
             a ``quick_gelu`` tag) or the architecture config does; ``true``/``false`` force it.
         seed: random init seed (only matters without weights).
+        precision: ``auto`` | ``fp32`` | ``bf16``, resolved here for `device` (`resolve_precision`); the
+            weights stay fp32 and callers run the towers under `autocast_context(device, vlm.precision)`.
 
     Returns:
         A `FrozenVLM` in eval mode with all parameters frozen.
@@ -65,6 +69,7 @@ def load_backbone(
             architecture; the message names the file or name and what was expected.
     """
     override = parse_quick_gelu(quick_gelu)
+    resolved = resolve_precision(precision, device)
     arch = architecture(name)
     vocabulary = _embedded_vocabulary() if name == "embedded" else None
     if weights is None and name == "embedded":
@@ -106,6 +111,7 @@ def load_backbone(
         vocabulary=vocabulary,
         mean=mean,
         std=std,
+        precision=resolved,
     )
 
 

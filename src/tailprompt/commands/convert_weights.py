@@ -11,16 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tailprompt.backbone.checkpoints import (
-    SAFETENSORS_QUICK_GELU_KEY,
-    file_format,
-    normalise_state_dict,
-    read_checkpoint,
-    read_torchscript_state_dict,
-)
-from tailprompt.backbone.loader import parse_quick_gelu
 from tailprompt.cli import UserError
-from tailprompt.utils import atomic_path, sha256_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,6 +56,16 @@ def convert_weights(
             unreadable input (as `BackboneError`, a `UserError`).
     """
     from safetensors.torch import save_file
+
+    from tailprompt.backbone.checkpoints import (
+        SAFETENSORS_QUICK_GELU_KEY,
+        file_format,
+        normalise_state_dict,
+        read_checkpoint,
+        read_torchscript_state_dict,
+    )
+    from tailprompt.backbone.loader import parse_quick_gelu
+    from tailprompt.utils import atomic_path, sha256_file
 
     if dst.suffix != ".safetensors":
         raise UserError(f"output {dst} must end in .safetensors")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tailprompt.cli import UserError
 from tailprompt.config import ConfigError, parse_override
-from tailprompt.data.check import check_dataset
-from tailprompt.data.files import DatasetError
-from tailprompt.data.registry import load_dataset
-from tailprompt.data.sampling import PROFILES, sample_training_set, sampling_record, select_classes
-from tailprompt.data.types import DatasetSplits
+
+if TYPE_CHECKING:
+    from tailprompt.data.types import DatasetSplits
+
+# tailprompt.data.sampling.PROFILES, spelled out so that building the parser imports no torch (a test keeps
+# them equal)
+PROFILES = ("exp", "step", "counts")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +41,9 @@ def reader_options(pairs: list[str]) -> dict[str, Any]:
 
 def load_or_fail(name: str, root: str | None, options: dict[str, Any]) -> DatasetSplits:
     """`load_dataset` with every user mistake turned into a one-line `UserError`."""
+    from tailprompt.data.files import DatasetError
+    from tailprompt.data.registry import load_dataset
+
     try:
         return load_dataset(name, root, options)
     except KeyError as e:
@@ -74,6 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from tailprompt.data.check import check_dataset
+
     try:
         report = check_dataset(
             args.dataset, args.root, reader_options(args.option), deep=args.deep, progress=True
@@ -85,6 +92,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    from tailprompt.data.sampling import sample_training_set, sampling_record, select_classes
+
     ds = select_classes(load_or_fail(args.dataset, args.root, reader_options(args.option)), args.classes)
     try:
         ts = sample_training_set(

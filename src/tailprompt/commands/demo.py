@@ -7,8 +7,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from tailprompt.utils import configure_threads
-
 
 def sweep_file(quick: bool) -> Path:
     name = "demo_quick.yaml" if quick else "demo.yaml"
@@ -32,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tailprompt.engine.sweep import expand, read_sweep, run_all
     from tailprompt.report import load_results, render_table, summary_tables, write_report
+    from tailprompt.utils import configure_threads
 
     t0 = time.perf_counter()
     threads = configure_threads()

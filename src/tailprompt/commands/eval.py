@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from tailprompt.cli import user_errors
-from tailprompt.utils import configure_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +45,7 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     from tailprompt.engine.run import BackboneCache
     from tailprompt.metrics import split_metrics
     from tailprompt.prompts import build_learner
-    from tailprompt.utils import write_json_atomic
+    from tailprompt.utils import configure_threads, write_json_atomic
 
     prompts_file = run_dir / "prompts.safetensors"
     if not prompts_file.is_file():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from tailprompt.cli import UserError
 from tailprompt.commands.data import add_dataset_arguments, load_or_fail, reader_options
-from tailprompt.data.features import FeatureCache
-from tailprompt.data.files import DatasetError
-from tailprompt.data.sampling import sample_training_set
-from tailprompt.data.types import DatasetSplits, Item
-from tailprompt.utils import resolve_device
+
+if TYPE_CHECKING:
+    from tailprompt.data.types import DatasetSplits, Item
 
 SPLITS = ("train", "val", "test")
 
@@ -21,6 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit or embedded")
     parser.add_argument("--weights", help="checkpoint file or open_clip pretrained tag")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="image tower autocast (default auto: bf16 on CUDA and bf16-capable CPUs); "
+                             "train with the same backbone.precision to hit these features")
     add_dataset_arguments(parser)
     parser.add_argument("--views", type=int, default=4, help="augmented training views per image (default 4)")
     parser.add_argument("--cache-dir", help="cache folder (default $TAILPROMPT_CACHE or ~/.cache/tailprompt)")
@@ -35,15 +37,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _load_backbone(args: argparse.Namespace):
     from tailprompt.backbone import load_backbone
+    from tailprompt.utils import resolve_device
 
     try:
-        return load_backbone(args.backbone, weights=args.weights, device=str(resolve_device(args.device)))
+        return load_backbone(
+            args.backbone, weights=args.weights, device=str(resolve_device(args.device)), precision=args.precision
+        )
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise UserError(f"backbone {args.backbone!r}: {e.args[0] if e.args else e}") from None
 
 
 def selected_items(ds: DatasetSplits, split: str, shots: int | None, seeds: list[int]) -> list[Item]:
     """All items of `split`, or with `shots` the union over `seeds` of the balanced few-shot subsets."""
+    from tailprompt.data.sampling import sample_training_set
+
     if shots is None or split == "test":
         return list(getattr(ds, split))
     chosen: dict[str, Item] = {}
@@ -54,6 +61,9 @@ def selected_items(ds: DatasetSplits, split: str, shots: int | None, seeds: list
 
 
 def run(args: argparse.Namespace) -> int:
+    from tailprompt.data.features import FeatureCache
+    from tailprompt.data.files import DatasetError
+
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
@@ -65,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
     backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
-    print(f"features: backbone {args.backbone} ({backbone.identity}), dataset {ds.name}, cache {cache.root}")
+    print(
+        f"features: backbone {args.backbone} ({backbone.identity}, {backbone.precision}), dataset {ds.name}, "
+        f"cache {cache.root}"
+    )
     for split in splits:
         items = selected_items(ds, split, args.shots, args.seeds)
         if not items:

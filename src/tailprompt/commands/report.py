@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 
 from tailprompt.cli import UserError
-from tailprompt.report import FORMATS, ReportError, write_report
+
+# tailprompt.report.FORMATS, spelled out so that building the parser imports no numpy/torch (a test keeps them equal)
+FORMATS = ("md", "csv", "latex")
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from tailprompt.report import ReportError, write_report
+
     order = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     try:
         paths = write_report(args.runs_dir, args.out, fmt=args.fmt, plots=not args.no_plots, order=order)

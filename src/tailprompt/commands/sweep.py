@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from tailprompt.cli import user_errors
-from tailprompt.utils import configure_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tailprompt.engine.run import BackboneCache, run_directory
     from tailprompt.engine.sweep import expand, read_sweep, run_all
+    from tailprompt.utils import configure_threads
 
     with user_errors():
         configs = expand(read_sweep(args.file), args.overrides)

@@ -6,7 +6,6 @@ import argparse
 import json
 
 from tailprompt.cli import user_errors
-from tailprompt.utils import configure_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from tailprompt.config import dump_yaml
     from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import execute_run
+    from tailprompt.utils import configure_threads
 
     with user_errors():
         cfg = resolve_config(args.config, args.overrides)

@@ -3,7 +3,8 @@
 A cached feature is the raw `backbone.encode_image` output (fp32, not normalised) of one image under
 one view, keyed by
 
-* the backbone's `identity` (architecture + weights hash) and `preprocess_id` -> a *space* folder,
+* the backbone's `identity` (architecture + weights hash), `preprocess_id` and `precision` (the towers'
+  autocast: bf16 features differ from fp32 ones in the 4th digit) -> a *space* folder,
 * the view index -> a sub-folder (view 0 = eval preprocessing; view v >= 1 = the training
   augmentation, with torch's RNG seeded from (v, item key) inside a forked RNG, so a cached
   augmented view is reproducible and the caller's global RNG is neither used nor advanced),
@@ -33,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from tailprompt.backbone.precision import autocast_context
 from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
@@ -80,14 +82,22 @@ def view_batches(
     return image_batches(dataset, items, transform, seed_parts, batch_size, num_workers)
 
 
+def backbone_precision(backbone: Any) -> str:
+    """The precision the backbone's towers run in (`fp32` for objects without a policy)."""
+    return str(getattr(backbone, "precision", "fp32"))
+
+
 @torch.no_grad()
 def encode_batch(backbone: Any, images: torch.Tensor) -> torch.Tensor:
-    """`backbone.encode_image` on the backbone's device and dtype -> fp32 CPU [B, D]."""
+    """`backbone.encode_image` on the backbone's device and dtype, in its precision -> fp32 CPU [B, D]."""
     dtype = getattr(backbone, "dtype", None)
-    images = images.to(device=getattr(backbone, "device", "cpu"))
+    device = torch.device(getattr(backbone, "device", "cpu"))
+    images = images.to(device=device)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         images = images.to(dtype)
-    return backbone.encode_image(images).float().cpu()
+    with autocast_context(device, backbone_precision(backbone)):
+        feats = backbone.encode_image(images)
+    return feats.float().cpu()
 
 
 def compute_features(
@@ -111,24 +121,41 @@ def compute_features(
     return torch.cat(chunks)
 
 
+def space_key(backbone: Any) -> dict[str, Any]:
+    """What a cache space's hash stands for. fp32 adds no field, so caches filled before the precision
+    policy existed (all fp32) stay valid; bf16 features live in their own space."""
+    key: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "backbone": backbone.identity,
+        "preprocess": backbone.preprocess_id,
+    }
+    if backbone_precision(backbone) != "fp32":
+        key["precision"] = backbone_precision(backbone)
+    return key
+
+
 class FeatureCache:
     """Image features on disk; `get` returns cached rows and computes (and stores) the rest.
 
-    `hits` / `misses` count distinct images looked up over the cache's lifetime.
+    `hits` / `misses` count distinct images looked up over the cache's lifetime. Misses are decoded by
+    `num_workers` processes while the tower encodes the previous batch, encoded `batch_size` at a time
+    in the backbone's precision, and shown on a progress bar (images/s) when `progress` is set.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, num_workers: int = 0, progress: bool = False
+    ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.num_workers = num_workers  # image-decoding processes for misses (0: in this process)
+        self.progress = progress  # default of `get(progress=...)`
         self.hits = 0
         self.misses = 0
         self._index: dict[Path, dict[str, tuple[str, int]]] = {}  # view dir -> entry -> (shard, row)
         self._scanned: dict[Path, set[str]] = {}
 
     def space_dir(self, backbone: Any) -> Path:
-        """The folder for one (backbone identity, preprocessing) pair."""
-        key = {"format": FORMAT_VERSION, "backbone": backbone.identity, "preprocess": backbone.preprocess_id}
-        return self.root / "features" / stable_hash(key, 16)
+        """The folder for one (backbone identity, preprocessing, precision) triple."""
+        return self.root / "features" / stable_hash(space_key(backbone), 16)
 
     @staticmethod
     def entry_key(dataset: DatasetSplits, item: Item) -> str:
@@ -143,9 +170,12 @@ class FeatureCache:
         items: Sequence[Item],
         view: int,
         batch_size: int = 256,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> torch.Tensor:
-        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output)."""
+        """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output).
+
+        Only images missing from the cache are decoded and encoded; `progress` None uses the cache's default.
+        """
         if view < 0:
             raise ValueError(f"view must be >= 0, got {view}")
         entries = [self.entry_key(dataset, it) for it in items]
@@ -161,9 +191,8 @@ class FeatureCache:
         fresh: dict[str, torch.Tensor] = {}
         if missing:
             self._write_key_file(space, backbone)
-            fresh = self._compute_and_store(
-                backbone, dataset, view, view_dir, missing, first_item, batch_size, progress
-            )
+            show = self.progress if progress is None else progress
+            fresh = self._compute_and_store(backbone, dataset, view, view_dir, missing, first_item, batch_size, show)
         return self._gather(backbone, view_dir, entries, fresh)
 
     def _compute_and_store(
@@ -178,7 +207,12 @@ class FeatureCache:
         progress: bool,
     ) -> dict[str, torch.Tensor]:
         fresh: dict[str, torch.Tensor] = {}
-        bar = tqdm(total=len(missing), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
+        bar = tqdm(
+            total=len(missing),
+            unit="img",  # the rate reads images/s
+            desc=f"features {dataset.name} view {view} ({backbone_precision(backbone)})",
+            disable=not progress,
+        )
         batches = view_batches(
             backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers
         )
@@ -205,12 +239,7 @@ class FeatureCache:
     def _write_key_file(self, space: Path, backbone: Any) -> None:
         path = space / "key.json"
         if not path.exists():
-            meta = {
-                "format": FORMAT_VERSION,
-                "backbone": backbone.identity,
-                "preprocess": backbone.preprocess_id,
-            }
-            write_json_atomic(path, meta)
+            write_json_atomic(path, {**space_key(backbone), "precision": backbone_precision(backbone)})
 
     def _refresh(self, view_dir: Path) -> dict[str, tuple[str, int]]:
         """Index shards written since the last look (by this or another process)."""

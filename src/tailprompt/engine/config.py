@@ -19,6 +19,9 @@ class BackboneConfig:
     weights: str | None = None  # local file or open_clip pretrained tag; None = the name's default
     quick_gelu: Literal["auto"] | bool = "auto"  # true / false force QuickGELU; auto detects it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Tower matmuls: bf16 autocast on CUDA and on CPUs with AMX / AVX512-BF16, fp32 elsewhere ("auto");
+    # prompts, optimiser, objectives, metrics and cached features stay fp32. "fp32" is the parity path.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass

@@ -36,12 +36,12 @@ def split_outputs(
     device = inputs.device
     scale = float(inputs.backbone.logit_scale)
     labels = torch.tensor([it.label for it in items], device=device, dtype=torch.long)
-    with autocast_for(device):
+    with autocast_for(device, inputs.backbone.precision):
         text = None if learner.instance_conditioned else learner.text_features(None).float()
     if learner.uses_image_tower:
         chunks = []
         for images in inputs.image_batches(dataset, items, inputs.batch_size):
-            with autocast_for(device):
+            with autocast_for(device, inputs.backbone.precision):
                 chunks.append(learner.image_features(images).float())
         image_feats = torch.cat(chunks) if chunks else torch.zeros(0, inputs.backbone.embed_dim, device=device)
     else:
@@ -53,7 +53,7 @@ def split_outputs(
     logits, text_sum = [], 0
     for chunk in image_chunks(len(items), k, EVAL_SEQUENCES_PER_CHUNK):
         img = image_feats[chunk]
-        with autocast_for(device):
+        with autocast_for(device, inputs.backbone.precision):
             txt = learner.text_features(img).float()  # [b, K, D]
         logits.append(scaled_logits(img, txt, scale))
         text_sum = text_sum + txt.sum(0)

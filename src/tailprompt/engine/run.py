@@ -64,15 +64,17 @@ CHECKPOINT = "checkpoint.safetensors"  # resumable training state while a run is
 class BackboneCache:
     """Backbones loaded in this process, keyed by their config (a sweep loads each once)."""
 
-    loaded: dict[tuple[str, str | None, str | bool, str], FrozenVLM] = field(default_factory=dict)
+    loaded: dict[tuple[str, str | None, str | bool, str, str], FrozenVLM] = field(default_factory=dict)
 
     def get(self, cfg: BackboneConfig) -> FrozenVLM:
         from tailprompt.backbone import load_backbone
 
         device = str(resolve_device(cfg.device))
-        key = (cfg.name, cfg.weights, cfg.quick_gelu, device)
+        key = (cfg.name, cfg.weights, cfg.quick_gelu, device, cfg.precision)
         if key not in self.loaded:
-            self.loaded[key] = load_backbone(cfg.name, cfg.weights, device=device, quick_gelu=cfg.quick_gelu)
+            self.loaded[key] = load_backbone(
+                cfg.name, cfg.weights, device=device, quick_gelu=cfg.quick_gelu, precision=cfg.precision
+            )
         return self.loaded[key]
 
 
@@ -127,6 +129,8 @@ def execute_run(
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     seed_everything(cfg.seed)
     setup = prepare_run(cfg, backbone)
+    if setup.inputs.cache is not None:
+        setup.inputs.cache.progress = progress  # a bar (images/s) while the cache fills
     timings = Timings()
     t0 = time.perf_counter()
     train_views = cached_features(cfg, setup)
@@ -171,7 +175,8 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
         raise ConfigError("objectives: two objectives need clusters with different settings; use one partition")
     clusters = select(frozen_text, next(iter(settings)) if settings else ClusterSettings())
     log_clusters(clusters, train_ds.classnames)
-    context = ObjectiveContext(frozen_text, list(train_ds.classnames), backbone, clusters if settings else None)
+    context = ObjectiveContext(frozen_text, list(train_ds.classnames), backbone, clusters if settings else None,
+                               train_ds.template)
     objectives = [BoundObjective(o.name, spec.make(o.options, context), o.weights, spec.reads)
                   for o, spec in zip(cfg.objectives, specs)]
     check_reads(objectives, learner)
@@ -302,7 +307,9 @@ def run_record(
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
         "learner": cfg.learner.name,
-        "backbone": {"name": cfg.backbone.name, "identity": setup.backbone.identity},
+        "backbone": {
+            "name": cfg.backbone.name, "identity": setup.backbone.identity, "precision": setup.backbone.precision
+        },
         "config": to_dict(cfg),
         "versions": versions(),
         "device": str(setup.backbone.device),

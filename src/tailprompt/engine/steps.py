@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tailprompt.backbone.precision import autocast_context
 from tailprompt.objectives import Objective, StepState
 
 
@@ -22,11 +23,12 @@ class BoundObjective:
     reads: frozenset[str] = frozenset()
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; plain fp32 elsewhere (design §8)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The towers' autocast on `device` under the backbone's precision policy (design §8).
+
+    `precision` is `backbone.precision` (already resolved) or a config value (`auto` is resolved here).
+    """
+    return autocast_context(device, precision)
 
 
 def scaled_logits(image_feats: Tensor, text_feats: Tensor, scale: float) -> Tensor:

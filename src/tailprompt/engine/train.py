@@ -56,7 +56,7 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 def frozen_image_features(inputs: ImageInputs, images: Tensor) -> Tensor:
     """Normalised `[B, D]` features of the frozen image tower (no graph)."""
-    with torch.no_grad(), autocast_for(inputs.device):
+    with torch.no_grad(), autocast_for(inputs.device, inputs.backbone.precision):
         return unit(inputs.backbone.encode_image(images))
 
 
@@ -117,7 +117,7 @@ class EpochInputs:
             items = [setup.items[i] for i in indices.tolist()]
             seed = (setup.seed, self.epoch, "extra", step)
             images = torch.cat(list(setup.inputs.image_batches(setup.dataset, items, len(items), train_seed=seed)))
-            with autocast_for(setup.inputs.device):
+            with autocast_for(setup.inputs.device, setup.inputs.backbone.precision):
                 return setup.learner.image_features(images).float()
 
         return encode
@@ -136,7 +136,7 @@ def step_state(run: EpochInputs, idx: Tensor, labels: Tensor, step: int) -> Step
             frozen_img = frozen_image_features(inputs, images)
     else:
         view, frozen_img = run.cached_view(idx)
-    with autocast_for(inputs.device):  # the towers in bf16 on CUDA; objectives below in fp32
+    with autocast_for(inputs.device, inputs.backbone.precision):  # the towers; objectives below in fp32
         img = learner.image_features(images) if learner.uses_image_tower else frozen_img
         assert img is not None
         txt = learner.text_features(img if learner.instance_conditioned else None)

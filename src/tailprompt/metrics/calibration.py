@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tailprompt.metrics.classification import per_class_accuracy, top1_accuracy
+from tailprompt.tensors import unit
 
 
 def _top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,8 +171,8 @@ def dac_logit_scaling(
 
     def score(current: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
         dist = torch.cdist(
-            F.normalize(current.detach().to(torch.float64), dim=-1),
-            F.normalize(base.detach().to(torch.float64), dim=-1),
+            unit(current.detach().to(torch.float64)),
+            unit(base.detach().to(torch.float64)),
             compute_mode="donot_use_mm_for_euclid_dist",  # exact small distances for the base test
         )
         nearest = dist.topk(min(k, dist.shape[1]), dim=1, largest=False).values  # ascending

@@ -40,12 +40,13 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from tailprompt.tensors import unit
 
 
 def _unit64(x: Tensor) -> Tensor:
-    return F.normalize(x.detach().to("cpu", torch.float64), dim=-1)
+    return unit(x.detach().to("cpu", torch.float64))
 
 
 def effective_rank(matrix: Tensor) -> float:
@@ -93,7 +94,7 @@ def text_geometry(text_feats: Tensor, clusters: Tensor | None = None) -> dict[st
     out["lcd"] = _mean_abs_etf_deviation(cos, off, mu)
     out["mean_cosine"] = float(cos[off].mean().item())
     out["std_cosine"] = float(cos[off].std(unbiased=False).item())
-    centred = F.normalize(g - g.mean(0), dim=-1)
+    centred = unit(g - g.mean(0))
     out["global_etf_gap"] = _mean_abs_etf_deviation(centred @ centred.T, off, mu)
     if clusters is None:
         return out

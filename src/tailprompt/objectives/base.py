@@ -46,7 +46,6 @@ class StepState:
     zeroshot_logits: Tensor | None = None  # [B, K] logit_scale * frozen_image @ frozen_text.T
     teacher_image_feats: Tensor | None = None  # [B, D] frozen features of another augmented view
     description_text_feats: Tensor | None = None  # [K, D] one description per class, index drawn per step
-    ensemble_text_feats: Tensor | None = None  # [K, D] mean over the ensemble templates, renormalised
     encode_training_images: Callable[[Tensor], Tensor] | None = None  # item indices [N] -> learner [N, D]
     aux: dict[str, Tensor] = field(default_factory=dict)  # learner.aux_outputs() entries that are read
     item_indices: Tensor | None = None  # [B] positions of the batch's images in the training items
@@ -62,12 +61,17 @@ OPTIONAL_FIELDS = frozenset(
 
 @dataclass
 class ObjectiveContext:
-    """Build-time facts for objectives (one per run, training label space)."""
+    """Build-time facts for objectives (one per run, training label space).
 
-    frozen_text_feats: Tensor  # [K, D] normalised
+    Teachers that are fixed for the run (PromptSRC's template ensemble, say) are computed once in the
+    objective's `build` from `backbone`, `classnames` and `template`, not per step.
+    """
+
+    frozen_text_feats: Tensor  # [K, D] normalised, the dataset template's
     classnames: list[str]
     backbone: FrozenVLM | None = None
     clusters: ClusterResult | None = None  # the partition, when the objective needs_clusters
+    template: str = "a photo of a {}."  # the dataset's zero-shot template
 
 
 GradientTransform = Callable[[Sequence[nn.Parameter], dict[str, Tensor]], None]

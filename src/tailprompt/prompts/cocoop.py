@@ -24,6 +24,7 @@ from tailprompt.prompts.common import (
     image_chunks,
     initial_context,
     install_class_prompts,
+    shared_context_prefix,
 )
 from tailprompt.prompts.coop import check_context_config
 from tailprompt.prompts.learner import LEARNERS, PromptLearner
@@ -115,11 +116,9 @@ class CoCoOp(PromptLearner):
         chunks = []
         for chunk in image_chunks(b, k, self.max_sequences_per_call):
             prompts = self.prompt_embeddings(image_feats[chunk])  # [b', K, L, W]
-            n = prompts.shape[0]
-            feats = encode_prompt_embeddings(
-                self.backbone, prompts.reshape(n * k, *prompts.shape[2:]), self.eot.repeat(n)
-            )
-            chunks.append(feats.reshape(n, k, -1))
+            # One group of K class prompts per image: its [SOS][ctx + pi(x)] prefix runs once.
+            prefix = shared_context_prefix(self.n_ctx)
+            chunks.append(encode_prompt_embeddings(self.backbone, prompts, self.eot, shared_prefix=prefix))
         return torch.cat(chunks, dim=0)
 
     def extra_repr(self) -> str:

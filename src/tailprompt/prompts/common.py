@@ -240,17 +240,32 @@ def template_text_features(backbone: FrozenVLM, classnames: list[str], templates
 
 
 def encode_prompt_embeddings(
-    backbone: FrozenVLM, prompts: Tensor, eot: Tensor, deep_prompts: Sequence[Tensor] | None = None
+    backbone: FrozenVLM,
+    prompts: Tensor,
+    eot: Tensor,
+    deep_prompts: Sequence[Tensor] | None = None,
+    shared_prefix: int = 0,
 ) -> Tensor:
-    """Run prompt embeddings `[N, L, W]` through the frozen text tower -> normalised `[N, D]` (fp32).
+    """Run prompt embeddings `[N, L, W]` (or `[G, K, L, W]`) through the frozen text tower -> normalised
+    `[N, D]` (or `[G, K, D]`), fp32.
 
     Prompts live in fp32; they are cast to the backbone's dtype on the way in, so an fp16/bf16 tower
     gets its own dtype and gradients still flow back to the fp32 parameters.
+
+    `shared_prefix` = P > 0 says positions `0 .. P-1` (`[SOS][context]`) are the same for every class
+    (within each group of `[G, K, L, W]`): the tower then runs them once instead of once per class
+    (`FrozenVLM.encode_text_from_embeddings`; exact, and it falls back where it cannot apply).
     """
     dtype = backbone_dtype(backbone)
     deep = None if deep_prompts is None else [p.to(dtype) for p in deep_prompts]
-    out = backbone.encode_text_from_embeddings(prompts.to(dtype), eot, deep)
+    out = backbone.encode_text_from_embeddings(prompts.to(dtype), eot, deep, shared_prefix=shared_prefix)
     return unit(out)
+
+
+def shared_context_prefix(n_ctx: int, class_token_position: str = "end", csc: bool = False) -> int:
+    """Positions `[SOS][ctx_1 .. ctx_M]` shared by all classes: `1 + n_ctx` when one context precedes every
+    class name, else 0 (middle/front class positions or class-specific contexts differ per class)."""
+    return 1 + n_ctx if class_token_position == "end" and not csc else 0
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:

@@ -21,6 +21,7 @@ from tailprompt.prompts.common import (
     encode_prompt_embeddings,
     initial_context,
     install_class_prompts,
+    shared_context_prefix,
 )
 from tailprompt.prompts.learner import LEARNERS, PromptLearner
 
@@ -113,7 +114,8 @@ class CoOp(PromptLearner):
 
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored (not instance-conditioned)."""
-        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot)
+        prefix = shared_context_prefix(self.n_ctx, self.class_token_position, self.csc)
+        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, shared_prefix=prefix)
 
     def extra_repr(self) -> str:
         return (

@@ -34,6 +34,7 @@ from tailprompt.prompts.common import (
     class_prompts,
     install_class_prompts,
     random_context,
+    shared_context_prefix,
     word_context,
 )
 from tailprompt.prompts.learner import LEARNERS, PromptLearner
@@ -162,7 +163,8 @@ class MaPLe(PromptLearner):
         """Class text features `[K, D]` as the text tower outputs them (before normalisation)."""
         dtype = backbone_dtype(self.backbone)
         deep = [p.to(dtype) for p in self.deep_text_prompts()]
-        return self.backbone.encode_text_from_embeddings(self.prompt_embeddings().to(dtype), self.eot, deep or None)
+        prompts, prefix = self.prompt_embeddings().to(dtype), shared_context_prefix(self.n_ctx)
+        return self.backbone.encode_text_from_embeddings(prompts, self.eot, deep or None, shared_prefix=prefix)
 
     def unnormalised_image_features(self, images: Tensor) -> Tensor:
         """Prompted image features `[B, D]` of images `[B, 3, H, W]` (before normalisation)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from tailprompt.data.readers import ENSEMBLE_TEMPLATES
+from tailprompt.data.templates import ENSEMBLE_TEMPLATES
 from tailprompt.prompts.common import LearnerError, check_template, template_text_features
 from tailprompt.prompts.learner import LEARNERS, PromptLearner
 

@@ -1,0 +1,76 @@
+"""Precision policy of the frozen towers (design §8): bf16 autocast where the hardware multiplies bf16 natively.
+
+Only the towers' matrix products run in bf16 (under `torch.autocast`); prompt parameters, optimiser state,
+objectives, metrics and the cached features stay fp32. `fp32` is the reference path that parity tests use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "bf16"]
+ResolvedPrecision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+# CPU flags (Linux /proc/cpuinfo) of native bf16 matrix units: AMX tiles and AVX512-BF16 dot products.
+# Without them oneDNN emulates bf16 through fp32 and autocast only adds casts.
+_NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """Feature flags of the first CPU in `cpuinfo`; empty where the file does not exist (not Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this machine's CPU multiplies bf16 natively (read once per process: the CPU does not change)."""
+    return any(flag in cpu_flags() for flag in _NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> ResolvedPrecision:
+    """`auto` -> bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere; `fp32`/`bf16` as given.
+
+    Raises:
+        ValueError: `precision` is not one of auto, fp32, bf16 (names the field).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"backbone.precision: expected one of auto, fp32, bf16, got {precision!r}")
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The context the towers run under: bf16 autocast on `device`, or nothing for fp32."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "ResolvedPrecision",
+    "autocast_context",
+    "cpu_flags",
+    "cpu_has_native_bf16",
+    "resolve_precision",
+]

@@ -1,0 +1,104 @@
+"""Shared-prefix text encoding: `[SOS][context]` run once per group equals the plain per-sequence pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tailprompt.backbone.frozen import FrozenVLM
+
+TOL = 1e-5
+NAMES = ["cat", "golden retriever on the grass", "sea or lake", "x"]
+
+
+def _inputs(vlm, n_ctx: int = 4, groups: int | None = None, seed: int = 0):
+    """Token embeddings `[K, L, W]` (or `[G, K, L, W]`) whose positions 1..n_ctx hold one shared context."""
+    tokens = vlm.tokenize([" ".join(["X"] * n_ctx) + f" {n}." for n in NAMES])
+    eot = vlm.eot_positions(tokens)
+    base = vlm.embed_tokens(tokens)
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randn(groups or 1, n_ctx, vlm.text_width, generator=g).requires_grad_(True)
+    return base, eot, ctx
+
+
+def _assemble(base, ctx, n_ctx, grouped):
+    k = base.shape[0]
+    rows = [torch.cat([base[:, :1], c.unsqueeze(0).expand(k, -1, -1), base[:, 1 + n_ctx :]], 1) for c in ctx]
+    return torch.stack(rows) if grouped else rows[0]
+
+
+def _features_and_grads(vlm, base, eot, ctx, deep, prefix, grouped, n_ctx=4):
+    feats = vlm.encode_text_from_embeddings(_assemble(base, ctx, n_ctx, grouped), eot, deep, shared_prefix=prefix)
+    unit = feats / feats.norm(dim=-1, keepdim=True)
+    # a loss that weights every class and feature dimension differently, on normalised features
+    weights = torch.linspace(-1, 1, unit.numel()).reshape(unit.shape)
+    grads = torch.autograd.grad((unit * weights).sum(), [ctx, *deep])
+    return unit.detach(), grads
+
+
+def _spy(monkeypatch, vlm) -> list[int]:
+    """Record each call of the shared-prefix pass (to tell it from the fallback)."""
+    calls: list[int] = []
+    original = FrozenVLM._encode_with_shared_prefix
+
+    def wrapped(self, x, eot, deep, prefix, truncate):
+        calls.append(prefix)
+        return original(self, x, eot, deep, prefix, truncate)
+
+    monkeypatch.setattr(FrozenVLM, "_encode_with_shared_prefix", wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("truncate", [True, False])
+def test_shared_prefix_features_and_gradients_equal_the_plain_pass(tiny, monkeypatch, truncate):
+    base, eot, ctx = _inputs(tiny)
+    plain, plain_grads = _features_and_grads(tiny, base, eot, ctx, [], 0, grouped=False)
+    calls = _spy(monkeypatch, tiny)
+    shared, shared_grads = _features_and_grads(tiny, base, eot, ctx, [], 5, grouped=False)
+    assert calls == [5]
+    assert shared.shape == plain.shape == (4, 64)
+    assert (shared - plain).abs().max() <= TOL
+    assert (shared_grads[0] - plain_grads[0]).abs().max() <= TOL
+    assert plain_grads[0].abs().max() > 1e-3  # the context does receive a gradient
+
+
+def test_deep_prompts_inside_the_prefix_are_shared_exactly(tiny, monkeypatch):
+    base, eot, ctx = _inputs(tiny, n_ctx=2)
+    g = torch.Generator().manual_seed(1)
+    deep = [torch.randn(2, 64, generator=g).requires_grad_(True) for _ in range(2)]  # MaPLe: blocks 1 and 2
+    plain, plain_grads = _features_and_grads(tiny, base, eot, ctx, deep, 0, grouped=False, n_ctx=2)
+    calls = _spy(monkeypatch, tiny)
+    shared, shared_grads = _features_and_grads(tiny, base, eot, ctx, deep, 3, grouped=False, n_ctx=2)
+    assert calls == [3]
+    assert (shared - plain).abs().max() <= TOL
+    for a, b in zip(shared_grads, plain_grads):
+        assert (a - b).abs().max() <= TOL and b.abs().max() > 1e-4
+
+
+def test_groups_share_a_prefix_each(tiny, monkeypatch):
+    base, eot, ctx = _inputs(tiny, groups=3)
+    calls = _spy(monkeypatch, tiny)
+    shared, shared_grads = _features_and_grads(tiny, base, eot, ctx, [], 5, grouped=True)
+    plain, plain_grads = _features_and_grads(tiny, base, eot, ctx, [], 0, grouped=True)
+    assert calls == [5] and shared.shape == (3, 4, 64)
+    assert (shared - plain).abs().max() <= TOL
+    assert (shared_grads[0] - plain_grads[0]).abs().max() <= TOL
+    assert (plain[0] - plain[1]).abs().max() > 1e-3  # each group's context counts
+
+
+@pytest.mark.parametrize("case", ["prefix_past_an_end_of_text", "per_sequence_deep", "deep_past_the_prefix"])
+def test_falls_back_to_the_plain_pass_where_the_prefix_is_not_shared(tiny, monkeypatch, case):
+    base, eot, ctx = _inputs(tiny)
+    x = _assemble(base, ctx, 4, grouped=False).detach()
+    deep, prefix = [], 5
+    if case == "prefix_past_an_end_of_text":
+        prefix = int(eot.min()) + 1
+    elif case == "per_sequence_deep":
+        deep = [torch.randn(4, 2, 64)]
+    else:
+        deep, prefix = [torch.randn(5, 64)], 5  # positions 1..5 reach the first class token
+    expected = tiny.encode_text_from_embeddings(x, eot, deep)
+    calls = _spy(monkeypatch, tiny)
+    got = tiny.encode_text_from_embeddings(x, eot, deep, shared_prefix=prefix)
+    assert calls == []
+    assert torch.equal(got, expected)

@@ -42,7 +42,8 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     from tailprompt.engine.config import RunConfig
     from tailprompt.engine.evaluate import split_outputs
     from tailprompt.engine.inputs import ImageInputs
-    from tailprompt.engine.run import BackboneCache
+    from tailprompt.engine.protocols import with_template
+    from tailprompt.engine.run import BackboneCache, initial_prompts
     from tailprompt.metrics import split_metrics
     from tailprompt.prompts import build_learner
     from tailprompt.utils import configure_threads, write_json_atomic
@@ -60,9 +61,16 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
         raise ValueError(f"{prompts_file}: prompts were trained on backbone {meta['backbone_identity']}, "
                          f"but {cfg.backbone.name} now loads as {backbone.identity}")
     root = root if root is not None else cfg.data.root
-    ds = select_classes(load_dataset(dataset, root, cfg.data.options if dataset == cfg.data.name else {}), classes)
+    options = with_template(cfg.data, dataset, cfg.data.options if dataset == cfg.data.name else {})
+    ds = select_classes(load_dataset(dataset, root, options), classes)
     learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
+    if cfg.init.from_run:  # a second stage (DPC) keeps the first stage's prompts: reload them, as training did
+        learner.load_initial_state(initial_prompts(cfg, backbone, learner))
     learner.load_prompt_state(state)
+    # Learners that infer differently on label spaces they were not trained on (DPC's mixing) need to know.
+    trained_classes = "base" if cfg.protocol.name == "base_to_new" else "all"
+    seen = dataset == cfg.data.name and classes == trained_classes
+    learner.set_classnames(list(ds.classnames), ds.template, seen=seen)
     use_cache = cfg.data.cache and not learner.uses_image_tower
     cache = FeatureCache(cfg.data.cache_dir, cfg.data.num_workers) if use_cache else None
     inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers)

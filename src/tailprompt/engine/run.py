@@ -105,6 +105,7 @@ class RunSetup:
     inputs: ImageInputs
     use_cache: bool
     descriptions: Tensor | None  # [n, K, D]
+    extra_items: list[Item] = field(default_factory=list)  # more images encode_training_images addresses
 
 
 @dataclass
@@ -141,7 +142,7 @@ def execute_run(
         clusters=setup.clusters.assignment.to(backbone.device) if setup.clusters_used else None,
         dataset=setup.plan.train, items=setup.training.items, inputs=setup.inputs, train_views=train_views,
         optim=cfg.optim, seed=cfg.seed, hooks=setup.hooks, descriptions=setup.descriptions, progress=progress,
-        checkpoint=run_dir / CHECKPOINT,
+        checkpoint=run_dir / CHECKPOINT, extra_items=setup.extra_items,
     ))
     timings.train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -175,8 +176,10 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
         raise ConfigError("objectives: two objectives need clusters with different settings; use one partition")
     clusters = select(frozen_text, next(iter(settings)) if settings else ClusterSettings())
     log_clusters(clusters, train_ds.classnames)
+    extra_items = split_image_pool(cfg, train_ds, training)
     context = ObjectiveContext(frozen_text, list(train_ds.classnames), backbone, clusters if settings else None,
-                               train_ds.template)
+                               train_ds.template, training_labels=[it.label for it in training.items],
+                               extra_labels=[it.label for it in extra_items])
     objectives = [BoundObjective(o.name, spec.make(o.options, context), o.weights, spec.reads)
                   for o, spec in zip(cfg.objectives, specs)]
     check_reads(objectives, learner)
@@ -192,7 +195,17 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
         backbone=backbone, plan=plan, training=training, learner=learner, frozen_text=frozen_text,
         objectives=objectives, hooks=[HOOKS.get(h.name)(h.options) for h in cfg.hooks], clusters=clusters,
         clusters_used=bool(settings), inputs=inputs, use_cache=use_cache, descriptions=descriptions,
+        extra_items=extra_items,
     )
+
+
+def split_image_pool(cfg: RunConfig, train_ds: DatasetSplits, training: TrainingSet) -> list[Item]:
+    """The training split's images that are not training items, when an objective draws extra images from
+    the whole split (its config sets `image_pool: train_split`, DPC's reference image list); else none."""
+    if not any(getattr(o.options, "image_pool", None) == "train_split" for o in cfg.objectives):
+        return []
+    used = {it.key for it in training.items}
+    return [it for it in train_ds.train if it.key not in used]
 
 
 def check_reads(objectives: list[BoundObjective], learner: PromptLearner) -> None:
@@ -265,7 +278,8 @@ def cached_features(cfg: RunConfig, setup: RunSetup) -> Tensor | None:
     if not setup.use_cache:
         return None
     train_ds = setup.plan.train
-    train_views = setup.inputs.train_views(train_ds, setup.training.items, cfg.data.n_views)
+    items = setup.training.items + setup.extra_items  # batches index the first part
+    train_views = setup.inputs.train_views(train_ds, items, cfg.data.n_views)
     for split in setup.plan.evals:  # warm the eval features now so that phase timings stay honest
         setup.inputs.features(split.dataset, split.dataset.test, view=0)
     return train_views

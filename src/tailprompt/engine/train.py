@@ -42,6 +42,7 @@ class TrainSetup:
     descriptions: Tensor | None = None  # [n, K, D] frozen description features, when an objective reads them
     progress: bool = False
     checkpoint: Path | None = None  # where to keep a resumable training checkpoint (None: never)
+    extra_items: list[Item] = field(default_factory=list)  # addressed by encode_training_images after `items`
 
     @property
     def reads(self) -> frozenset[str]:
@@ -108,13 +109,17 @@ class EpochInputs:
         return views[other.to(views.device), idx.to(views.device)]
 
     def encoder_of_training_images(self, step: int) -> Callable[[Tensor], Tensor]:
-        """Training-item indices `[N]` -> the learner's image features `[N, D]` of one augmented view each."""
+        """Training-item indices `[N]` -> the learner's image features `[N, D]` of one augmented view each.
+
+        Indices past the training items address `setup.extra_items` (`ObjectiveContext.extra_labels`).
+        """
         setup = self.setup
+        pool = setup.items + setup.extra_items
 
         def encode(indices: Tensor) -> Tensor:
             if not self.exact:
                 return self.cached_view(indices.cpu())[1]
-            items = [setup.items[i] for i in indices.tolist()]
+            items = [pool[i] for i in indices.tolist()]
             seed = (setup.seed, self.epoch, "extra", step)
             images = torch.cat(list(setup.inputs.image_batches(setup.dataset, items, len(items), train_seed=seed)))
             with autocast_for(setup.inputs.device, setup.inputs.backbone.precision):

@@ -72,6 +72,11 @@ class ObjectiveContext:
     backbone: FrozenVLM | None = None
     clusters: ClusterResult | None = None  # the partition, when the objective needs_clusters
     template: str = "a photo of a {}."  # the dataset's zero-shot template
+    # Classes of the images `StepState.encode_training_images` addresses: the run's N training items (indices
+    # 0..N-1, as `item_indices`), then, when an objective's config sets `image_pool: train_split`, the other
+    # images of the training split in the training label space (indices N.., classes in `extra_labels`).
+    training_labels: list[int] = field(default_factory=list)
+    extra_labels: list[int] = field(default_factory=list)
 
 
 GradientTransform = Callable[[Sequence[nn.Parameter], dict[str, Tensor]], None]

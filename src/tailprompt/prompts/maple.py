@@ -163,8 +163,10 @@ class MaPLe(PromptLearner):
         """Class text features `[K, D]` as the text tower outputs them (before normalisation)."""
         dtype = backbone_dtype(self.backbone)
         deep = [p.to(dtype) for p in self.deep_text_prompts()]
-        prompts, prefix = self.prompt_embeddings().to(dtype), shared_context_prefix(self.n_ctx)
-        return self.backbone.encode_text_from_embeddings(prompts, self.eot, deep or None, shared_prefix=prefix)
+        prompts = self.prompt_embeddings().to(dtype)
+        return self.backbone.encode_text_from_embeddings(
+            prompts, self.eot, deep or None, shared_prefix=shared_context_prefix(self.n_ctx)
+        )
 
     def unnormalised_image_features(self, images: Tensor) -> Tensor:
         """Prompted image features `[B, D]` of images `[B, 3, H, W]` (before normalisation)."""

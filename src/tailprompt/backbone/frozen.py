@@ -18,6 +18,7 @@ In both towers blocks beyond ``len(deep_prompts) + 1`` just propagate what the p
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from tailprompt.backbone.precision import ResolvedPrecision
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    TrainAugment,
     eval_transform,
     preprocess_id,
     train_transform,
@@ -50,7 +52,8 @@ class FrozenVLM(nn.Module):
         vision_width: ViT width Wv, None for a convolutional image tower; has_vit: whether it is a ViT.
         logit_scale: the exp'd temperature (open_clip's ``logit_scale.exp()``, ~100 for trained CLIPs).
         vocabulary: words the model was pretrained on (embedded model) or None (no check).
-        preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both.
+        preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both;
+            `with_train_augment` gives the same towers with another training augmentation.
         precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`); the
             weights stay fp32 either way.
     """
@@ -84,6 +87,8 @@ class FrozenVLM(nn.Module):
         if self.has_vit and not model.visual.transformer.batch_first:
             raise BackboneError(f"architecture {arch!r}: image transformer is not batch-first")
         self.logit_scale = float(model.logit_scale.detach().exp().reshape(-1)[0])
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train_augment: TrainAugment = "crop_flip"
         self.preprocess_train = train_transform(self.image_size, mean, std)
         self.preprocess_eval = eval_transform(self.image_size, mean, std)
         self.preprocess_id = preprocess_id(self.image_size, mean, std)
@@ -91,6 +96,18 @@ class FrozenVLM(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         super().train(False)
+
+    def with_train_augment(self, augment: TrainAugment) -> FrozenVLM:
+        """This backbone with another training augmentation (`transforms.py`): a shallow copy sharing the
+        towers, so a sweep mixing augmentations loads the weights once; `preprocess_id` (the feature
+        cache's key) follows the augmentation."""
+        if augment == self.train_augment:
+            return self
+        other = copy.copy(self)
+        other.train_augment = augment
+        other.preprocess_train = train_transform(self.image_size, self.mean, self.std, augment)
+        other.preprocess_id = preprocess_id(self.image_size, self.mean, self.std, augment)
+        return other
 
     def train(self, mode: bool = True) -> FrozenVLM:
         # Always eval: a learner's .train() must not switch the conv tower's BatchNorm to batch statistics.

@@ -64,18 +64,21 @@ CHECKPOINT = "checkpoint.safetensors"  # resumable training state while a run is
 class BackboneCache:
     """Backbones loaded in this process, keyed by their config (a sweep loads each once)."""
 
-    loaded: dict[tuple[str, str | None, str | bool, str, str], FrozenVLM] = field(default_factory=dict)
+    loaded: dict[tuple[str, str | None, str | bool, str, str, str], FrozenVLM] = field(default_factory=dict)
 
     def get(self, cfg: BackboneConfig) -> FrozenVLM:
         from tailprompt.backbone import load_backbone
 
         device = str(resolve_device(cfg.device))
-        key = (cfg.name, cfg.weights, cfg.quick_gelu, device, cfg.precision)
+        key = (cfg.name, cfg.weights, cfg.quick_gelu, device, cfg.precision, "crop_flip")
         if key not in self.loaded:
             self.loaded[key] = load_backbone(
                 cfg.name, cfg.weights, device=device, quick_gelu=cfg.quick_gelu, precision=cfg.precision
             )
-        return self.loaded[key]
+        variant = (*key[:-1], cfg.train_augment)
+        if variant not in self.loaded:  # the same towers, another training augmentation
+            self.loaded[variant] = self.loaded[key].with_train_augment(cfg.train_augment)
+        return self.loaded[variant]
 
 
 @dataclass

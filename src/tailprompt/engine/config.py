@@ -25,6 +25,7 @@ class BackboneConfig:
     # Tower matmuls: bf16 autocast on CUDA and on CPUs with AMX / AVX512-BF16, fp32 elsewhere ("auto");
     # prompts, optimiser, objectives, metrics and cached features stay fp32. "fp32" is the parity path.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Training views of the image preprocessing: Dassl's crop + flip, or its RandAugment (CoPrompt's setting).
 
 
 @dataclass

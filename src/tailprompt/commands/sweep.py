@@ -11,8 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
         help="run a grid of runs (methods x datasets x tau x seeds x any key), resumable",
-        description="Expand FILE (keys: methods, grid, set, output_dir) into runs; runs whose result.json "
-        "exists are skipped, so a killed sweep continues where it stopped when rerun.",
+        description="Expand FILE (keys: methods, grid, set, output_dir, init_from) into runs; runs whose "
+        "result.json exists are skipped, so a killed sweep continues where it stopped when rerun. init_from "
+        "{second: first} starts each run of a two-stage method (DPC) from the first method's run with the same "
+        "settings.",
     )
     p.add_argument("file", help="sweep YAML, or the name of a packaged sweep (demo, cpt_table, tcpt_table)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

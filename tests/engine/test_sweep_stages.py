@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -10,19 +12,20 @@ from tailprompt.engine.run import BackboneCache, run_directory
 from tailprompt.engine.sweep import SweepSpec, expand, read_sweep, run_all
 
 SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false",
-         "eval.geometry=false", "data.shots=4"]
+         "eval.geometry=false"]
 
 
 def test_second_stage_starts_from_the_first_stage_run_of_the_same_cell(base_overrides, tmp_path):
-    spec = SweepSpec(["coop", "dpc_coop"], {"seed": [1, 2]}, {}, {"dpc_coop": "coop"})
+    # the grid key must not be one base_overrides sets (the extra overrides come last and would win)
+    spec = SweepSpec(["coop", "dpc_coop"], {"data.shots": [3, 4]}, init_from={"dpc_coop": "coop"})
     configs = expand(spec, base_overrides + SHORT)
-    outcomes = run_all(configs, progress=False)
+    reports = run_all(configs, progress=False)
     backbones = BackboneCache()
-    coop_dirs = {c.seed: run_directory(c, backbones.get(c.backbone)) for c in configs if c.method == "coop"}
-    for cfg, outcome in zip(configs, outcomes):
-        assert (outcome.run_dir / "result.json").is_file()
+    coop_dirs = {c.data.shots: run_directory(c, backbones.get(c.backbone)) for c in configs if c.method == "coop"}
+    for cfg, report in zip(configs, reports):
+        assert report.status == "ran" and (Path(report.run_dir) / "result.json").is_file()
         if cfg.method == "dpc_coop":
-            assert cfg.init.from_run == str(coop_dirs[cfg.seed])  # same seed, same everything else
+            assert cfg.init.from_run == str(coop_dirs[cfg.data.shots])  # same cell, same everything else
 
 
 def write(tmp_path, data) -> str:

@@ -62,8 +62,9 @@ def test_help_lists_every_command(capsys):
 
 def test_choices_spelled_out_in_the_commands_match_the_library():
     from tailprompt.commands.data import PROFILES
-    from tailprompt.commands.report import FORMATS
+    from tailprompt.commands.report import FORMATS, LAYOUTS
     from tailprompt.data.sampling import PROFILES as SAMPLING_PROFILES
     from tailprompt.report import FORMATS as REPORT_FORMATS
+    from tailprompt.report.layouts import LAYOUTS as REPORT_LAYOUTS
 
-    assert PROFILES == SAMPLING_PROFILES and FORMATS == REPORT_FORMATS
+    assert PROFILES == SAMPLING_PROFILES and FORMATS == REPORT_FORMATS and LAYOUTS == tuple(REPORT_LAYOUTS)

@@ -1,7 +1,9 @@
+import json
 from pathlib import Path
 
 import pytest
 
+from tailprompt.data import load_dataset
 from tailprompt.data.fixtures import make_eurosat_tree
 
 
@@ -11,6 +13,15 @@ def eurosat_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     make_eurosat_tree(root, images_per_class=20)
     return root
+
+
+@pytest.fixture(scope="session")
+def eurosat_descriptions(eurosat_root, tmp_path_factory) -> Path:
+    """A descriptions file in CoPrompt's gpt_file format for the mini EuroSAT classes (2 sentences each)."""
+    names = load_dataset("eurosat", eurosat_root).classnames
+    path = tmp_path_factory.mktemp("descriptions") / "eurosat_prompt.json"
+    path.write_text(json.dumps({n: [f"a satellite photo of {n}.", f"{n} seen from above."] for n in names}))
+    return path
 
 
 @pytest.fixture

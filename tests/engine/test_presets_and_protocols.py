@@ -5,6 +5,7 @@ import pytest
 from tailprompt.data.fixtures import make_dataset_tree
 from tailprompt.engine.resolve import list_presets, resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
+from tailprompt.objectives import OBJECTIVES
 
 SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false"]
 
@@ -14,11 +15,17 @@ def backbones():
     return BackboneCache()
 
 
+def reads_descriptions(preset: str) -> bool:
+    return any("description_text_feats" in OBJECTIVES.get(o.name).reads for o in resolve_config(preset).objectives)
+
+
 @pytest.mark.parametrize("preset", list_presets())
-def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrides, backbones):
+def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrides, backbones, eurosat_descriptions):
     overrides = base_overrides + SHORT
     if preset in ("coop_fewshot", "maple_xd"):
         overrides = overrides + ["protocol.name=base_to_new"]
+    if reads_descriptions(preset):
+        overrides = overrides + [f"data.descriptions={eurosat_descriptions}"]
     stage1 = getattr(resolve_config(preset).learner.options, "base", None)
     if stage1 is not None:  # a second-stage method (DPC) starts from a finished run of its base learner's preset
         first = execute_run(resolve_config(stage1.name, overrides), backbones)

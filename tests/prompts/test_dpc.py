@@ -257,3 +257,30 @@ def test_the_learner_provides_what_the_objective_reads():
     from tailprompt.objectives import OBJECTIVES, OPTIONAL_FIELDS
 
     assert OBJECTIVES.get("dpc").reads - OPTIONAL_FIELDS <= DPC.provides
+
+
+def test_promptsrc_dpc_runs_promptsrc_with_the_recovered_prompts(backbone, images):
+    options = {"prompt_depth_text": 3, "prompt_depth_vision": 3}
+    learner = make_dpc(backbone, base={"name": "promptsrc", **options}, weight=0.2)
+    assert learner.uses_image_tower and learner.base_name == "promptsrc"
+    stage1 = build("promptsrc", backbone, seed=1, **options)
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.copy_(random_like(p, 21))
+    learner.load_initial_state(stage1.prompt_state())
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.copy_(random_like(p, 22))
+    stored, before = learner.prompt_state(), stage1.prompt_state()
+    assert set(stored) == set(before)
+    parallel = build("promptsrc", backbone, seed=2, **options)
+    parallel.load_prompt_state({n: (stored[n] - 0.8 * before[n]) * (1 / 0.2) for n in stored})
+    with torch.no_grad():
+        torch.testing.assert_close(learner.text_features(), parallel.text_features(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(learner.image_features(images), parallel.image_features(images),
+                                   atol=1e-5, rtol=0)
+        learner.set_classnames(OTHER_CLASSNAMES, TEMPLATE, seen=False)  # w_n = 0: the stage-1 model
+        stage1.set_classnames(OTHER_CLASSNAMES, TEMPLATE)
+        torch.testing.assert_close(learner.text_features(), stage1.text_features(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(learner.image_features(images), stage1.image_features(images),
+                                   atol=1e-5, rtol=0)

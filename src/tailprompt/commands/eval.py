@@ -42,6 +42,7 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     from tailprompt.engine.config import RunConfig
     from tailprompt.engine.evaluate import split_outputs
     from tailprompt.engine.inputs import ImageInputs
+    from tailprompt.engine.protocols import with_template
     from tailprompt.engine.run import BackboneCache, initial_prompts
     from tailprompt.metrics import split_metrics
     from tailprompt.prompts import build_learner
@@ -60,7 +61,8 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
         raise ValueError(f"{prompts_file}: prompts were trained on backbone {meta['backbone_identity']}, "
                          f"but {cfg.backbone.name} now loads as {backbone.identity}")
     root = root if root is not None else cfg.data.root
-    ds = select_classes(load_dataset(dataset, root, cfg.data.options if dataset == cfg.data.name else {}), classes)
+    options = with_template(cfg.data, dataset, cfg.data.options if dataset == cfg.data.name else {})
+    ds = select_classes(load_dataset(dataset, root, options), classes)
     learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
     if cfg.init.from_run:  # a second stage (DPC) keeps the first stage's prompts: reload them, as training did
         learner.load_initial_state(initial_prompts(cfg, backbone, learner))

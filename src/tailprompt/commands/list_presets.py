@@ -1,4 +1,4 @@
-"""`tailprompt list`: presets, learners, objectives, datasets, protocols."""
+"""`tailprompt list`: presets, learners, objectives, training hooks, datasets, protocols."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list method presets, learners, objectives, datasets and protocols")
+    p = sub.add_parser("list", help="list method presets, learners, objectives, training hooks, datasets and protocols")
     p.add_argument("what", nargs="?", default="all",
-                   choices=["all", "presets", "learners", "objectives", "datasets", "protocols"])
+                   choices=["all", "presets", "learners", "objectives", "hooks", "datasets", "protocols"])
     p.set_defaults(func=run)
 
 
@@ -18,12 +18,14 @@ def run(args: argparse.Namespace) -> int:
     from tailprompt.data.registry import DATASETS
     from tailprompt.engine.protocols import PROTOCOLS
     from tailprompt.engine.resolve import list_presets, preset_path
+    from tailprompt.hooks import HOOKS
     from tailprompt.objectives import OBJECTIVES
     from tailprompt.prompts import LEARNERS
 
     sections = {
         "learners": LEARNERS.names(),
         "objectives": OBJECTIVES.names(),
+        "hooks": HOOKS.names(),
         "datasets": DATASETS.names(),
         "protocols": PROTOCOLS.names(),
     }
@@ -32,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         for name in list_presets():
             data = load_yaml(preset_path(name))
             objs = " + ".join(o["name"] for o in data.get("objectives", []))
+            objs += "".join(f" [{h['name']}]" for h in data.get("hooks", []))
             print(f"  {name:<18} {data.get('learner', {}).get('name', '?'):<9} {objs}  {data.get('description', '')}")
     for key, names in sections.items():
         if args.what in ("all", key):

@@ -10,6 +10,8 @@ from tailprompt.cli import UserError
 
 # tailprompt.report.FORMATS, spelled out so that building the parser imports no numpy/torch (a test keeps them equal)
 FORMATS = ("md", "csv", "latex")
+# tailprompt.report.layouts.LAYOUTS' names, spelled out for the same reason (the same test keeps them equal)
+LAYOUTS = ("cpt_table", "tcpt_table")
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="tables and summary.json only (no matplotlib needed)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated preferred row order of methods, e.g. zeroshot,coop,cpt_coop")
+    parser.add_argument("--layout", choices=("standard", *LAYOUTS), default="standard",
+                        help="standard: every table and plot; cpt_table: CPT's main table (rows tau, columns "
+                             "MaPLe, CoPrompt, NPT, DeKg, DPC, CPT); tcpt_table: TCPT's per-learner ECE table "
+                             "(learners alone and +TCPT); written to OUT/<layout>.<md|csv|tex>")
+    parser.add_argument("--use", action="append", default=[], metavar="PRESET=OTHER",
+                        help="with --layout: read OTHER's runs where the layout names PRESET, e.g. "
+                             "dpc_coop=dpc_maple (repeatable)")
     parser.set_defaults(func=run)
     return parser
 
@@ -37,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from tailprompt.report import ReportError, write_report
 
+    if args.layout != "standard":
+        return run_layout(args)
     order = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     try:
         paths = write_report(args.runs_dir, args.out, fmt=args.fmt, plots=not args.no_plots, order=order)
@@ -46,4 +57,25 @@ def run(args: argparse.Namespace) -> int:
         print(paths[0].read_text(encoding="utf-8"))
     for path in paths:
         log.info("wrote %s", path)
+    return 0
+
+
+def run_layout(args: argparse.Namespace) -> int:
+    """`--layout NAME`: the paper's table(s) only, printed (md) and written to OUT/<layout>.<suffix>."""
+    from tailprompt.report import ReportError
+    from tailprompt.report.layouts import write_layout
+
+    substitutions = {}
+    for pair in args.use:
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise UserError(f"--use {pair!r}: expected PRESET=OTHER, e.g. dpc_coop=dpc_maple")
+        substitutions[old.strip()] = new.strip()
+    try:
+        path = write_layout(args.runs_dir, args.layout, args.out, fmt=args.fmt, substitutions=substitutions)
+    except ReportError as e:
+        raise UserError(str(e)) from None
+    if args.fmt == "md":
+        print(path.read_text(encoding="utf-8"))
+    log.info("wrote %s", path)
     return 0

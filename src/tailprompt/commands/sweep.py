@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Expand FILE (keys: methods, grid, set, output_dir) into runs; runs whose result.json "
         "exists are skipped, so a killed sweep continues where it stopped when rerun.",
     )
-    p.add_argument("file", help="sweep YAML")
+    p.add_argument("file", help="sweep YAML, or the name of a packaged sweep (demo, cpt_table, tcpt_table)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")

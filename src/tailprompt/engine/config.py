@@ -38,8 +38,12 @@ class DataConfig:
     n_views: int = 4  # augmented training views cached per image
     batch_size_eval: int = 256
     num_workers: int = 0  # processes decoding images (cache fill, exact mode, MaPLe); results do not change
-    descriptions: str | None = None  # JSON {classname: [sentence, ...]} (CoPrompt's gpt_file format)
+    descriptions: str | None = None  # JSON {classname: [sentence, ...]} (CoPrompt's gpt_file format), or that folder
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific reader options
+    # Hand template per dataset name, overriding the reader's (CoOp's) table for the run's dataset and its
+    # transfer targets: methods whose reference uses its own table (DeKg/KgCoOp's DTD, ProGrad's) carry it
+    # in their preset. `options.template` / `protocol.target_options.template` still win.
+    templates: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

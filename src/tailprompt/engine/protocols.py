@@ -42,13 +42,24 @@ XD_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "f
 
 
 def _source(data: DataConfig) -> DatasetSplits:
-    """The run's dataset, read with `data.options`."""
-    return load_dataset(data.name, data.root, data.options)
+    """The run's dataset, read with `data.options` (and its `data.templates` entry)."""
+    return load_dataset(data.name, data.root, with_template(data, data.name, data.options))
 
 
 def _target(data: DataConfig, protocol: ProtocolConfig, name: str) -> DatasetSplits:
-    """A transfer target, read with `protocol.target_options`."""
-    return load_dataset(name, data.root, protocol.target_options)
+    """A transfer target, read with `protocol.target_options` (and its `data.templates` entry)."""
+    return load_dataset(name, data.root, with_template(data, name, protocol.target_options))
+
+
+def with_template(data: DataConfig, name: str, options: dict) -> dict:
+    """Reader options plus the `data.templates` entry for dataset `name` (explicit options.template wins)."""
+    template = data.templates.get(name)
+    if template is None or "template" in options:
+        return options
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ConfigError(f"data.templates.{name}: expected a template with one '{{}}' for the class name, "
+                          f"got {template!r}")
+    return {**options, "template": template}
 
 
 def base_to_new(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:

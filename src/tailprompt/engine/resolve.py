@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tailprompt.config import ConfigError, from_dict, load_yaml, merge, parse_override, set_path, to_dict
-from tailprompt.engine.config import RunConfig
+from tailprompt.engine.config import DataConfig, RunConfig
+from tailprompt.engine.per_dataset import apply_dataset_table, leaf_paths
 from tailprompt.utils import stable_hash
 
 PRESET_PACKAGE = "tailprompt.configs.methods"
@@ -50,19 +51,44 @@ def config_source(file_or_preset: str) -> tuple[dict[str, Any], str]:
     return data, file_or_preset
 
 
+def user_set_paths(file_or_preset: str | None) -> list[list[str]]:
+    """Dotted paths the user's own config file sets (and files it names as `preset:`); none for a preset."""
+    if not file_or_preset:
+        return []
+    path = Path(file_or_preset)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        return []
+    data = load_yaml(path)
+    base = data.pop("preset", None)
+    return leaf_paths(data) + user_set_paths(None if base is None else str(base))
+
+
 def resolve_config(file_or_preset: str | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Resolve a run config; unknown keys anywhere are a `ConfigError` naming the key.
 
     The learner, objective and hook sections are typed against their registered config dataclasses here,
-    once, so every later reader gets `cfg.learner.options` etc. instead of a dict.
+    once, so every later reader gets `cfg.learner.options` etc. instead of a dict. A preset's `per_dataset`
+    table (engine/per_dataset.py) is applied for the run's `data.name` under the keys the user set in their
+    file or with `--set`.
     """
+    import tailprompt.data  # noqa: F401  (registers the dataset names the table is checked against)
+    from tailprompt.data.registry import DATASETS
+
     data: dict[str, Any] = {}
     if file_or_preset:
         data, _ = config_source(file_or_preset)
     data = to_dict(data)
+    explicit = user_set_paths(file_or_preset)
     for text in overrides:
         path, value = parse_override(text)
         set_path(data, path, value)
+        explicit.append(path)
+    dataset = (data.get("data") or {}).get("name", DataConfig.name)
+    data = apply_dataset_table(data, explicit, str(dataset), DATASETS.names(), check=_checked)
+    return _checked(data)
+
+
+def _checked(data: dict[str, Any]) -> RunConfig:
     cfg = from_dict(RunConfig, data)
     check_protocol(cfg)
     return cfg

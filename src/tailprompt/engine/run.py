@@ -23,7 +23,7 @@ import tailprompt
 from tailprompt.backbone import FrozenVLM
 from tailprompt.clustering import ClusterResult, ClusterSettings
 from tailprompt.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
-from tailprompt.data.descriptions import read_descriptions
+from tailprompt.data.descriptions import class_descriptions, descriptions_file, read_descriptions
 from tailprompt.data.features import FeatureCache, default_cache_dir
 from tailprompt.data.sampling import TrainingSet, sample_training_set
 from tailprompt.data.seeding import derived_rng
@@ -186,7 +186,8 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
     reads = frozenset().union(*(o.reads for o in objectives))
     descriptions = None
     if "description_text_feats" in reads:
-        descriptions = description_features(backbone, train_ds, cfg.data.descriptions)
+        path = cfg.data.descriptions and str(descriptions_file(cfg.data.descriptions, cfg.data.name))
+        descriptions = description_features(backbone, train_ds, path)
     use_cache = cfg.data.cache and not learner.uses_image_tower
     cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers) if use_cache else None
     inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers)
@@ -259,16 +260,16 @@ def description_features(backbone: FrozenVLM, ds: DatasetSplits, path: str | Non
     if by_class is None:
         raise ConfigError(
             f"data.descriptions: an objective reads class descriptions, but none were given and dataset "
-            f"{ds.name!r} has none; set data.descriptions to a JSON file {{classname: [sentence, ...]}}"
+            f"{ds.name!r} has none; set data.descriptions to a JSON file {{classname: [sentence, ...]}} "
+            "or to a folder of them named as CoPrompt's gpt_file/"
         )
-    where = path or f"dataset {ds.name}"
-    sentences = [by_class.get(c) or by_class.get(c.replace("_", " ")) for c in ds.classnames]
-    missing = [c for c, s in zip(ds.classnames, sentences) if not s]
-    if missing:
-        raise ConfigError(f"{where}: no descriptions for classes {missing[:10]}"
-                          f"{' ...' if len(missing) > 10 else ''}")
-    n = max(len(s) for s in sentences if s)
-    feats = [template_text_features(backbone, [s[i % len(s)] for s in sentences], ["{}"]) for i in range(n)]
+    where = f"data.descriptions: {path}" if path else f"dataset {ds.name}"
+    sentences = class_descriptions(by_class, ds.classnames, where)
+    n = max(len(s) for s in sentences)
+    try:
+        feats = [template_text_features(backbone, [s[i % len(s)] for s in sentences], ["{}"]) for i in range(n)]
+    except ValueError as e:  # a sentence longer than the text tower's context
+        raise ConfigError(f"{where}: {e}") from None
     return torch.stack(feats)
 
 

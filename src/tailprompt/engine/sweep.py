@@ -17,6 +17,7 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,15 @@ class SweepSpec:
     fixed: dict[str, Any] = field(default_factory=dict)
 
 
+def packaged_sweep(name: str) -> Path:
+    """A sweep shipped in `tailprompt/configs/sweeps/` (`demo`, `cpt_table`, `tcpt_table`, ...)."""
+    return Path(str(resources.files("tailprompt") / "configs" / "sweeps" / f"{name}.yaml"))
+
+
 def read_sweep(path: str | Path) -> SweepSpec:
+    """Read a sweep file; a bare name that is no file is looked up among the packaged sweeps."""
+    if not Path(path).exists() and Path(path).suffix == "" and packaged_sweep(str(path)).is_file():
+        path = packaged_sweep(str(path))
     data = load_yaml(path)
     unknown = set(data) - {"methods", "grid", "set", "output_dir"}
     if unknown:

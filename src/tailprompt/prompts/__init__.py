@@ -1,6 +1,16 @@
 """Prompt learners, one file each, registered by name in `LEARNERS` on import of this package."""
 
-from tailprompt.prompts import cocoop, coop, dpc, kgcoop, maple, zeroshot  # noqa: F401  (registration)
+from tailprompt.prompts import (  # noqa: F401  (registration)
+    cocoop,
+    coop,
+    coprompt,
+    dpc,
+    kgcoop,
+    maple,
+    prograd,
+    promptsrc,
+    zeroshot,
+)
 from tailprompt.prompts.common import LearnerError, PromptStateError
 from tailprompt.prompts.learner import LEARNERS, PromptLearner, build_learner
 

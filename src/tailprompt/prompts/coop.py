@@ -79,11 +79,13 @@ class CoOp(PromptLearner):
         super().__init__(config, backbone)
         self.class_token_position = config.class_token_position
         self.csc = config.csc
-        self.n_ctx, self.prompt_prefix, ctx = initial_context(
-            backbone, config.n_ctx, config.ctx_init, len(classnames) if config.csc else None
-        )
+        self.n_ctx, self.prompt_prefix, ctx = self.initial_context(template, len(classnames) if config.csc else None)
         self.ctx = nn.Parameter(ctx.to(backbone.device))
         self.set_classnames(classnames, template)
+
+    def initial_context(self, template: str, num_classes: int | None) -> tuple[int, str, Tensor]:
+        """(n_ctx, prompt prefix text, initial ctx) from the config: CoOp's rule; ProGrad overrides it."""
+        return initial_context(self.backbone, self.config.n_ctx, self.config.ctx_init, num_classes)
 
     def set_classnames(self, classnames: list[str], template: str, seen: bool = True) -> None:
         """Rebuild the class-name buffers for a new label space; the context is kept.

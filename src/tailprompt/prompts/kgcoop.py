@@ -33,8 +33,9 @@ class KgCoOp(CoOp):
 
     name = "kgcoop"
     config_cls = KgCoOpConfig
-    # Present in the reference prompt learner but frozen there (only names containing "ctx" train).
-    ignored_reference_keys = ("bias_vectors", "meta_net.")
+    # Present in the reference prompt learner but frozen there (only names containing "ctx" train). DeKg's
+    # prompt learner (cnunlp/DeKg `trainers/DeKg.py`, same layout) also holds its second CLIP's image tower.
+    ignored_reference_keys = ("bias_vectors", "meta_net.", "image_encoder.")
 
 
 LEARNERS.register("kgcoop", KgCoOp)

@@ -11,6 +11,10 @@ muzairkhattak/multimodal-prompt-learning `trainers/maple.py` and `clip/model.py`
   (after the positional embedding, before `ln_pre`); in vision blocks `1 .. J-1` the last `n_ctx`
   tokens are replaced by `F_i(P_i)` (`compound_prompt_projections.<i-1>`, deep copies of one
   initialised Linear, so all start equal).
+- `round_prompts_fp16`: the reference's `clip/model.py` casts the deep prompts (both towers) and the
+  projected layer-0 vision prompt with `.half()` even in fp32 runs, so they enter the towers rounded to
+  fp16 (the layer-0 text context is not rounded); that moves logits by ~1e-4. Off by default (plain
+  fp32); on, the learner reproduces the reference's fp32 outputs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from tailprompt.prompts.common import (
     assemble_prompts,
     backbone_dtype,
     class_prompts,
-    encode_prompt_embeddings,
     install_class_prompts,
     random_context,
     shared_context_prefix,
@@ -51,6 +54,9 @@ class MaPLeConfig:
     n_ctx: int = 2  # prompt tokens per layer (text and vision)
     ctx_init: str = "a photo of a"  # first n_ctx tokens initialise P_0, the rest stay fixed ("" = random)
     prompt_depth: int = 9  # J: layers 0 .. J-1 carry prompts; clamped to the backbone's depth
+    # The reference's clip/model.py casts the deep prompts and the projected layer-0 vision prompt with
+    # `.half()` even in fp32 runs; true rounds them through fp16 the same way to match its outputs.
+    round_prompts_fp16: bool = False
 
     def __post_init__(self) -> None:
         if self.n_ctx < 1:
@@ -64,7 +70,7 @@ def tower_depths(backbone: FrozenVLM) -> tuple[int, int | None]:
     return backbone.text_layers, backbone.vision_layers
 
 
-def effective_depth(backbone: FrozenVLM, prompt_depth: int) -> int:
+def effective_depth(backbone: FrozenVLM, prompt_depth: int, learner: str = "maple") -> int:
     """`prompt_depth` clamped to the shallower tower (prompts of layer i go into block i, i < depth).
 
     The reference allows at most 12 on ViT-B/16 and silently ignores deeper prompts; here a depth
@@ -75,7 +81,7 @@ def effective_depth(backbone: FrozenVLM, prompt_depth: int) -> int:
         return prompt_depth
     limit = min(depths)
     warnings.warn(
-        f"maple: prompt_depth={prompt_depth} exceeds the backbone's {limit} transformer blocks; "
+        f"{learner}: prompt_depth={prompt_depth} exceeds the backbone's {limit} transformer blocks; "
         f"using {limit}",
         stacklevel=3,
     )
@@ -98,11 +104,11 @@ class MaPLe(PromptLearner):
         n_ctx, ctx_init, prompt_depth = config.n_ctx, config.ctx_init, config.prompt_depth
         if not getattr(backbone, "has_vit", False) or backbone.vision_width is None:
             raise LearnerError(
-                f"maple prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
+                f"{self.name} prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
                 "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
                 "backbone.name=tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"
             )
-        self.prompt_depth = effective_depth(backbone, prompt_depth)
+        self.prompt_depth = effective_depth(backbone, prompt_depth, self.name)
         self.n_ctx = n_ctx
         width, vision_width = backbone.text_width, backbone.vision_width
         # Construction (and global-RNG) order as the reference: ctx, proj, deep text prompts, projections.
@@ -136,30 +142,47 @@ class MaPLe(PromptLearner):
         """Layer-0 text prompts `[K, L, W]`: `[SOS][ctx][suffix]`."""
         return assemble_prompts(self.token_prefix, self.ctx, self.token_suffix)
 
+    def as_reference_rounds(self, prompt: Tensor) -> Tensor:
+        """`prompt` through fp16 and back when `round_prompts_fp16` (the reference's `.half()`), else as is."""
+        return prompt.half().to(prompt.dtype) if self.config.round_prompts_fp16 else prompt
+
     def deep_text_prompts(self) -> list[Tensor]:
         """`P_1 .. P_{J-1}`, each `[n, W]`: they replace positions `1..n` at the input of text block i."""
-        return list(self.compound_prompts_text)
+        return [self.as_reference_rounds(p) for p in self.compound_prompts_text]
 
     def vision_prompts(self) -> tuple[Tensor, list[Tensor]]:
         """(`F_0(P_0)` `[n, Wv]` appended after the patch tokens, `[F_i(P_i)]` replacing them in block i)."""
-        shared = self.proj(self.ctx)
-        deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
+        shared = self.as_reference_rounds(self.proj(self.ctx))
+        deep = [
+            self.as_reference_rounds(layer(p))
+            for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)
+        ]
         return shared, deep
+
+    def unnormalised_text_features(self) -> Tensor:
+        """Class text features `[K, D]` as the text tower outputs them (before normalisation)."""
+        dtype = backbone_dtype(self.backbone)
+        deep = [p.to(dtype) for p in self.deep_text_prompts()]
+        prompts = self.prompt_embeddings().to(dtype)
+        return self.backbone.encode_text_from_embeddings(
+            prompts, self.eot, deep or None, shared_prefix=shared_context_prefix(self.n_ctx)
+        )
+
+    def unnormalised_image_features(self, images: Tensor) -> Tensor:
+        """Prompted image features `[B, D]` of images `[B, 3, H, W]` (before normalisation)."""
+        dtype = backbone_dtype(self.backbone)
+        shared, deep = self.vision_prompts()
+        return self.backbone.encode_image_with_prompts(
+            images.to(dtype), shared.to(dtype), [d.to(dtype) for d in deep] or None
+        )
 
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored."""
-        deep = self.deep_text_prompts()
-        prompts, prefix = self.prompt_embeddings(), shared_context_prefix(self.n_ctx)
-        return encode_prompt_embeddings(self.backbone, prompts, self.eot, deep or None, shared_prefix=prefix)
+        return unit(self.unnormalised_text_features())
 
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised prompted image features `[B, D]` of images `[B, 3, H, W]`."""
-        dtype = backbone_dtype(self.backbone)
-        shared, deep = self.vision_prompts()
-        out = self.backbone.encode_image_with_prompts(
-            images.to(dtype), shared.to(dtype), [d.to(dtype) for d in deep] or None
-        )
-        return unit(out)
+        return unit(self.unnormalised_image_features(images))
 
     def extra_repr(self) -> str:
         return (

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tailprompt.config import ConfigError, from_dict, to_dict
+from tailprompt.registry import Registry
 
 
 @dataclass
@@ -82,39 +83,76 @@ class EvalConfig:
     groups: Literal["thirds", "thresholds"] = "thirds"
 
 
-def _component(data: Any, where: str, registry_name: str) -> tuple[str, dict[str, Any]]:
-    """(name, other keys) of a `{name: ..., ...}` section."""
+def _component(data: Any, where: str, registry: Registry[Any]) -> tuple[str, Any, dict[str, Any]]:
+    """(name, registered entry, other keys) of a `{name: ..., ...}` section."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping with a 'name', got {type(data).__name__}")
     if "name" not in data:
-        raise ConfigError(f"{where}: missing 'name' (the {registry_name}; see `tailprompt list`)")
-    return str(data["name"]), {k: v for k, v in data.items() if k != "name"}
+        raise ConfigError(f"{where}: missing 'name' (the {registry.kind}; see `tailprompt list`)")
+    name = str(data["name"])
+    try:
+        entry = registry.get(name)
+    except KeyError as e:
+        raise ConfigError(f"{where}.name: {e.args[0]}") from None
+    return name, entry, {k: v for k, v in data.items() if k != "name"}
+
+
+def _learners() -> Registry[Any]:
+    from tailprompt.prompts import LEARNERS
+
+    return LEARNERS
+
+
+def _hooks() -> Registry[Any]:
+    from tailprompt.hooks import HOOKS
+
+    return HOOKS
+
+
+def _objectives() -> Registry[Any]:
+    from tailprompt.objectives import OBJECTIVES
+
+    return OBJECTIVES
 
 
 @dataclass
-class LearnerConfig:
-    """`learner:` — a registered learner's name plus its own config dataclass (`options`)."""
+class ComponentConfig:
+    """A section naming a registered component (`name`) whose other keys are the component's own config
+    dataclass (`options`, `None` = its defaults). Subclasses say which registry names it."""
 
-    name: str = "coop"
-    options: Any = None  # the learner's config dataclass; None = its defaults
+    name: str
+    options: Any = None
+
+    @staticmethod
+    def registry() -> Registry[Any]:
+        raise NotImplementedError
 
     def __post_init__(self) -> None:
         if self.options is None:
-            self.options = LearnerConfig.from_data({"name": self.name}, "learner").options
+            self.options = type(self).from_data({"name": self.name}, type(self).__name__).options
 
     @classmethod
-    def from_data(cls, data: Any, where: str) -> LearnerConfig:
-        from tailprompt.prompts import LEARNERS
-
-        name, rest = _component(data, where, "learner")
-        try:
-            learner = LEARNERS.get(name)
-        except KeyError as e:
-            raise ConfigError(f"{where}.name: {e.args[0]}") from None
-        return cls(name, from_dict(learner.config_cls, rest, where))
+    def from_data(cls, data: Any, where: str) -> Any:
+        name, entry, rest = _component(data, where, cls.registry())
+        return cls(name, from_dict(entry.config_cls, rest, where))
 
     def to_data(self) -> dict[str, Any]:
         return {"name": self.name, **to_dict(self.options)}
+
+
+@dataclass
+class LearnerConfig(ComponentConfig):
+    """`learner:` — a registered learner's name plus its own config dataclass (`options`)."""
+
+    name: str = "coop"
+    registry = staticmethod(_learners)
+
+
+@dataclass
+class HookConfig(ComponentConfig):
+    """One `hooks:` entry — a registered training hook (e.g. an epoch-end weight average) and its config."""
+
+    registry = staticmethod(_hooks)
 
 
 @dataclass
@@ -132,13 +170,7 @@ class ObjectiveConfig:
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> ObjectiveConfig:
-        from tailprompt.objectives import OBJECTIVES
-
-        name, rest = _component(data, where, "objective")
-        try:
-            spec = OBJECTIVES.get(name)
-        except KeyError as e:
-            raise ConfigError(f"{where}.name: {e.args[0]}") from None
+        name, spec, rest = _component(data, where, _objectives())
         weights = dict(spec.default_weights)
         given = rest.pop("weights", None) or {}
         if not isinstance(given, Mapping):
@@ -154,32 +186,6 @@ class ObjectiveConfig:
 
     def to_data(self) -> dict[str, Any]:
         return {"name": self.name, "weights": dict(self.weights), **to_dict(self.options)}
-
-
-@dataclass
-class HookConfig:
-    """One `hooks:` entry — a registered training hook (e.g. an epoch-end weight average) and its config."""
-
-    name: str
-    options: Any = None
-
-    def __post_init__(self) -> None:
-        if self.options is None:
-            self.options = HookConfig.from_data({"name": self.name}, "hooks").options
-
-    @classmethod
-    def from_data(cls, data: Any, where: str) -> HookConfig:
-        from tailprompt.hooks import HOOKS
-
-        name, rest = _component(data, where, "training hook")
-        try:
-            hook = HOOKS.get(name)
-        except KeyError as e:
-            raise ConfigError(f"{where}.name: {e.args[0]}") from None
-        return cls(name, from_dict(hook.config_cls, rest, where))
-
-    def to_data(self) -> dict[str, Any]:
-        return {"name": self.name, **to_dict(self.options)}
 
 
 @dataclass

@@ -253,7 +253,7 @@ def initial_prompts(cfg: RunConfig, backbone: FrozenVLM, learner: PromptLearner)
     with safe_open(str(prompts_file), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
-    wanted = getattr(learner, "base_name", learner.name)
+    wanted = learner.base_name
     problems = []
     if meta.get("backbone_identity") != backbone.identity:
         problems.append(f"backbone {meta.get('backbone_identity')} (this run: {backbone.identity})")

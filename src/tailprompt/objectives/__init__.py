@@ -1,8 +1,8 @@
 """Training objectives (terms) that plug into any learner through `StepState`.
 
 Importing this package registers every objective in `OBJECTIVES`: `cross_entropy`, `kgcoop`, `cpt`,
-`npt`, `tcpt`, `global_etf`, `zsnorm`, `penalty`, `promptsrc`, `coprompt`, `dekg`, `prograd`, `dpc`. Each file
-also exposes its math as plain functions
+`npt`, `tcpt`, `global_etf`, `zsnorm`, `penalty`, `promptsrc`, `coprompt`, `dekg`, `prograd`, `dpc`. Each file also
+exposes its math as plain functions
 (e.g. `from tailprompt.objectives.cpt import intra_cluster_etf_loss`) for use in any training loop.
 """
 

@@ -31,12 +31,15 @@ from tailprompt.data.seeding import derived_rng
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
+from tailprompt.engine.distributed import DistContext, check_distributable
 from tailprompt.engine.evaluate import SplitOutputs, split_outputs
+from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
-from tailprompt.engine.resolve import resolve_config, run_id
+from tailprompt.engine.resolve import resolve_config, run_id, trains_nothing
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
+from tailprompt.files import check_writable, read_json_object
 from tailprompt.hooks import HOOKS, TrainHook
 from tailprompt.metrics import (
     apply_dac_scaling,
@@ -87,7 +90,7 @@ class RunOutcome:
 
 
 def run_directory(cfg: RunConfig, backbone: FrozenVLM) -> Path:
-    return Path(cfg.output_dir) / run_id(cfg, backbone.identity)
+    return Path(cfg.output_dir) / run_id(cfg, backbone.identity, sampling_free=trains_nothing(cfg, backbone))
 
 
 @dataclass
@@ -117,39 +120,55 @@ class Timings:
 
 
 def execute_run(
-    cfg: RunConfig, backbones: BackboneCache | None = None, progress: bool = False, force: bool = False
+    cfg: RunConfig, backbones: BackboneCache | None = None, progress: bool = False, force: bool = False,
+    group: DistContext | None = None,
 ) -> RunOutcome:
-    """Run `cfg` unless its result already exists (then return that result)."""
+    """Run `cfg` unless its result already exists (then return that result).
+
+    `group`: torchrun's processes training this run together (engine/distributed.py); only rank 0
+    evaluates and writes, the others return an empty result once training is done.
+    """
     backbones = backbones or BackboneCache()
     t_start = time.perf_counter()
     backbone = backbones.get(cfg.backbone)
     run_dir = run_directory(cfg, backbone)
     result_path = run_dir / "result.json"
     if result_path.is_file() and not force:
-        return RunOutcome(run_dir, json.loads(result_path.read_text()), skipped=True)
+        return RunOutcome(run_dir, read_json_object(result_path, "result file (delete it to redo the run)"),
+                          skipped=True)
+    check_writable(run_dir.parent)  # before training, not after it
     if force:  # start from scratch, not from an unfinished attempt's checkpoint
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     if cfg.init.from_preset and not cfg.init.from_run:
         # The first stage, made (or found) now; the run keeps its id and records the folder it started from.
-        first = execute_run(stage_one_config(cfg), backbones, progress)
+        first = execute_run(stage_one_config(cfg), backbones, progress, group=group)
+        if group is not None:
+            group.barrier()  # rank 0 has written the first stage's prompts before any rank reads them
         cfg = dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, from_run=str(first.run_dir)))
     seed_everything(cfg.seed)
     setup = prepare_run(cfg, backbone)
     if setup.inputs.cache is not None:
         setup.inputs.cache.progress = progress  # a bar (images/s) while the cache fills
+    if group is not None:  # before any collective and before anything is written
+        check_distributable(setup.objectives, min(cfg.optim.batch_size, len(setup.training.items)), group)
     timings = Timings()
     t0 = time.perf_counter()
-    train_views = cached_features(cfg, setup)
+    train_views = cached_features(cfg, setup, group)
     timings.features_s = time.perf_counter() - t0
+    if group is not None:
+        group.barrier()  # every rank sees the same checkpoint (or none) when training starts
     t0 = time.perf_counter()
     curve = train_prompts(TrainSetup(
         learner=setup.learner, objectives=setup.objectives, frozen_text=setup.frozen_text,
         clusters=setup.clusters.assignment.to(backbone.device) if setup.clusters_used else None,
         dataset=setup.plan.train, items=setup.training.items, inputs=setup.inputs, train_views=train_views,
-        optim=cfg.optim, seed=cfg.seed, hooks=setup.hooks, descriptions=setup.descriptions, progress=progress,
-        checkpoint=run_dir / CHECKPOINT, extra_items=setup.extra_items,
+        optim=cfg.optim, seed=cfg.seed, hooks=setup.hooks, descriptions=setup.descriptions,
+        progress=progress and (group is None or group.is_main), checkpoint=run_dir / CHECKPOINT,
+        extra_items=setup.extra_items, group=group,
     ))
     timings.train_s = time.perf_counter() - t0
+    if group is not None and not group.is_main:
+        return RunOutcome(run_dir, {}, skipped=False)  # rank 0 evaluates and writes the run
     t0 = time.perf_counter()
     evaluation = evaluate_plan(cfg, setup)
     timings.eval_s = time.perf_counter() - t0
@@ -183,7 +202,8 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
                             train_ds.template)
     if cfg.init.from_run:
         learner.load_initial_state(initial_prompts(cfg, backbone, learner))
-    frozen_text = template_text_features(backbone, train_ds.classnames, [train_ds.template])
+    frozen_text = require_finite(template_text_features(backbone, train_ds.classnames, [train_ds.template]),
+                                 "the backbone's frozen text features")
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     select = ClusterCache(cache_root if cfg.data.cache else None)
     specs = [OBJECTIVES.get(o.name) for o in cfg.objectives]
@@ -289,15 +309,18 @@ def description_features(backbone: FrozenVLM, ds: DatasetSplits, path: str | Non
     return torch.stack(feats)
 
 
-def cached_features(cfg: RunConfig, setup: RunSetup) -> Tensor | None:
-    """Fill the feature cache for the training views and every evaluation split; the training views."""
+def cached_features(cfg: RunConfig, setup: RunSetup, group: DistContext | None = None) -> Tensor | None:
+    """Fill the feature cache for the training views and every evaluation split; the training views.
+
+    Under torchrun (`group`) each rank encodes a share of the missing images.
+    """
     if not setup.use_cache:
         return None
     train_ds = setup.plan.train
     items = setup.training.items + setup.extra_items  # batches index the first part
-    train_views = setup.inputs.train_views(train_ds, items, cfg.data.n_views)
+    train_views = setup.inputs.train_views(train_ds, items, cfg.data.n_views, shard=group)
     for split in setup.plan.evals:  # warm the eval features now so that phase timings stay honest
-        setup.inputs.features(split.dataset, split.dataset.test, view=0)
+        setup.inputs.features(split.dataset, split.dataset.test, view=0, shard=group)
     return train_views
 
 
@@ -334,9 +357,13 @@ def run_record(
         "seed": cfg.seed,
         "dataset": cfg.data.name,
         "protocol": cfg.protocol.name,
+        "protocol_label": setup.plan.label,
+        "split_roles": setup.plan.roles(),
+        "sampling_independent": trains_nothing(cfg, setup.backbone),  # one result for every tau x seed (report)
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
         "learner": cfg.learner.name,
+        "template": setup.plan.train.template,  # the hand template the prompts replace (predict, export)
         "backbone": {
             "name": cfg.backbone.name, "identity": setup.backbone.identity, "precision": setup.backbone.precision
         },
@@ -373,6 +400,8 @@ def evaluate_plan(cfg: RunConfig, setup: RunSetup) -> PlanEvaluation:
     splits: dict[str, dict[str, Any]] = {}
     train_outputs: SplitOutputs | None = None
     for split in sorted(evals, key=lambda s: not s.is_training_space):  # training space first (DAC needs it)
+        log.info("evaluating %s: %d test images, %d classes", split.name, len(split.dataset.test),
+                 split.dataset.num_classes)
         ds = split.dataset
         learner.set_classnames(list(ds.classnames), ds.template, seen=split.is_training_space)
         out = split_outputs(learner, ds, ds.test, inputs)
@@ -456,7 +485,7 @@ def write_run(
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     state = {k: v.detach().float().cpu().contiguous() for k, v in learner.prompt_state().items()}
     meta = {"backbone_identity": backbone.identity, "learner": cfg.learner.name,
-            "classnames": json.dumps(list(result["sampling"]["counts"]))}
+            "classnames": json.dumps(list(result["sampling"]["counts"])), "template": str(result.get("template"))}
     with atomic_path(run_dir / "prompts.safetensors") as tmp:
         save_file(state, str(tmp), metadata=meta)
     with atomic_path(run_dir / "features.safetensors") as tmp:

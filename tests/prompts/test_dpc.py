@@ -284,3 +284,19 @@ def test_promptsrc_dpc_runs_promptsrc_with_the_recovered_prompts(backbone, image
         torch.testing.assert_close(learner.text_features(), stage1.text_features(), atol=1e-5, rtol=0)
         torch.testing.assert_close(learner.image_features(images), stage1.image_features(images),
                                    atol=1e-5, rtol=0)
+
+
+def test_base_options_reach_the_base_learner_fp16_rounding(backbone, images):
+    base = {"name": "maple", "prompt_depth": 3, "round_prompts_fp16": True}
+    learner = make_dpc(backbone, base=base)
+    assert learner.config.round_prompts_fp16 and learner.dpc_config.base.name == "maple"
+    stage1 = build("maple", backbone, seed=1, prompt_depth=3, round_prompts_fp16=True)
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.copy_(random_like(p, 31))
+    learner.load_initial_state(stage1.prompt_state())  # M = P: the stage-2 model starts as the stage-1 one
+    with torch.no_grad():
+        torch.testing.assert_close(learner.image_features(images), stage1.image_features(images), atol=1e-6, rtol=0)
+        plain = make_dpc(backbone, base={**base, "round_prompts_fp16": False})
+        plain.load_initial_state(stage1.prompt_state())
+        assert not torch.equal(plain.image_features(images), learner.image_features(images))

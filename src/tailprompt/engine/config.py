@@ -197,6 +197,10 @@ class ObjectiveConfig:
 @dataclass
 class InitConfig:
     from_run: str | None = None  # a finished run folder whose prompts this run starts from (DPC stage 2)
+    # Or a preset (or config file) whose run, with this run's backbone, data, protocol, eval settings, seed,
+    # output folder and optim.max_steps (its schedule stays the preset's), this run starts from; that run is
+    # made first when missing (two stages in one sweep). `from_run` wins when both are set.
+    from_preset: str | None = None
 
 
 @dataclass

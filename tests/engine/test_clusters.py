@@ -32,3 +32,30 @@ def test_cluster_cache_misses_when_features_or_settings_change(tmp_path):
     assert cache.hits == 0 and len(list((tmp_path / "clusters").glob("*.json"))) == 3
     cache(feats, ClusterSettings(2))
     assert cache.hits == 1
+
+
+def test_concurrent_jobs_cluster_once_and_share_the_partition(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import tailprompt.clustering as clustering
+
+    calls = []
+    real_select = clustering.select_clusters
+
+    def slow_select(*args):
+        calls.append(1)
+        time.sleep(0.3)
+        return real_select(*args)
+
+    monkeypatch.setattr(clustering, "select_clusters", slow_select)
+    feats = _prototypes()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ClusterCache(tmp_path)(feats, ClusterSettings(2))))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(calls) == 1 and len(results) == 3
+    assert all(torch.equal(r.assignment, results[0].assignment) for r in results)

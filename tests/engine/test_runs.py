@@ -146,8 +146,8 @@ def test_killed_sweep_resumes_to_exactly_the_grid(base_overrides, tmp_path, monk
     dirs = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()]
     assert len(dirs) == 3 and sum((d / "result.json").is_file() for d in dirs) == 2
 
-    outcomes = run_all(configs, progress=False)
-    assert [o.skipped for o in outcomes] == [True, True, False, False]
+    reports = run_all(configs, progress=False)
+    assert [r.status for r in reports] == ["done", "done", "ran", "ran"]
     complete = [d for d in (tmp_path / "runs").iterdir() if (d / "result.json").is_file()]
     assert len(complete) == 4
 

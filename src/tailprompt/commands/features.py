@@ -11,12 +11,16 @@ from tailprompt.commands.data import add_dataset_arguments, load_or_fail, reader
 
 if TYPE_CHECKING:
     from tailprompt.data.types import DatasetSplits, Item
+    from tailprompt.engine.distributed import DistContext
 
 SPLITS = ("train", "val", "test")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("features", help="precompute cached image features (eval view + augmented views)")
+    parser = subparsers.add_parser(
+        "features", help="precompute cached image features (eval view + augmented views)",
+        description="Encode and cache image features. Under `torchrun --nproc_per_node N -m tailprompt features "
+        "...` each process encodes a share of the missing images.")
     parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit or embedded")
     parser.add_argument("--weights", help="checkpoint file or open_clip pretrained tag")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -60,10 +64,11 @@ def selected_items(ds: DatasetSplits, split: str, shots: int | None, seeds: list
     return list(chosen.values())
 
 
-def run(args: argparse.Namespace) -> int:
-    from tailprompt.data.features import FeatureCache
-    from tailprompt.data.files import DatasetError
+def _silent(*args: object) -> None:
+    pass
 
+
+def run(args: argparse.Namespace) -> int:
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
@@ -73,9 +78,24 @@ def run(args: argparse.Namespace) -> int:
     ds = load_or_fail(args.dataset, args.root, reader_options(args.option))
     if args.shots is not None and not ds.train:
         raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
+    from tailprompt.engine.distributed import finish, init_from_env
+
+    group = init_from_env()  # torchrun: the ranks share the cache misses
+    try:
+        return fill(args, ds, splits, group)
+    finally:
+        finish(group)
+
+
+def fill(args: argparse.Namespace, ds: DatasetSplits, splits: list[str], group: DistContext | None) -> int:
+    """Fill the cache for `splits`; under torchrun every rank encodes a share and rank 0 reports."""
+    from tailprompt.data.features import FeatureCache
+    from tailprompt.data.files import DatasetError
+
     backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
-    print(
+    say = print if group is None or group.is_main else _silent
+    say(
         f"features: backbone {args.backbone} ({backbone.identity}, {backbone.precision}), dataset {ds.name}, "
         f"cache {cache.root}"
     )
@@ -87,12 +107,12 @@ def run(args: argparse.Namespace) -> int:
         for view in views:
             hits, misses, start = cache.hits, cache.misses, time.perf_counter()
             try:
-                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True)
+                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True, shard=group)
             except DatasetError as e:  # an image vanished or is unreadable: name it, no traceback
                 raise UserError(f"{e} (run `tailprompt data check` for a full report)") from None
-            print(
+            say(
                 f"  {split:5} view {view}: {len(items)} images, {cache.hits - hits} hits, "
                 f"{cache.misses - misses} misses ({time.perf_counter() - start:.1f} s)"
             )
-    print(f"total: {cache.hits} hits, {cache.misses} misses")
+    say(f"total: {cache.hits} hits, {cache.misses} misses" + (f" (rank 0 of {group.world_size})" if group else ""))
     return 0

@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Resolve defaults <- preset/file <- --set overrides, train, evaluate, and write "
         "config.yaml, result.json, prompts.safetensors and features.safetensors under OUTPUT_DIR/<run_id>/. "
         "An existing complete run is not redone (use --force); an unfinished one resumes from its last "
-        "training checkpoint.",
+        "training checkpoint. Under `torchrun --nproc_per_node N -m tailprompt train ...` the N processes split "
+        "every batch (data parallel; same global batch, learning rate and augmentation seeds as one process) "
+        "and rank 0 writes the run.",
     )
     p.add_argument("--config", default="coop", help="a method preset (see `tailprompt list`) or a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -28,17 +30,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tailprompt.config import dump_yaml
+    from tailprompt.engine.distributed import finish, init_from_env, threads_per_rank
     from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import execute_run
-    from tailprompt.utils import configure_threads
+    from tailprompt.utils import configure_threads, free_cores
 
     with user_errors():
         cfg = resolve_config(args.config, args.overrides)
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
-        configure_threads()
-        outcome = execute_run(cfg, progress=True, force=args.force)
+        group = init_from_env()
+        configure_threads(threads_per_rank(free_cores()) if group else None)
+        try:
+            outcome = execute_run(cfg, progress=True, force=args.force, group=group)
+        finally:
+            finish(group)
+    if group is not None and not group.is_main:
+        return 0
     r = outcome.result
     summary = {"run_dir": str(outcome.run_dir), "skipped": outcome.skipped, "hm": r.get("hm"),
                **{f"{name}_acc": s["accuracy"] for name, s in r["splits"].items()},

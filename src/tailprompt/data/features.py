@@ -14,8 +14,9 @@ one view, keyed by
 Layout: `<root>/features/<space hash>/view<v>/<uuid>.safetensors`, each shard one tensor `features`
 `[n, D]` with the entry keys in its metadata; `<root>/features/<space hash>/key.json` says what the
 hash stands for. Shards are written whole to a temporary file and renamed (`atomic_path`), so a
-crash leaves no half file, and two processes caching the same images just write two complete shards
-(either copy is read). Safetensors never executes code on load.
+crash leaves no half file. One process at a time fills a view folder (`<space>/.view<v>.fill.lock`, see
+`tailprompt.locks`); others wait, re-read the folder and compute only what is still missing, so concurrent
+jobs on one dataset encode each image once. Safetensors never executes code on load.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tailprompt.backbone.precision import autocast_context
 from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.locks import exclusive
 from tailprompt.utils import atomic_path, stable_hash, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -171,10 +173,13 @@ class FeatureCache:
         view: int,
         batch_size: int = 256,
         progress: bool | None = None,
+        shard: Any = None,
     ) -> torch.Tensor:
         """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output).
 
         Only images missing from the cache are decoded and encoded; `progress` None uses the cache's default.
+        `shard`: a process group (`rank`, `world_size`, `barrier()`; tailprompt.engine.distributed) whose
+        ranks all call `get` with the same items: each encodes its share of the misses, then all read them.
         """
         if view < 0:
             raise ValueError(f"view must be >= 0, got {view}")
@@ -186,13 +191,30 @@ class FeatureCache:
         for e, it in zip(entries, items):
             first_item.setdefault(e, it)
         missing = [e for e in first_item if e not in index]
-        self.hits += len(first_item) - len(missing)
-        self.misses += len(missing)
-        fresh: dict[str, torch.Tensor] = {}
+        fresh: dict[str, torch.Tensor] = {}  # what this process encoded (its misses)
+        show = self.progress if progress is None else progress
+        if shard is not None:  # the ranks of one job share the misses; every rank reaches the barrier
+            if missing:
+                self._write_key_file(space, backbone)
+                mine = missing[shard.rank :: shard.world_size]
+                fresh = self._compute_and_store(backbone, dataset, view, view_dir, mine, first_item, batch_size,
+                                                show)
+            shard.barrier()
+            index = self._refresh(view_dir)
+            missing = [e for e in first_item if e not in index and e not in fresh]
         if missing:
-            self._write_key_file(space, backbone)
-            show = self.progress if progress is None else progress
-            fresh = self._compute_and_store(backbone, dataset, view, view_dir, missing, first_item, batch_size, show)
+            # One writer per view folder: concurrent jobs wait, then reuse its shards (each image encoded once).
+            with exclusive(view_dir.parent / f".view{view}.fill.lock", waiting=f"waiting for another job "
+                           f"filling the feature cache {view_dir}"):
+                index = self._refresh(view_dir)
+                missing = [e for e in first_item if e not in index and e not in fresh]
+                if missing:
+                    self._write_key_file(space, backbone)
+                    fresh.update(self._compute_and_store(
+                        backbone, dataset, view, view_dir, missing, first_item, batch_size, show
+                    ))
+        self.hits += len(first_item) - len(fresh)
+        self.misses += len(fresh)
         return self._gather(backbone, view_dir, entries, fresh)
 
     def _compute_and_store(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,21 +26,26 @@ class ImageInputs:
     batch_size: int = 256
     num_workers: int = 0  # image-decoding processes (0: decode in this process)
 
-    def features(self, dataset: DatasetSplits, items: Sequence[Item], view: int = 0) -> Tensor:
-        """[N, D] normalised features of `items` for `view` (0 = eval preprocessing)."""
+    def features(self, dataset: DatasetSplits, items: Sequence[Item], view: int = 0, shard: Any = None) -> Tensor:
+        """[N, D] normalised features of `items` for `view` (0 = eval preprocessing).
+
+        `shard`: torchrun's process group, every rank calling with the same items; each encodes a share
+        of the cache misses.
+        """
         if not items:
             return torch.zeros(0, self.backbone.embed_dim, device=self.device)
         if self.cache is not None:
-            feats = self.cache.get(self.backbone, dataset, list(items), view=view, batch_size=self.batch_size)
+            feats = self.cache.get(self.backbone, dataset, list(items), view=view, batch_size=self.batch_size,
+                                   shard=shard)
             return unit(feats.to(self.device))
         assert view == 0, "uncached features exist for the eval view only; training augments per step"
         # The data layer's no-cache path: the same fp32 encoding the cache stores, so both modes agree.
         feats = compute_features(self.backbone, dataset, list(items), 0, self.batch_size, num_workers=self.num_workers)
         return unit(feats.to(self.device))
 
-    def train_views(self, dataset: DatasetSplits, items: Sequence[Item], n_views: int) -> Tensor:
+    def train_views(self, dataset: DatasetSplits, items: Sequence[Item], n_views: int, shard: Any = None) -> Tensor:
         """[V, N, D] normalised features of `n_views` cached augmented views (views 1..V)."""
-        return torch.stack([self.features(dataset, items, view=v) for v in range(1, n_views + 1)])
+        return torch.stack([self.features(dataset, items, view=v, shard=shard) for v in range(1, n_views + 1)])
 
     def image_batches(
         self, dataset: DatasetSplits, items: Sequence[Item], batch_size: int, train_seed: tuple | None = None

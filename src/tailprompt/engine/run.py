@@ -30,6 +30,7 @@ from tailprompt.data.seeding import derived_rng
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
+from tailprompt.engine.distributed import DistContext, check_distributable
 from tailprompt.engine.evaluate import SplitOutputs, split_outputs
 from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
@@ -118,9 +119,14 @@ class Timings:
 
 
 def execute_run(
-    cfg: RunConfig, backbones: BackboneCache | None = None, progress: bool = False, force: bool = False
+    cfg: RunConfig, backbones: BackboneCache | None = None, progress: bool = False, force: bool = False,
+    group: DistContext | None = None,
 ) -> RunOutcome:
-    """Run `cfg` unless its result already exists (then return that result)."""
+    """Run `cfg` unless its result already exists (then return that result).
+
+    `group`: torchrun's processes training this run together (engine/distributed.py); only rank 0
+    evaluates and writes, the others return an empty result once training is done.
+    """
     backbones = backbones or BackboneCache()
     t_start = time.perf_counter()
     backbone = backbones.get(cfg.backbone)
@@ -136,19 +142,26 @@ def execute_run(
     setup = prepare_run(cfg, backbone)
     if setup.inputs.cache is not None:
         setup.inputs.cache.progress = progress  # a bar (images/s) while the cache fills
+    if group is not None:  # before any collective and before anything is written
+        check_distributable(setup.objectives, min(cfg.optim.batch_size, len(setup.training.items)), group)
     timings = Timings()
     t0 = time.perf_counter()
-    train_views = cached_features(cfg, setup)
+    train_views = cached_features(cfg, setup, group)
     timings.features_s = time.perf_counter() - t0
+    if group is not None:
+        group.barrier()  # every rank sees the same checkpoint (or none) when training starts
     t0 = time.perf_counter()
     curve = train_prompts(TrainSetup(
         learner=setup.learner, objectives=setup.objectives, frozen_text=setup.frozen_text,
         clusters=setup.clusters.assignment.to(backbone.device) if setup.clusters_used else None,
         dataset=setup.plan.train, items=setup.training.items, inputs=setup.inputs, train_views=train_views,
-        optim=cfg.optim, seed=cfg.seed, hooks=setup.hooks, descriptions=setup.descriptions, progress=progress,
-        checkpoint=run_dir / CHECKPOINT, extra_items=setup.extra_items,
+        optim=cfg.optim, seed=cfg.seed, hooks=setup.hooks, descriptions=setup.descriptions,
+        progress=progress and (group is None or group.is_main), checkpoint=run_dir / CHECKPOINT,
+        extra_items=setup.extra_items, group=group,
     ))
     timings.train_s = time.perf_counter() - t0
+    if group is not None and not group.is_main:
+        return RunOutcome(run_dir, {}, skipped=False)  # rank 0 evaluates and writes the run
     t0 = time.perf_counter()
     evaluation = evaluate_plan(cfg, setup)
     timings.eval_s = time.perf_counter() - t0
@@ -278,15 +291,18 @@ def description_features(backbone: FrozenVLM, ds: DatasetSplits, path: str | Non
     return torch.stack(feats)
 
 
-def cached_features(cfg: RunConfig, setup: RunSetup) -> Tensor | None:
-    """Fill the feature cache for the training views and every evaluation split; the training views."""
+def cached_features(cfg: RunConfig, setup: RunSetup, group: DistContext | None = None) -> Tensor | None:
+    """Fill the feature cache for the training views and every evaluation split; the training views.
+
+    Under torchrun (`group`) each rank encodes a share of the missing images.
+    """
     if not setup.use_cache:
         return None
     train_ds = setup.plan.train
     items = setup.training.items + setup.extra_items  # batches index the first part
-    train_views = setup.inputs.train_views(train_ds, items, cfg.data.n_views)
+    train_views = setup.inputs.train_views(train_ds, items, cfg.data.n_views, shard=group)
     for split in setup.plan.evals:  # warm the eval features now so that phase timings stay honest
-        setup.inputs.features(split.dataset, split.dataset.test, view=0)
+        setup.inputs.features(split.dataset, split.dataset.test, view=0, shard=group)
     return train_views
 
 

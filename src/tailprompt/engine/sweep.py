@@ -9,17 +9,24 @@ Sweep file:
     set:                             # fixed overrides for every run
       optim.epochs: 10
     output_dir: runs                 # optional, same as set: {output_dir: ...}
+    slurm_qos: high                  # optional: any submitit `slurm_*` parameter for --launcher submitit
+
+Every run holds a lock in its folder while it trains (`run.lock`, see `tailprompt.locks`), so two sweeps
+on one output folder, or a resubmitted job array, never train a run twice; a run that fails leaves
+`error.json` (its last error line and log) for `tailprompt sweep FILE --status`.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from tqdm.auto import tqdm
@@ -28,9 +35,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tailprompt.config import ConfigError, load_yaml
 from tailprompt.engine.config import RunConfig
 from tailprompt.engine.resolve import resolve_config
-from tailprompt.engine.run import BackboneCache, RunOutcome, execute_run
+from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, run_directory
+from tailprompt.locks import FileLock, current_job_id, describe, read_lock, stale_reason, this_owner
+from tailprompt.utils import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+RUN_LOCK = "run.lock"  # held while a run trains
+RUN_ERROR = "error.json"  # left by a run that failed: {"error": last line, "log": path, "job_id": ...}
 
 
 @dataclass
@@ -38,6 +50,7 @@ class SweepSpec:
     methods: list[str]
     grid: dict[str, list[Any]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)  # extra submitit `slurm_*` parameters
 
 
 def packaged_sweep(name: str) -> Path:
@@ -50,9 +63,10 @@ def read_sweep(path: str | Path) -> SweepSpec:
     if not Path(path).exists() and Path(path).suffix == "" and packaged_sweep(str(path)).is_file():
         path = packaged_sweep(str(path))
     data = load_yaml(path)
-    unknown = set(data) - {"methods", "grid", "set", "output_dir"}
+    unknown = {k for k in data if not str(k).startswith("slurm_")} - {"methods", "grid", "set", "output_dir"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; valid: methods, grid, set, output_dir")
+        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; valid: methods, grid, set, output_dir, "
+                          "slurm_* (submitit parameters)")
     methods = data.get("methods")
     if not isinstance(methods, list) or not methods:
         raise ConfigError(f"{path}: 'methods' must be a non-empty list of presets or config files")
@@ -62,7 +76,8 @@ def read_sweep(path: str | Path) -> SweepSpec:
     fixed = dict(data.get("set") or {})
     if "output_dir" in data:
         fixed["output_dir"] = data["output_dir"]
-    return SweepSpec([str(m) for m in methods], grid, fixed)
+    slurm = {str(k): v for k, v in data.items() if str(k).startswith("slurm_")}
+    return SweepSpec([str(m) for m in methods], grid, fixed, slurm)
 
 
 def override_strings(values: dict[str, Any]) -> list[str]:
@@ -82,21 +97,121 @@ def expand(spec: SweepSpec, extra: Sequence[str] = ()) -> list[RunConfig]:
     return configs
 
 
+def run_label(cfg: RunConfig) -> str:
+    return f"{cfg.method or cfg.learner.name} {cfg.data.name} tau={cfg.data.tau} seed={cfg.seed}"
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What one attempt at a run did: trained it, found it done, found it held by another job, or failed."""
+
+    run_dir: str
+    status: Literal["ran", "done", "busy", "failed"]
+    detail: str = ""  # the lock's owner (busy) or the last error line (failed)
+
+
+def last_error_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0][:500]
+
+
+def run_locked(
+    cfg: RunConfig, backbones: BackboneCache, log_path: str | None = None, progress: bool = False
+) -> JobReport:
+    """Train `cfg` unless it is complete or another process holds its lock; a failure leaves `error.json`."""
+    run_dir = run_directory(cfg, backbones.get(cfg.backbone))
+    if (run_dir / "result.json").is_file():
+        return JobReport(str(run_dir), "done")
+    lock = FileLock(run_dir / RUN_LOCK)
+    if not lock.acquire():
+        state = read_lock(lock.path)
+        return JobReport(str(run_dir), "busy", describe(state.owner if state else None))
+    try:
+        if (run_dir / "result.json").is_file():  # finished by the previous holder just before we took over
+            return JobReport(str(run_dir), "done")
+        (run_dir / RUN_ERROR).unlink(missing_ok=True)
+        try:
+            execute_run(cfg, backbones, progress=progress)  # per-epoch bar under the sweep's
+        except Exception as e:
+            write_json_atomic(run_dir / RUN_ERROR, {"error": last_error_line(e), "log": log_path,
+                                                    "job_id": current_job_id(), "time": time.time()})
+            raise
+    finally:
+        lock.release()
+    return JobReport(str(run_dir), "ran")
+
+
 def run_all(
     configs: Sequence[RunConfig],
     progress: bool = True,
-    on_result: Callable[[RunConfig, RunOutcome], None] | None = None,
-) -> list[RunOutcome]:
-    """Run configs in order, skipping complete ones; safe to kill and rerun at any moment."""
+    on_result: Callable[[RunConfig, JobReport], None] | None = None,
+    log_path: str | None = None,
+) -> list[JobReport]:
+    """Run configs in order in this process, skipping complete ones and ones another process is training.
+
+    Safe to kill and rerun at any moment. A run that fails is reported (and leaves `error.json`); the
+    sweep goes on with the next one.
+    """
     backbones = BackboneCache()
-    outcomes = []
+    reports = []
     # Log lines go through tqdm.write so they do not tear the progress bar.
     with logging_redirect_tqdm():
         bar = tqdm(configs, desc="sweep", unit="run", disable=not progress)
         for cfg in bar:
             bar.set_postfix_str(f"{cfg.method or cfg.learner.name} tau={cfg.data.tau} seed={cfg.seed}")
-            outcome = execute_run(cfg, backbones, progress=progress)  # per-epoch bar under the sweep's
-            outcomes.append(outcome)
+            run_dir = run_directory(cfg, backbones.get(cfg.backbone))
+            try:
+                report = run_locked(cfg, backbones, log_path, progress=progress)
+            except Exception as e:
+                report = JobReport(str(run_dir), "failed", last_error_line(e))
+                log.error("run failed: %s: %s (%s)", run_label(cfg), report.detail, report.run_dir)
+            if report.status == "busy":
+                log.info("skipping %s: being trained by %s", run_label(cfg), report.detail)
+            reports.append(report)
             if on_result:
-                on_result(cfg, outcome)
-    return outcomes
+                on_result(cfg, report)
+    return reports
+
+
+RunState = Literal["done", "running", "failed", "pending"]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_dir: Path
+    label: str
+    state: RunState
+    detail: str = ""
+
+
+def run_state(run_dir: Path) -> tuple[RunState, str]:
+    """done / running (who, heartbeat) / failed (error line, log) / pending (with a note on what it resumes)."""
+    if (run_dir / "result.json").is_file():
+        return "done", ""
+    lock = read_lock(run_dir / RUN_LOCK)
+    stale = None
+    if lock is not None:
+        stale = stale_reason(lock, FileLock(run_dir / RUN_LOCK).stale_after_s, this_owner())
+        if stale is None:
+            return "running", f"{describe(lock.owner)}, heartbeat {lock.heartbeat_age_s:.0f} s ago"
+    if (run_dir / RUN_ERROR).is_file():
+        try:
+            error = json.loads((run_dir / RUN_ERROR).read_text())
+        except json.JSONDecodeError:
+            error = {}
+        return "failed", f"{error.get('error', '?')} (log: {error.get('log') or 'none'})"
+    notes = []
+    if (run_dir / CHECKPOINT).is_file():
+        notes.append("resumes from its training checkpoint")
+    if stale is not None:
+        notes.append(f"stale lock of {describe(lock.owner if lock else None)}: {stale}")
+    return "pending", "; ".join(notes)
+
+
+def sweep_status(configs: Sequence[RunConfig]) -> list[RunStatus]:
+    backbones = BackboneCache()
+    statuses = []
+    for cfg in configs:
+        run_dir = run_directory(cfg, backbones.get(cfg.backbone))
+        state, detail = run_state(run_dir)
+        statuses.append(RunStatus(run_dir, run_label(cfg), state, detail))
+    return statuses

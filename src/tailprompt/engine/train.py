@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.checkpoint import TrainProgress, load_checkpoint, save_checkpoint
 from tailprompt.engine.config import OptimConfig
+from tailprompt.engine.distributed import DistContext
 from tailprompt.engine.finite import FiniteGuard
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
@@ -44,6 +45,7 @@ class TrainSetup:
     progress: bool = False
     checkpoint: Path | None = None  # where to keep a resumable training checkpoint (None: never)
     extra_items: list[Item] = field(default_factory=list)  # addressed by encode_training_images after `items`
+    group: DistContext | None = None  # torchrun's processes: each runs its share of every batch
 
     @property
     def reads(self) -> frozenset[str]:
@@ -81,6 +83,8 @@ class EpochInputs:
             # per-step draw, decoded in batch order (in worker processes if any).
             items = [setup.items[i] for i in order.tolist()]
             bs = setup.optim.batch_size
+            if setup.group is not None:  # this rank decodes only its share of each batch
+                items, bs = setup.group.local_rows(items, min(bs, len(items)))
             run.batches = setup.inputs.image_batches(setup.dataset, items, bs, train_seed=(setup.seed, epoch))
             if "teacher_image_feats" in setup.reads:
                 run.teacher_batches = setup.inputs.image_batches(
@@ -135,6 +139,11 @@ def step_state(run: EpochInputs, idx: Tensor, labels: Tensor, step: int) -> Step
     learner, inputs = setup.learner, setup.inputs
     scale = float(inputs.backbone.logit_scale)
     images, frozen_img, view = None, None, None
+    group, n = setup.group, len(idx)
+
+    def whole(rows: Tensor) -> Tensor:  # exact mode under torchrun: this rank's rows -> the whole batch
+        return group.gather(rows, n) if group is not None else rows
+
     if run.exact:
         assert run.batches is not None
         images = next(run.batches)
@@ -142,23 +151,31 @@ def step_state(run: EpochInputs, idx: Tensor, labels: Tensor, step: int) -> Step
             frozen_img = frozen_image_features(inputs, images)
     else:
         view, frozen_img = run.cached_view(idx)
+    mine = frozen_img
+    if group is not None and not run.exact and frozen_img is not None:
+        mine = frozen_img[slice(*group.share(n))]
     with autocast_for(inputs.device, inputs.backbone.precision):  # the towers; objectives below in fp32
-        img = learner.image_features(images) if learner.uses_image_tower else frozen_img
+        img = learner.image_features(images) if learner.uses_image_tower else mine
         assert img is not None
         txt = learner.text_features(img if learner.instance_conditioned else None)
     img, txt = img.float(), txt.float()
+    if group is not None:  # every rank gets the whole batch (engine/distributed.py)
+        img = group.gather(img, n)
+        txt = group.gather(txt, n) if txt.dim() == 3 else group.shared(txt)
+        if run.exact and frozen_img is not None:
+            frozen_img = group.gather(frozen_img, n)
     state = StepState(
         logits=scaled_logits(img, txt, scale), labels=labels, image_feats=img, text_feats=txt,
         frozen_text_feats=setup.frozen_text, class_ids=torch.arange(setup.dataset.num_classes, device=inputs.device),
         logit_scale=scale, clusters=setup.clusters, item_indices=idx, generator=run.generator,
     )
     if reads & {"frozen_image_feats", "zeroshot_logits"}:
-        frozen = frozen_img if frozen_img is not None else frozen_image_features(inputs, images)
+        frozen = frozen_img if frozen_img is not None else whole(frozen_image_features(inputs, images))
         state.frozen_image_feats = frozen.float()
         state.zeroshot_logits = scaled_logits(state.frozen_image_feats, setup.frozen_text, scale)
     if "teacher_image_feats" in reads:
         if run.teacher_batches is not None:
-            state.teacher_image_feats = frozen_image_features(inputs, next(run.teacher_batches)).float()
+            state.teacher_image_feats = whole(frozen_image_features(inputs, next(run.teacher_batches))).float()
         else:
             assert view is not None
             state.teacher_image_feats = run.teacher_view(idx, view).float()
@@ -215,6 +232,8 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
                                       **loss.logged, "total loss": loss.total})
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward(retain_graph=bool(transforms))
+            if setup.group is not None:
+                setup.group.all_reduce_gradients(params)
             for transform, i in transforms:
                 transform(params, loss.raw[i])
             optimizer.step()
@@ -231,7 +250,8 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
         for hook in setup.hooks:
             hook.on_epoch_end(learner, epoch)
         every = setup.optim.checkpoint_every_s
-        if setup.checkpoint is not None and every is not None and time.monotonic() - last_save >= every:
+        writes = setup.group is None or setup.group.is_main  # one writer of the run folder
+        if setup.checkpoint is not None and writes and every is not None and time.monotonic() - last_save >= every:
             progress = TrainProgress(epoch + 1, step, curve)
             save_checkpoint(setup.checkpoint, learner, optimizer, gen, progress, setup.hooks)
             last_save = time.monotonic()

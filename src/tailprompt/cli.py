@@ -33,7 +33,7 @@ class Command:
 # In --help order.
 COMMANDS: dict[str, Command] = {
     "train": Command("train", "train one run (learner + objectives + protocol) and write runs/<run_id>/"),
-    "eval": Command("eval", "re-evaluate a run's saved prompts on a dataset"),
+    "eval": Command("eval", "evaluate a run's prompts, or a released reference checkpoint, on a dataset"),
     "predict": Command("predict", "label images with a run's prompts (top-k classes and probabilities per image)"),
     "export": Command(
         "export",

@@ -42,7 +42,7 @@ def metrics(result: dict) -> dict:
 ], ids=["cpt_coop-cached", "maple"])
 def test_two_processes_match_one(method, extra, base_overrides, tmp_path):
     overrides = [o for o in base_overrides if not o.startswith("data.cache_dir")] + extra + [
-        "optim.batch_size=8", "optim.epochs=2"]
+        "optim.batch_size=8", "optim.epochs=2", "backbone.precision=fp32"]  # the subprocesses too (conftest)
     one = execute_run(resolve_config(method, overrides + [f"data.cache_dir={tmp_path / 'cache1'}"]),
                       BackboneCache()).result
     shutil.rmtree(tmp_path / "runs")

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tailprompt import __version__
+from tailprompt.errors import UserError
+
+__all__ = ["UserError", "build_parser", "main", "user_errors"]
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,23 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("train", "train one run (learner + objectives + protocol) and write runs/<run_id>/"),
     "eval": Command("eval", "re-evaluate a run's saved prompts on a dataset"),
+    "predict": Command("predict", "label images with a run's prompts (top-k classes and probabilities per image)"),
+    "export": Command(
+        "export",
+        "write a run's prompts as one self-describing .safetensors file (docs/export.md loads it in open_clip)",
+    ),
+    "inspect": Command(
+        "inspect",
+        "show a run's context vectors as nearest words, their norms, and how far the class features moved",
+    ),
     "sweep": Command("sweep", "run a grid of runs (methods x datasets x tau x seeds x any key), resumable"),
     "demo": Command(
         "demo",
         "run base-to-new on the embedded world for the *_coop methods at 3 imbalance ratios, 3 seeds, and report",
     ),
-    "list": Command("list_presets", "list method presets, learners, objectives, datasets and protocols"),
+    "list": Command(
+        "list_presets", "list method presets, learners, objectives, training hooks, datasets and protocols"
+    ),
     "report": Command("report", "tables and plots from a runs folder"),
     "pretrain-embedded": Command(
         "pretrain_embedded",
@@ -48,10 +62,6 @@ COMMANDS: dict[str, Command] = {
     "data": Command("data", "check dataset folders, sample few-shot training sets"),
     "features": Command("features", "precompute cached image features (eval view + augmented views)"),
 }
-
-
-class UserError(Exception):
-    """A mistake in the user's input: printed as one message, exit code 2, no traceback."""
 
 
 @contextmanager

@@ -43,10 +43,32 @@ def configure_threads(n: int | None = None) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; any other name as torch spells it (`cpu`, `cuda:1`)."""
+    """`auto` -> CUDA when available, else CPU; any other name as torch spells it (`cpu`, `cuda:1`).
+
+    A name torch does not know, or a device this machine does not have, is a `ConfigError` naming
+    `backbone.device` (a user's typo, not a crash deep inside the first tensor transfer).
+    """
+    from tailprompt.config import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"backbone.device: {name!r} is not a device name "
+                          f"(expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"backbone.device: {name!r} requested but this machine has no usable CUDA device; "
+                              f"use auto or cpu")
+        if device.index is not None and device.index >= n:
+            raise ConfigError(f"backbone.device: {name!r} does not exist (CUDA devices: 0..{n - 1})")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"backbone.device: {name!r} requested but MPS is not available here; use auto or cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"backbone.device: {name!r} is not supported (expected auto, cpu, cuda or cuda:N)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -70,10 +92,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask), so
+        # colleagues sharing a results folder can read it
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

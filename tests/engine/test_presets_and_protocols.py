@@ -40,6 +40,9 @@ def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrid
         names = {o.name for o in resolve_config(preset).objectives}
         assert {k.split("/")[0] for k in curve if k != "total"} == names  # every objective logged its terms
     assert 0 <= r["splits"]["new"]["accuracy"] <= 100
+    roles = r["split_roles"]
+    assert [n for n, role in roles.items() if role["harmonic_mean"]] == ["base", "new"]
+    assert [n for n, role in roles.items() if role["training"]] == ["base"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +72,12 @@ def test_cross_dataset_on_explicit_targets(base_overrides, eurosat_root, tmp_pat
     assert set(r["splits"]) == {"source", "dtd"}
     assert len(r["splits"]["source"]["classnames"]) == 10 and len(r["splits"]["dtd"]["classnames"]) == 6
     assert r["splits"]["dtd"]["ece_dac"] is not None  # DAC applies to classes the prompts were not trained on
+    # the protocol's roles travel with the result: the report reads them instead of the protocol's name
+    assert r["protocol_label"] == "cross-dataset"
+    assert r["split_roles"] == {
+        "source": {"label": "Source", "training": True, "harmonic_mean": False, "target": False},
+        "dtd": {"label": "dtd", "training": False, "harmonic_mean": False, "target": True},
+    }
 
 
 @pytest.mark.parametrize("protocol, expected", [

@@ -159,7 +159,8 @@ def test_sweep_command_dry_run_and_run(base_overrides, tmp_path, capsys):
     assert main(["sweep", str(sweep), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("todo") == 4
     assert main(["sweep", str(sweep)]) == 0
-    assert "4 run now, 0 already complete" in capsys.readouterr().out
+    # zero-shot trains nothing: its tau=0.06 run is the tau=1 one, found complete
+    assert "3 run now, 1 already complete" in capsys.readouterr().out
     assert main(["sweep", str(sweep)]) == 0
     assert "0 run now, 4 already complete" in capsys.readouterr().out
 
@@ -177,8 +178,8 @@ def test_exact_mode_is_deterministic_and_independent_of_worker_processes(base_ov
 
 def test_threshold_groups_for_user_long_tail_data(base_overrides):
     r = execute_run(resolve_config("coop", base_overrides + ["eval.groups=thresholds"])).result
-    # tau=0.06 counts [16, 7, 3, 1, 1]: all under 20 images, so every class is "few" (tail).
-    assert r["groups"]["classes"]["tail"] == list(r["sampling"]["counts"])
-    assert r["groups"]["head"] is None and r["groups"]["medium"] is None
+    # tau=0.06 counts [16, 7, 3, 1, 1]: all under 20 images, so every class is "few".
+    assert r["groups"]["classes"]["few"] == list(r["sampling"]["counts"])
+    assert r["groups"]["many"] is None and r["groups"]["medium"] is None and "head" not in r["groups"]
     with pytest.raises(ConfigError, match="eval.groups"):
         resolve_config("coop", base_overrides + ["eval.groups=quartiles"])

@@ -48,4 +48,4 @@ def test_threshold_groups_follow_the_long_tail_benchmarks_rule():
     from tailprompt.metrics import threshold_groups
 
     groups = threshold_groups([500, 101, 100, 20, 19, 1])
-    assert groups == {"head": [0, 1], "medium": [2, 3], "tail": [4, 5]}
+    assert groups == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}

@@ -34,7 +34,8 @@ def test_cli_writes_tables_summary_and_plots(runs_dir: Path, tmp_path: Path, cap
     hm = [2 * b * n / (b + n) for b, n in (accuracies("cpt_coop", 1.0, s) for s in SEEDS)]
     assert entry["metrics"]["hm"]["mean"] == pytest.approx(np.mean(hm))
     assert entry["metrics"]["hm"]["std"] == pytest.approx(np.std(hm))
-    assert {t["kind"] for t in summary["tables"]} == {"accuracy", "groups", "calibration"}
+    assert {t["kind"] for t in summary["tables"]} == {"accuracy", "groups", "calibration", "calibration_more",
+                                                      "geometry"}
 
 
 def test_cli_default_out_and_markdown_printed(runs_dir: Path, capsys):
@@ -45,7 +46,7 @@ def test_cli_default_out_and_markdown_printed(runs_dir: Path, capsys):
     assert not list((runs_dir / "report").glob("*.png"))
     # the report folder itself has no result.json: a second report over the same folder still works
     assert main(["report", str(runs_dir), "--no-plots", "--format", "latex"]) == 0
-    assert (runs_dir / "report" / "tables.tex").read_text().count(r"\begin{tabular}") == 3
+    assert (runs_dir / "report" / "tables.tex").read_text().count(r"\begin{tabular}") == 5  # + MCE/aECE/NLL, geometry
 
 
 def test_cli_errors_are_one_line_exit_2(runs_dir: Path, tmp_path: Path, capsys):

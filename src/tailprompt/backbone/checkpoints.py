@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from tailprompt.cli import UserError
+from tailprompt.errors import UserError
 
 # Integer entries OpenAI's state dicts carry next to the tensors (open_clip's build_model pops them too).
 OPENAI_INT_KEYS = ("input_resolution", "context_length", "vocab_size")

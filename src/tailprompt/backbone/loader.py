@@ -144,9 +144,17 @@ def _load_tag(arch: Architecture, tag: str, override: bool | None) -> tuple[obje
     pcfg = open_clip.get_pretrained_cfg(arch.name, tag)
     natural = bool(pcfg.get("quick_gelu", False)) or arch.quick_gelu
     qg = override if override is not None else natural
+    # A cached file loads from disk; with neither a cache nor a network, fail now instead of after
+    # huggingface_hub's retries (~55 s offline).
+    source: str = cached_pretrained_file(pcfg) or tag
+    if source == tag and not hub_reachable():
+        raise BackboneError(
+            f"open_clip pretrained weights {arch.name} / {tag} are not in the Hugging Face cache and the "
+            f"network is unreachable; download the checkpoint elsewhere and pass its path as backbone.weights"
+        )
     try:
         model = open_clip.create_model(
-            arch.name, pretrained=tag, force_quick_gelu=qg, quick_gelu=qg, precision="fp32", device="cpu"
+            arch.name, pretrained=source, force_quick_gelu=qg, quick_gelu=qg, precision="fp32", device="cpu"
         )
     except Exception as e:  # open_clip wraps download failures in RuntimeError with a long text
         raise BackboneError(
@@ -156,6 +164,36 @@ def _load_tag(arch: Architecture, tag: str, override: bool | None) -> tuple[obje
         ) from e
     identity = f"{arch.name}@{tag}" + _activation_suffix(qg, natural)
     return model, identity, tuple(pcfg.get("mean", CLIP_MEAN)), tuple(pcfg.get("std", CLIP_STD))
+
+
+def cached_pretrained_file(pcfg: dict) -> str | None:
+    """The local file of an open_clip pretrained config's Hugging Face entry, if already downloaded."""
+    hub = str(pcfg.get("hf_hub") or "")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        return None
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    for name in ([filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and Path(found).is_file():
+            return found
+    return None
+
+
+def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub opens within `timeout_s` (offline machines: no)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _embedded_vocabulary() -> set[str] | None:

@@ -1,81 +1,122 @@
-"""`tailprompt eval`: evaluate a finished run's prompts on another dataset or label set."""
+"""`tailprompt eval`: evaluate a finished run's prompts, or a released reference checkpoint, on a dataset."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tailprompt.cli import user_errors
+from tailprompt.errors import UserError
+
+if TYPE_CHECKING:
+    from tailprompt.data.types import DatasetSplits
+    from tailprompt.engine.config import RunConfig
+    from tailprompt.prompts import PromptLearner
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="re-evaluate a run's saved prompts on a dataset",
-        description="Load runs/<id>/prompts.safetensors, rebuild the class-name buffers for DATASET "
-        "(only the prompt parameters transfer, as in the reference code), evaluate its test split, "
-        "print the metrics and save them as runs/<id>/eval_<dataset>_<classes>.json.",
+        description="Evaluate prompts on DATASET's test split and print the metrics. With --run: a finished "
+        "run's prompts.safetensors; the class-name buffers are rebuilt for DATASET (only the prompt parameters "
+        "transfer, as in the reference code) and the metrics are saved as runs/<id>/eval_<dataset>_<classes>.json. "
+        "With --prompts FILE --learner NAME: a checkpoint released with the reference code (Dassl's "
+        "`model.pth.tar-N` of CoOp, CoCoOp, KgCoOp or MaPLe, or a prompt state dict / .safetensors), with the "
+        "backbone and learner options from --config / --set (e.g. --set learner.n_ctx=16 --set learner.ctx_init=''); "
+        "--out saves the metrics.",
     )
-    p.add_argument("--run", required=True, help="a run directory (holding config.yaml and prompts.safetensors)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a finished run folder (OUTPUT_DIR/<run_id>/)")
+    source.add_argument("--prompts", metavar="FILE", help="a reference checkpoint (model.pth.tar-N) or prompt state")
+    p.add_argument("--learner", default=None, help="with --prompts: the learner the checkpoint belongs to (coop, ...)")
+    p.add_argument("--config", default=None, help="with --prompts: a preset or YAML file for backbone / learner keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --prompts: override a config key, e.g. --set backbone.name=ViT-B-16 (repeatable)")
     p.add_argument("--dataset", required=True, help="dataset name (see `tailprompt list datasets`)")
-    p.add_argument("--root", default=None, help="folder holding the dataset folders (default: the run's data.root)")
+    p.add_argument("--root", default=None, help="folder holding the dataset folders (default: the config's data.root)")
     p.add_argument("--classes", default="all", choices=["all", "base", "new"])
+    p.add_argument("--out", default=None, help="with --prompts: also write the metrics to this JSON file")
     p.set_defaults(func=run)
+
+
+LONG_FIELDS = ("per_class_accuracy", "reliability", "classnames")  # kept in the saved JSON only
 
 
 def run(args: argparse.Namespace) -> int:
     with user_errors():
-        metrics = evaluate_run(Path(args.run), args.dataset, args.root, args.classes)
-    long_fields = ("per_class_accuracy", "reliability", "classnames")  # kept in the saved JSON only
-    print(json.dumps({k: v for k, v in metrics.items() if k not in long_fields}, indent=2))
+        if args.run is not None:
+            if args.learner or args.config or args.overrides:
+                raise UserError("--learner, --config and --set go with --prompts; a run brings its own config")
+            metrics = evaluate_run(Path(args.run), args.dataset, args.root, args.classes)
+        else:
+            if not args.learner:
+                raise UserError("--prompts needs --learner NAME (the learner the checkpoint was trained with)")
+            metrics = evaluate_prompts_file(Path(args.prompts), args.learner, args.config, args.overrides,
+                                            args.dataset, args.root, args.classes)
+            if args.out:
+                from tailprompt.utils import write_json_atomic
+
+                write_json_atomic(args.out, metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if k not in LONG_FIELDS}, indent=2))
     return 0
 
 
-def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) -> dict:
-    from safetensors import safe_open
-
-    from tailprompt.config import from_dict, load_yaml
-    from tailprompt.data.features import FeatureCache
-    from tailprompt.data.registry import load_dataset
-    from tailprompt.data.sampling import select_classes
-    from tailprompt.engine.config import RunConfig
-    from tailprompt.engine.evaluate import split_outputs
-    from tailprompt.engine.inputs import ImageInputs
-    from tailprompt.engine.protocols import with_template
-    from tailprompt.engine.run import BackboneCache, initial_prompts
-    from tailprompt.metrics import split_metrics
-    from tailprompt.prompts import build_learner
+def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) -> dict[str, Any]:
+    from tailprompt.engine.saved import open_run, run_backbone, run_learner
     from tailprompt.utils import configure_threads, write_json_atomic
 
-    prompts_file = run_dir / "prompts.safetensors"
-    if not prompts_file.is_file():
-        raise FileNotFoundError(f"{prompts_file}: not found; is {run_dir} a complete run directory?")
-    cfg = from_dict(RunConfig, load_yaml(run_dir / "config.yaml"))
+    saved = open_run(run_dir)
+    configure_threads()
+    backbone = run_backbone(saved)
+    cfg = saved.config
+    ds = _dataset(cfg, dataset, root, classes)
+    learner = run_learner(saved, backbone, list(ds.classnames), ds.template)
+    metrics = {"dataset": dataset, "classes": classes, **_metrics(cfg, learner, ds)}
+    write_json_atomic(run_dir / f"eval_{dataset}_{classes}.json", metrics)
+    return metrics
+
+
+def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, overrides: list[str], dataset: str,
+                          root: str | None, classes: str) -> dict[str, Any]:
+    """Metrics of a released checkpoint's prompts with the learner and backbone the config describes."""
+    from tailprompt.engine.resolve import resolve_config
+    from tailprompt.engine.run import BackboneCache
+    from tailprompt.engine.saved import read_prompt_checkpoint
+    from tailprompt.prompts import build_learner
+    from tailprompt.utils import configure_threads
+
+    state = read_prompt_checkpoint(path)
+    cfg = resolve_config(config, [f"learner.name={learner_name}", *overrides])
     configure_threads()
     backbone = BackboneCache().get(cfg.backbone)
-    with safe_open(str(prompts_file), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("backbone_identity") not in (None, backbone.identity):
-        raise ValueError(f"{prompts_file}: prompts were trained on backbone {meta['backbone_identity']}, "
-                         f"but {cfg.backbone.name} now loads as {backbone.identity}")
-    root = root if root is not None else cfg.data.root
-    options = with_template(cfg.data, dataset, cfg.data.options if dataset == cfg.data.name else {})
-    ds = select_classes(load_dataset(dataset, root, options), classes)
+    ds = _dataset(cfg, dataset, root, classes)
     learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
-    if cfg.init.from_run:  # a second stage (DPC) keeps the first stage's prompts: reload them, as training did
-        learner.load_initial_state(initial_prompts(cfg, backbone, learner))
     learner.load_prompt_state(state)
-    # Learners that infer differently on label spaces they were not trained on (DPC's mixing) need to know.
-    trained_classes = "base" if cfg.protocol.name == "base_to_new" else "all"
-    seen = dataset == cfg.data.name and classes == trained_classes
-    learner.set_classnames(list(ds.classnames), ds.template, seen=seen)
+    return {"prompts": str(path), "learner": learner_name, "backbone": backbone.identity, "dataset": dataset,
+            "classes": classes, **_metrics(cfg, learner, ds)}
+
+
+def _dataset(cfg: RunConfig, dataset: str, root: str | None, classes: str) -> DatasetSplits:
+    from tailprompt.data.registry import load_dataset
+    from tailprompt.data.sampling import select_classes
+    from tailprompt.engine.protocols import with_template
+
+    options = with_template(cfg.data, dataset, cfg.data.options if dataset == cfg.data.name else {})
+    return select_classes(load_dataset(dataset, root if root is not None else cfg.data.root, options), classes)
+
+
+def _metrics(cfg: RunConfig, learner: PromptLearner, ds: DatasetSplits) -> dict[str, Any]:
+    from tailprompt.data.features import FeatureCache
+    from tailprompt.engine.evaluate import split_outputs
+    from tailprompt.engine.inputs import ImageInputs
+    from tailprompt.metrics import split_metrics
+
+    backbone = learner.backbone
     use_cache = cfg.data.cache and not learner.uses_image_tower
     cache = FeatureCache(cfg.data.cache_dir, cfg.data.num_workers) if use_cache else None
     inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers)
     out = split_outputs(learner, ds, ds.test, inputs)
-    metrics = {"dataset": dataset, "classes": classes,
-               **split_metrics(out.logits, out.labels, list(ds.classnames), n_bins=cfg.eval.ece_bins)}
-    write_json_atomic(run_dir / f"eval_{dataset}_{classes}.json", metrics)
-    return metrics
+    return split_metrics(out.logits, out.labels, list(ds.classnames), n_bins=cfg.eval.ece_bins)

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from tailprompt.cli import UserError
+from tailprompt.errors import UserError
 
 # tailprompt.report.FORMATS, spelled out so that building the parser imports no numpy/torch (a test keeps them equal)
 FORMATS = ("md", "csv", "latex")
@@ -20,16 +20,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "report",
         help="tables and plots from a runs folder",
-        description="Aggregate RUNS_DIR/*/result.json into tables (rows = methods, columns = tau or "
-                    "target datasets, mean ± std over seeds) and plots (reliability, class cosine matrices, "
-                    "accuracy vs shots, seed spread). Folders without result.json are skipped.",
+        description="Aggregate every result.json under RUNS_DIR (at any depth) into tables (rows = methods, "
+                    "columns = tau or target datasets, mean ± std over seeds) and plots (reliability, class cosine "
+                    "matrices, accuracy vs shots, seed spread). Folders without result.json are skipped.",
     )
-    parser.add_argument("runs_dir", metavar="RUNS_DIR", type=Path, help="folder holding <run_id>/result.json")
+    parser.add_argument("runs_dir", metavar="RUNS_DIR", type=Path,
+                        help="folder holding run folders (<run_id>/result.json, at any depth)")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="md",
                         help="table format (default md)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/report/)")
     parser.add_argument("--no-plots", action="store_true",
                         help="tables and summary.json only (no matplotlib needed)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html: one static page (no network) with every table, sortable, "
+                             "the plots inline and an index of the runs")
     parser.add_argument("--methods", default=None,
                         help="comma-separated preferred row order of methods, e.g. zeroshot,coop,cpt_coop")
     parser.add_argument("--layout", choices=("standard", *LAYOUTS), default="standard",
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         return run_layout(args)
     order = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     try:
-        paths = write_report(args.runs_dir, args.out, fmt=args.fmt, plots=not args.no_plots, order=order)
+        paths = write_report(args.runs_dir, args.out, fmt=args.fmt, plots=not args.no_plots, order=order,
+                             html=args.html)
     except ReportError as e:
         raise UserError(str(e)) from None
     if args.fmt == "md":

@@ -14,7 +14,6 @@ Conventions (design.md §4 and §8, peers.md §3.2-3.3 and §5, calibration_and_
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -154,25 +153,25 @@ def read_counts_file(path: str | Path) -> dict[str, int]:
 
 
 def read_fewshot_ids(source: Mapping[str, Any] | str | Path) -> dict[str, list[str]]:
-    """The `ids` of a `data sample --json` record (path or parsed object), or a bare `{class: [key]}`."""
+    """The `ids` of a run's `result.json` (`sampling.ids`), of a `data sample --json` record (path or parsed
+    object), or a bare `{class: [key]}`."""
     where = str(source) if isinstance(source, (str, Path)) else "fewshot_ids"
     data = _read_json(source, "fewshot ids file") if isinstance(source, (str, Path)) else source
+    if isinstance(data, Mapping) and isinstance(data.get("sampling"), Mapping):
+        data = data["sampling"]
     if isinstance(data, Mapping) and isinstance(data.get("ids"), Mapping):
         data = data["ids"]
     if not isinstance(data, Mapping) or not all(
         isinstance(v, list) and all(isinstance(k, str) for k in v) for v in data.values()
     ):
-        raise ValueError(f'{where}: expected {{"ids": {{class name: [image key, ...]}}}}')
+        raise ValueError(f'{where}: expected a run\'s result.json or {{"ids": {{class name: [image key, ...]}}}}')
     return {str(k): list(v) for k, v in data.items()}
 
 
 def _read_json(path: str | Path, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: {what} is not valid JSON ({e})") from None
+    from tailprompt.files import read_json  # errors name the file (a FileReadError is a ValueError)
+
+    return read_json(path, what)
 
 
 def _by_class(items: Sequence[Item], num_classes: int) -> list[list[Item]]:

@@ -10,6 +10,7 @@ not on the process). Stored as safetensors (tensors) + JSON metadata, written at
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from tailprompt.utils import atomic_path
 
 if TYPE_CHECKING:
     from tailprompt.hooks import TrainHook
+
+log = logging.getLogger(__name__)
 
 FORMAT = "tailprompt-train-checkpoint-1"
 
@@ -73,13 +76,19 @@ def load_checkpoint(
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception:  # a damaged checkpoint: start over rather than fail the run
+    except Exception as e:  # a damaged checkpoint: start over rather than fail the run
+        log.warning("%s: unreadable training checkpoint discarded, training starts over (%s)", path,
+                    " ".join(str(e).split())[:160])
         return None
     if meta.get("format") != FORMAT:
+        log.warning("%s: checkpoint of another format (%r, expected %r) discarded, training starts over",
+                    path, meta.get("format"), FORMAT)
         return None
     params = {n: p for n, p in learner.named_parameters() if p.requires_grad}
     saved = {k.removeprefix("param/"): v for k, v in tensors.items() if k.startswith("param/")}
     if set(saved) != set(params) or any(saved[n].shape != p.shape for n, p in params.items()):
+        log.warning("%s: checkpoint's prompt parameters do not match this learner's; discarded, training "
+                    "starts over", path)
         return None
     with torch.no_grad():
         for n, p in params.items():

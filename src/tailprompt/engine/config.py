@@ -6,11 +6,13 @@ rest of its keys are that component's own config dataclass, built once when the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tailprompt.config import ConfigError, from_dict, to_dict
+from tailprompt.registry import Registry
 
 
 @dataclass
@@ -26,7 +28,7 @@ class BackboneConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "world_colour_shape"
+    name: str = "world"  # the embedded world's default benchmark (see `tailprompt list datasets`)
     root: str | None = None  # folder holding the dataset folders (CoOp's DATA/)
     shots: int = 16  # at most this many training images per class
     tau: float = 1.0  # imbalance ratio min/max shots
@@ -82,39 +84,76 @@ class EvalConfig:
     groups: Literal["thirds", "thresholds"] = "thirds"
 
 
-def _component(data: Any, where: str, registry_name: str) -> tuple[str, dict[str, Any]]:
-    """(name, other keys) of a `{name: ..., ...}` section."""
+def _component(data: Any, where: str, registry: Registry[Any]) -> tuple[str, Any, dict[str, Any]]:
+    """(name, registered entry, other keys) of a `{name: ..., ...}` section."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping with a 'name', got {type(data).__name__}")
     if "name" not in data:
-        raise ConfigError(f"{where}: missing 'name' (the {registry_name}; see `tailprompt list`)")
-    return str(data["name"]), {k: v for k, v in data.items() if k != "name"}
+        raise ConfigError(f"{where}: missing 'name' (the {registry.kind}; see `tailprompt list`)")
+    name = str(data["name"])
+    try:
+        entry = registry.get(name)
+    except KeyError as e:
+        raise ConfigError(f"{where}.name: {e.args[0]}") from None
+    return name, entry, {k: v for k, v in data.items() if k != "name"}
+
+
+def _learners() -> Registry[Any]:
+    from tailprompt.prompts import LEARNERS
+
+    return LEARNERS
+
+
+def _hooks() -> Registry[Any]:
+    from tailprompt.hooks import HOOKS
+
+    return HOOKS
+
+
+def _objectives() -> Registry[Any]:
+    from tailprompt.objectives import OBJECTIVES
+
+    return OBJECTIVES
 
 
 @dataclass
-class LearnerConfig:
-    """`learner:` — a registered learner's name plus its own config dataclass (`options`)."""
+class ComponentConfig:
+    """A section naming a registered component (`name`) whose other keys are the component's own config
+    dataclass (`options`, `None` = its defaults). Subclasses say which registry names it."""
 
-    name: str = "coop"
-    options: Any = None  # the learner's config dataclass; None = its defaults
+    name: str
+    options: Any = None
+
+    @staticmethod
+    def registry() -> Registry[Any]:
+        raise NotImplementedError
 
     def __post_init__(self) -> None:
         if self.options is None:
-            self.options = LearnerConfig.from_data({"name": self.name}, "learner").options
+            self.options = type(self).from_data({"name": self.name}, type(self).__name__).options
 
     @classmethod
-    def from_data(cls, data: Any, where: str) -> LearnerConfig:
-        from tailprompt.prompts import LEARNERS
-
-        name, rest = _component(data, where, "learner")
-        try:
-            learner = LEARNERS.get(name)
-        except KeyError as e:
-            raise ConfigError(f"{where}.name: {e.args[0]}") from None
-        return cls(name, from_dict(learner.config_cls, rest, where))
+    def from_data(cls, data: Any, where: str) -> Any:
+        name, entry, rest = _component(data, where, cls.registry())
+        return cls(name, from_dict(entry.config_cls, rest, where))
 
     def to_data(self) -> dict[str, Any]:
         return {"name": self.name, **to_dict(self.options)}
+
+
+@dataclass
+class LearnerConfig(ComponentConfig):
+    """`learner:` — a registered learner's name plus its own config dataclass (`options`)."""
+
+    name: str = "coop"
+    registry = staticmethod(_learners)
+
+
+@dataclass
+class HookConfig(ComponentConfig):
+    """One `hooks:` entry — a registered training hook (e.g. an epoch-end weight average) and its config."""
+
+    registry = staticmethod(_hooks)
 
 
 @dataclass
@@ -132,13 +171,7 @@ class ObjectiveConfig:
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> ObjectiveConfig:
-        from tailprompt.objectives import OBJECTIVES
-
-        name, rest = _component(data, where, "objective")
-        try:
-            spec = OBJECTIVES.get(name)
-        except KeyError as e:
-            raise ConfigError(f"{where}.name: {e.args[0]}") from None
+        name, spec, rest = _component(data, where, _objectives())
         weights = dict(spec.default_weights)
         given = rest.pop("weights", None) or {}
         if not isinstance(given, Mapping):
@@ -154,32 +187,6 @@ class ObjectiveConfig:
 
     def to_data(self) -> dict[str, Any]:
         return {"name": self.name, "weights": dict(self.weights), **to_dict(self.options)}
-
-
-@dataclass
-class HookConfig:
-    """One `hooks:` entry — a registered training hook (e.g. an epoch-end weight average) and its config."""
-
-    name: str
-    options: Any = None
-
-    def __post_init__(self) -> None:
-        if self.options is None:
-            self.options = HookConfig.from_data({"name": self.name}, "hooks").options
-
-    @classmethod
-    def from_data(cls, data: Any, where: str) -> HookConfig:
-        from tailprompt.hooks import HOOKS
-
-        name, rest = _component(data, where, "training hook")
-        try:
-            hook = HOOKS.get(name)
-        except KeyError as e:
-            raise ConfigError(f"{where}.name: {e.args[0]}") from None
-        return cls(name, from_dict(hook.config_cls, rest, where))
-
-    def to_data(self) -> dict[str, Any]:
-        return {"name": self.name, **to_dict(self.options)}
 
 
 @dataclass
@@ -202,3 +209,86 @@ class RunConfig:
     output_dir: str = "runs"
     method: str = ""  # preset name (tables group rows by it)
     description: str = ""  # one line shown by `tailprompt list`
+
+
+# ------------------------------------------------------------------------------------------ value ranges
+
+# (dotted key, accepts the value, what is expected); None values are skipped (optional keys).
+RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("data.shots", lambda v: v >= 1, "an integer >= 1"),
+    ("data.tau", lambda v: 0 < v <= 1, "a number in (0, 1] (imbalance ratio min/max)"),
+    ("data.n_views", lambda v: v >= 1, "an integer >= 1"),
+    ("data.batch_size_eval", lambda v: v >= 1, "an integer >= 1"),
+    ("data.num_workers", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.lr", lambda v: v > 0, "a number > 0"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("optim.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("optim.epochs", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("optim.warmup_epochs", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.warmup_lr", lambda v: v >= 0, "a number >= 0"),
+    ("optim.max_steps", lambda v: v >= 1, "an integer >= 1 or null"),
+    ("optim.checkpoint_every_s", lambda v: v >= 0, "a number >= 0 or null"),
+    ("eval.temperature", lambda v: v > 0, "a number > 0 or null"),
+    ("eval.dac_k", lambda v: v >= 1, "an integer >= 1"),
+    ("eval.ece_bins", lambda v: v >= 1, "an integer >= 1"),
+    ("seed", lambda v: v >= 0, "an integer >= 0"),
+)
+# Learner and objective options are checked by name: counts and sizes must be >= 1, other integers >= 0.
+_COUNT_PREFIXES = ("n_", "num_")
+_COUNT_SUFFIXES = ("_size", "_depth", "_per_call")
+
+
+def validate_ranges(cfg: RunConfig) -> None:
+    """Check that every numeric config value makes sense; the first that does not is a `ConfigError`
+    naming its key, the value and what was expected (raised at resolve time, before any work)."""
+    from tailprompt.config import ConfigError, to_dict
+
+    plain = to_dict(cfg)
+    for key, accepts, expected in RANGE_RULES:
+        value = _lookup(plain, key)
+        if value is None:
+            continue
+        if not _is_finite(value) or not accepts(value):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    problems = _option_problems(plain.get("learner"), "learner")
+    for i, entry in enumerate(plain.get("objectives") or []):
+        problems += _option_problems(entry, f"objectives[{i}]")
+    if problems:
+        raise ConfigError(problems[0])
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _option_problems(node: Any, where: str) -> list[str]:
+    """Range problems in a learner / objective section: NaN or infinite numbers, negative weights,
+    counts and sizes below 1, negative integers."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _option_problems(v, f"{where}.{k}")
+        return out
+    if isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _option_problems(v, f"{where}[{i}]")
+        return out
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        return out
+    name = where.rsplit(".", 1)[-1]
+    if not math.isfinite(node):
+        out.append(f"{where}: expected a finite number, got {node!r}")
+    elif ".weights." in where and node < 0:
+        out.append(f"{where}: expected a weight >= 0, got {node!r}")
+    elif isinstance(node, int) and (name.startswith(_COUNT_PREFIXES) or name.endswith(_COUNT_SUFFIXES)) and node < 1:
+        out.append(f"{where}: expected an integer >= 1, got {node!r}")
+    elif isinstance(node, int) and node < 0:
+        out.append(f"{where}: expected an integer >= 0, got {node!r}")
+    return out

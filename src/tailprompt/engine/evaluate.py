@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.inputs import ImageInputs
@@ -40,7 +41,10 @@ def split_outputs(
         text = None if learner.instance_conditioned else learner.text_features(None).float()
     if learner.uses_image_tower:
         chunks = []
-        for images in inputs.image_batches(dataset, items, inputs.batch_size):
+        batches = inputs.image_batches(dataset, items, inputs.batch_size)
+        # a visible bar (on a terminal only): a prompted image tower over a test split takes minutes on a CPU
+        for images in tqdm(batches, desc=f"eval {dataset.name}", unit="batch", leave=False, disable=None,
+                           total=-(-len(items) // inputs.batch_size)):
             with autocast_for(device, inputs.backbone.precision):
                 chunks.append(learner.image_features(images).float())
         image_feats = torch.cat(chunks) if chunks else torch.zeros(0, inputs.backbone.embed_dim, device=device)
@@ -51,7 +55,8 @@ def split_outputs(
     # Instance-conditioned (CoCoOp): text per image, in chunks so B*K prompts stay bounded.
     k = dataset.num_classes
     logits, text_sum = [], 0
-    for chunk in image_chunks(len(items), k, EVAL_SEQUENCES_PER_CHUNK):
+    chunks = list(image_chunks(len(items), k, EVAL_SEQUENCES_PER_CHUNK))
+    for chunk in tqdm(chunks, desc=f"eval {dataset.name}", unit="chunk", leave=False, disable=None):
         img = image_feats[chunk]
         with autocast_for(device, inputs.backbone.precision):
             txt = learner.text_features(img).float()  # [b, K, D]

@@ -3,12 +3,17 @@
 A protocol turns the run's dataset into the training label space and a list of evaluation splits.
 Prompt weights move to other label spaces by rebuilding the class-name buffers only (the reference's
 transfer rule), which the engine does with `learner.set_classnames`.
+
+Each split carries its `SplitRole` (training label space or not, part of the harmonic mean, a transfer
+target, its label); the run writes the roles into result.json and the report lays out its tables from
+them, so a new protocol is one builder here and touches no other file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from tailprompt.config import ConfigError
 from tailprompt.data.registry import load_dataset
@@ -18,18 +23,46 @@ from tailprompt.engine.config import DataConfig, ProtocolConfig
 from tailprompt.registry import Registry
 
 
+@dataclass(frozen=True)
+class SplitRole:
+    """What an evaluation split is for; written to result.json (`split_roles`) and read by the report."""
+
+    label: str  # column label in tables ("Base", "New", "Source", a target dataset's name)
+    training: bool = False  # its classes are the ones the prompts were trained on (exactly one split)
+    harmonic_mean: bool = False  # one of the two splits whose harmonic mean is the protocol's headline
+    target: bool = False  # a transfer target: tables average it with the other targets
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class EvalSplit:
     name: str  # key in result.json "splits"
     dataset: DatasetSplits  # label space and test items of this split
-    is_training_space: bool  # True when the classes are the ones the prompts were trained on
+    role: SplitRole
+
+    @property
+    def is_training_space(self) -> bool:
+        """True when the classes are the ones the prompts were trained on."""
+        return self.role.training
 
 
 @dataclass
 class ProtocolPlan:
     train: DatasetSplits  # training label space (few-shot sampling happens on its train split)
     evals: list[EvalSplit]
-    harmonic_of: tuple[str, str] | None = None  # ("base", "new") for base-to-new
+    label: str  # the protocol in words, for table titles ("base-to-new")
+
+    @property
+    def harmonic_of(self) -> tuple[str, str] | None:
+        """The two splits whose harmonic mean is the headline, in protocol order; None without one."""
+        names = [s.name for s in self.evals if s.role.harmonic_mean]
+        return (names[0], names[1]) if len(names) == 2 else None
+
+    def roles(self) -> dict[str, dict[str, Any]]:
+        """`{split name: role}` as plain data (result.json's `split_roles`)."""
+        return {s.name: s.role.to_dict() for s in self.evals}
 
 
 ProtocolBuilder = Callable[[DataConfig, ProtocolConfig], ProtocolPlan]
@@ -68,15 +101,17 @@ def base_to_new(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:
     base, new = select_classes(full, "base"), select_classes(full, "new")
     return ProtocolPlan(
         train=base,
-        evals=[EvalSplit("base", base, True), EvalSplit("new", new, False)],
-        harmonic_of=("base", "new"),
+        evals=[EvalSplit("base", base, SplitRole("Base", training=True, harmonic_mean=True)),
+               EvalSplit("new", new, SplitRole("New", harmonic_mean=True))],
+        label="base-to-new",
     )
 
 
 def all_classes(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:
     """The plain few-shot protocol: train and test on every class."""
     full = select_classes(_source(data), "all")
-    return ProtocolPlan(train=full, evals=[EvalSplit("all", full, True)])
+    return ProtocolPlan(train=full, evals=[EvalSplit("all", full, SplitRole("All", training=True))],
+                        label="all classes")
 
 
 def _default_targets(protocol: ProtocolConfig, source: str, dg: bool) -> list[str]:
@@ -101,10 +136,12 @@ def _default_targets(protocol: ProtocolConfig, source: str, dg: bool) -> list[st
 
 def _transfer(data: DataConfig, protocol: ProtocolConfig, dg: bool) -> ProtocolPlan:
     source = select_classes(_source(data), "all")
-    evals = [EvalSplit("source", source, True)]
+    evals = [EvalSplit("source", source, SplitRole("Source", training=True))]
     for name in _default_targets(protocol, source.name, dg):
-        evals.append(EvalSplit(name, select_classes(_target(data, protocol, name), "all"), False))
-    return ProtocolPlan(train=source, evals=evals)
+        evals.append(EvalSplit(name, select_classes(_target(data, protocol, name), "all"),
+                               SplitRole(name, target=True)))
+    return ProtocolPlan(train=source, evals=evals,
+                        label="domain generalization" if dg else "cross-dataset")
 
 
 def cross_dataset(data: DataConfig, protocol: ProtocolConfig) -> ProtocolPlan:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tailprompt.config import ConfigError, from_dict, load_yaml, merge, parse_override, set_path, to_dict
-from tailprompt.engine.config import DataConfig, RunConfig
+from tailprompt.engine.config import DataConfig, RunConfig, validate_ranges
 from tailprompt.engine.per_dataset import apply_dataset_table, leaf_paths
-from tailprompt.utils import stable_hash
+from tailprompt.utils import resolve_device, stable_hash
 
 PRESET_PACKAGE = "tailprompt.configs.methods"
 
@@ -32,13 +32,19 @@ def preset_path(name: str) -> Path:
     return path
 
 
+def names_a_file(file_or_preset: str) -> bool:
+    """A config path has a folder separator or a YAML suffix; anything else is a preset name, even when a
+    file or folder of that name happens to exist in the working folder."""
+    return "/" in file_or_preset or "\\" in file_or_preset or Path(file_or_preset).suffix in (".yaml", ".yml")
+
+
 def config_source(file_or_preset: str) -> tuple[dict[str, Any], str]:
     """Plain data of a config file or preset name, and the method name it stands for.
 
     A user file may name a preset under `preset:`; its other keys override that preset.
     """
     path = Path(file_or_preset)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if names_a_file(file_or_preset):
         data = load_yaml(path)
         base_name = data.pop("preset", None)
         if base_name is not None:
@@ -55,10 +61,9 @@ def user_set_paths(file_or_preset: str | None) -> list[list[str]]:
     """Dotted paths the user's own config file sets (and files it names as `preset:`); none for a preset."""
     if not file_or_preset:
         return []
-    path = Path(file_or_preset)
-    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+    if not names_a_file(file_or_preset):
         return []
-    data = load_yaml(path)
+    data = load_yaml(Path(file_or_preset))
     base = data.pop("preset", None)
     return leaf_paths(data) + user_set_paths(None if base is None else str(base))
 
@@ -83,6 +88,7 @@ def resolve_config(file_or_preset: str | None, overrides: Sequence[str] = ()) ->
         path, value = parse_override(text)
         set_path(data, path, value)
         explicit.append(path)
+    adopt_sampling_of_reused_ids(data)
     dataset = (data.get("data") or {}).get("name", DataConfig.name)
     data = apply_dataset_table(data, explicit, str(dataset), DATASETS.names(), check=_checked)
     return _checked(data)
@@ -91,7 +97,35 @@ def resolve_config(file_or_preset: str | None, overrides: Sequence[str] = ()) ->
 def _checked(data: dict[str, Any]) -> RunConfig:
     cfg = from_dict(RunConfig, data)
     check_protocol(cfg)
+    validate_ranges(cfg)
+    resolve_device(cfg.backbone.device)  # a device this machine lacks fails here, before any work
     return cfg
+
+
+def adopt_sampling_of_reused_ids(data: dict[str, Any]) -> None:
+    """With `data.fewshot_ids` pointing at a run's result.json, record that run's `tau` and `shots`.
+
+    The reused ids are the sample, so the run is that sample's tau (it lands in that tau's column); a
+    `data.tau` / `data.shots` given explicitly must agree with the file.
+    """
+    section = data.get("data")
+    source = section.get("fewshot_ids") if isinstance(section, dict) else None
+    if not isinstance(source, str) or not source:
+        return
+    from tailprompt.files import read_json
+
+    record = read_json(source, "fewshot ids file")
+    if not isinstance(record, dict):
+        return  # read_fewshot_ids reports the shape error with the file's name
+    for key in ("tau", "shots"):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        given = section.get(key)
+        if given is not None and given != value:
+            raise ConfigError(f"data.{key}={given} disagrees with data.fewshot_ids {source} (a sample with "
+                              f"{key}={value:g}); leave data.{key} out or set it to {value:g}")
+        section[key] = value
 
 
 def check_protocol(cfg: RunConfig) -> None:
@@ -109,15 +143,38 @@ RUN_ID_IGNORED = (
 )
 
 
-def run_id(cfg: RunConfig, backbone_identity: str) -> str:
-    """Hash of the resolved config (`RUN_ID_IGNORED` left out) and the backbone's identity."""
+# Keys that only shape training (the sample, its seed, the schedule): a run that trains nothing does not
+# depend on them, so they are left out of its run id and one result serves every tau x seed of a sweep.
+SAMPLING_KEYS = (
+    ("data", "shots"), ("data", "tau"), ("data", "profile"), ("data", "counts_file"), ("data", "fewshot_ids"),
+    ("data", "n_views"), ("seed",), ("optim",),
+)
+
+
+def run_id(cfg: RunConfig, backbone_identity: str, sampling_free: bool = False) -> str:
+    """Hash of the resolved config (`RUN_ID_IGNORED` left out, and `SAMPLING_KEYS` too when
+    `sampling_free`) and the backbone's identity."""
     data = to_dict(cfg)
-    for path in RUN_ID_IGNORED:
+    for path in RUN_ID_IGNORED + (SAMPLING_KEYS if sampling_free else ()):
         node = data
         for part in path[:-1]:
             node = node[part]
         node.pop(path[-1], None)
     return stable_hash({"config": data, "backbone": backbone_identity}, length=12)
+
+
+def trains_nothing(cfg: RunConfig, backbone: Any) -> bool:
+    """True when the run takes no training step: no epochs, or a learner without trainable parameters
+    (zero-shot). Its prompts then do not depend on the sample, the seed or the schedule.
+
+    The learner is built on a one-class label space to ask it, which costs a few milliseconds.
+    """
+    if cfg.optim.epochs <= 0:
+        return True
+    from tailprompt.prompts import build_learner
+
+    probe = build_learner(cfg.learner.name, cfg.learner.options, backbone, ["object"], "a photo of a {}.")
+    return not any(p.requires_grad for p in probe.parameters())
 
 
 def replace(cfg: RunConfig, **changes: Any) -> RunConfig:

@@ -32,11 +32,13 @@ from tailprompt.engine.clusters import ClusterCache
 from tailprompt.engine.config import BackboneConfig, RunConfig
 from tailprompt.engine.distributed import DistContext, check_distributable
 from tailprompt.engine.evaluate import SplitOutputs, split_outputs
+from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
-from tailprompt.engine.resolve import run_id
+from tailprompt.engine.resolve import run_id, trains_nothing
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
+from tailprompt.files import check_writable, read_json_object
 from tailprompt.hooks import HOOKS, TrainHook
 from tailprompt.metrics import (
     apply_dac_scaling,
@@ -87,7 +89,7 @@ class RunOutcome:
 
 
 def run_directory(cfg: RunConfig, backbone: FrozenVLM) -> Path:
-    return Path(cfg.output_dir) / run_id(cfg, backbone.identity)
+    return Path(cfg.output_dir) / run_id(cfg, backbone.identity, sampling_free=trains_nothing(cfg, backbone))
 
 
 @dataclass
@@ -131,7 +133,9 @@ def execute_run(
     run_dir = run_directory(cfg, backbone)
     result_path = run_dir / "result.json"
     if result_path.is_file() and not force:
-        return RunOutcome(run_dir, json.loads(result_path.read_text()), skipped=True)
+        return RunOutcome(run_dir, read_json_object(result_path, "result file (delete it to redo the run)"),
+                          skipped=True)
+    check_writable(run_dir.parent)  # before training, not after it
     if force:  # start from scratch, not from an unfinished attempt's checkpoint
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     seed_everything(cfg.seed)
@@ -180,7 +184,8 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
                             train_ds.template)
     if cfg.init.from_run:
         learner.load_initial_state(initial_prompts(cfg, backbone, learner))
-    frozen_text = template_text_features(backbone, train_ds.classnames, [train_ds.template])
+    frozen_text = require_finite(template_text_features(backbone, train_ds.classnames, [train_ds.template]),
+                                 "the backbone's frozen text features")
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     select = ClusterCache(cache_root if cfg.data.cache else None)
     specs = [OBJECTIVES.get(o.name) for o in cfg.objectives]
@@ -250,7 +255,7 @@ def initial_prompts(cfg: RunConfig, backbone: FrozenVLM, learner: PromptLearner)
     with safe_open(str(prompts_file), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
-    wanted = getattr(learner, "base_name", learner.name)
+    wanted = learner.base_name
     problems = []
     if meta.get("backbone_identity") != backbone.identity:
         problems.append(f"backbone {meta.get('backbone_identity')} (this run: {backbone.identity})")
@@ -334,9 +339,13 @@ def run_record(
         "seed": cfg.seed,
         "dataset": cfg.data.name,
         "protocol": cfg.protocol.name,
+        "protocol_label": setup.plan.label,
+        "split_roles": setup.plan.roles(),
+        "sampling_independent": trains_nothing(cfg, setup.backbone),  # one result for every tau x seed (report)
         "tau": cfg.data.tau,
         "shots": cfg.data.shots,
         "learner": cfg.learner.name,
+        "template": setup.plan.train.template,  # the hand template the prompts replace (predict, export)
         "backbone": {
             "name": cfg.backbone.name, "identity": setup.backbone.identity, "precision": setup.backbone.precision
         },
@@ -373,6 +382,8 @@ def evaluate_plan(cfg: RunConfig, setup: RunSetup) -> PlanEvaluation:
     splits: dict[str, dict[str, Any]] = {}
     train_outputs: SplitOutputs | None = None
     for split in sorted(evals, key=lambda s: not s.is_training_space):  # training space first (DAC needs it)
+        log.info("evaluating %s: %d test images, %d classes", split.name, len(split.dataset.test),
+                 split.dataset.num_classes)
         ds = split.dataset
         learner.set_classnames(list(ds.classnames), ds.template, seen=split.is_training_space)
         out = split_outputs(learner, ds, ds.test, inputs)
@@ -456,7 +467,7 @@ def write_run(
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     state = {k: v.detach().float().cpu().contiguous() for k, v in learner.prompt_state().items()}
     meta = {"backbone_identity": backbone.identity, "learner": cfg.learner.name,
-            "classnames": json.dumps(list(result["sampling"]["counts"]))}
+            "classnames": json.dumps(list(result["sampling"]["counts"])), "template": str(result.get("template"))}
     with atomic_path(run_dir / "prompts.safetensors") as tmp:
         save_file(state, str(tmp), metadata=meta)
     with atomic_path(run_dir / "features.safetensors") as tmp:

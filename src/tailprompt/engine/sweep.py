@@ -114,7 +114,9 @@ def last_error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0][:500]
 
 
-def run_locked(cfg: RunConfig, backbones: BackboneCache, log_path: str | None = None) -> JobReport:
+def run_locked(
+    cfg: RunConfig, backbones: BackboneCache, log_path: str | None = None, progress: bool = False
+) -> JobReport:
     """Train `cfg` unless it is complete or another process holds its lock; a failure leaves `error.json`."""
     run_dir = run_directory(cfg, backbones.get(cfg.backbone))
     if (run_dir / "result.json").is_file():
@@ -128,7 +130,7 @@ def run_locked(cfg: RunConfig, backbones: BackboneCache, log_path: str | None = 
             return JobReport(str(run_dir), "done")
         (run_dir / RUN_ERROR).unlink(missing_ok=True)
         try:
-            execute_run(cfg, backbones)
+            execute_run(cfg, backbones, progress=progress)  # per-epoch bar under the sweep's
         except Exception as e:
             write_json_atomic(run_dir / RUN_ERROR, {"error": last_error_line(e), "log": log_path,
                                                     "job_id": current_job_id(), "time": time.time()})
@@ -158,7 +160,7 @@ def run_all(
             bar.set_postfix_str(f"{cfg.method or cfg.learner.name} tau={cfg.data.tau} seed={cfg.seed}")
             run_dir = run_directory(cfg, backbones.get(cfg.backbone))
             try:
-                report = run_locked(cfg, backbones, log_path)
+                report = run_locked(cfg, backbones, log_path, progress=progress)
             except Exception as e:
                 report = JobReport(str(run_dir), "failed", last_error_line(e))
                 log.error("run failed: %s: %s (%s)", run_label(cfg), report.detail, report.run_dir)

@@ -16,6 +16,7 @@ from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.checkpoint import TrainProgress, load_checkpoint, save_checkpoint
 from tailprompt.engine.config import OptimConfig
 from tailprompt.engine.distributed import DistContext
+from tailprompt.engine.finite import FiniteGuard
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
 from tailprompt.engine.steps import BoundObjective, autocast_for, objective_terms, scaled_logits
@@ -210,6 +211,7 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
     transforms = [(o.objective.transform_gradients, i) for i, o in enumerate(setup.objectives)
                   if o.objective.transform_gradients is not None]
     last_save = time.monotonic()
+    guard = FiniteGuard()
     labels_all = torch.tensor([it.label for it in setup.items], device=device)
     n, bs = len(setup.items), setup.optim.batch_size
     steps_per_epoch = batches_per_epoch(n, bs)
@@ -226,6 +228,8 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
             idx = order[b * bs : (b + 1) * bs]
             state = step_state(run, idx, labels_all[idx.to(device)], step)
             loss = objective_terms(setup.objectives, state)
+            guard.watch(step, epoch, {"image features": state.image_feats, "text features": state.text_feats,
+                                      **loss.logged, "total loss": loss.total})
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward(retain_graph=bool(transforms))
             if setup.group is not None:
@@ -240,6 +244,7 @@ def train_prompts(setup: TrainSetup) -> dict[str, list[float]]:
             step += 1
             if setup.optim.max_steps is not None and step >= setup.optim.max_steps:
                 break
+        guard.check()  # before the checkpoint: a NaN state is never saved
         for k, v in sums.items():
             curve.setdefault(k, []).append(float(v) / (b + 1))
         for hook in setup.hooks:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 GROUP_NAMES = ("head", "medium", "tail")
+THRESHOLD_GROUP_NAMES = ("many", "medium", "few")
 
 
 def top1_accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -55,12 +56,13 @@ def threshold_groups(counts: Sequence[int], many: int = 100, few: int = 20) -> d
     """Many / medium / few-shot class indices as real long-tail benchmarks report them.
 
     ImageNet-LT, Places-LT and iNaturalist 2018 (Liu et al. 2019, and LIFT/Decoder after them): "many"
-    > `many` training images, "few" < `few`, "medium" in between. Returned under the names head /
-    medium / tail so the result records keep one layout; classes in label order within each group.
+    > `many` training images, "few" < `few`, "medium" in between, under those names (the benchmarks'
+    tables say many / medium / few, not head / tail); classes in label order within each group.
     """
-    groups: dict[str, list[int]] = {name: [] for name in GROUP_NAMES}
+    names = THRESHOLD_GROUP_NAMES
+    groups: dict[str, list[int]] = {name: [] for name in names}
     for k, n in enumerate(counts):
-        name = GROUP_NAMES[0] if n > many else GROUP_NAMES[2] if n < few else GROUP_NAMES[1]
+        name = names[0] if n > many else names[2] if n < few else names[1]
         groups[name].append(k)
     return groups
 

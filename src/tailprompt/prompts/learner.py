@@ -99,6 +99,11 @@ class PromptLearner(nn.Module):
         """Load our `prompt_state` or a reference checkpoint's prompt-learner state, strictly."""
         load_prompt_state_into(self, state_dict, self.name, self.ignored_reference_keys)
 
+    @property
+    def base_name(self) -> str:
+        """The learner whose finished runs `init.from_run` may start from (itself; a wrapper's base)."""
+        return self.name
+
     def load_initial_state(self, state_dict: Mapping[str, Any]) -> None:
         """Start training from another run's prompts (`init.from_run`); wrappers may keep a frozen copy."""
         self.load_prompt_state(state_dict)

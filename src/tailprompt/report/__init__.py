@@ -31,7 +31,7 @@ REPORT_DIR = "report"
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: str = "md",
-                 plots: bool = True, order: Sequence[str] | None = None) -> list[Path]:
+                 plots: bool = True, order: Sequence[str] | None = None, html: bool = False) -> list[Path]:
     """Aggregate every run under `runs_dir` and write the report files atomically.
 
     Writes `tables.<md|csv|tex>`, `summary.json` (mean ± std over seeds of every metric per
@@ -44,6 +44,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
         fmt: table format, `md`, `csv` or `latex`.
         plots: also draw figures (needs matplotlib, the `[plot]` extra).
         order: preferred order of methods in rows and legends.
+        html: also write `report.html`: one static page with every table (sortable), the plots
+            inline and an index of the runs.
 
     Returns:
         The written paths, tables first.
@@ -64,7 +66,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
     if not results:
         raise ReportError(f"{runs_dir}: no run folder holds a result.json (nothing to report)")
     kept, dropped = deduplicated(results)
-    tables = summary_tables(kept, order)
+    tables = summary_tables(kept, order, extra=True)
     table_path = out_dir / f"tables.{FILE_SUFFIX[fmt]}"
     write_text_atomic(table_path, render_tables(tables, fmt))
     summary_path = out_dir / "summary.json"
@@ -82,6 +84,13 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
         from tailprompt.report.plots import write_plots
 
         paths += write_plots(kept, out_dir, order)
+    if html:
+        from tailprompt.report.html import render_html
+
+        html_path = out_dir / "report.html"
+        figures = [p for p in paths if p.suffix == ".png"]
+        write_text_atomic(html_path, render_html(tables, kept, figures, title=f"tailprompt report: {runs_dir}"))
+        paths.append(html_path)
     return paths
 
 

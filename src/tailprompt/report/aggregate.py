@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from tailprompt.report.results import (
+    experiment_layout,
+    group_names,
     grouped_by_experiment,
     method_order,
-    target_splits,
+    split_roles,
     tau_key,
 )
 
@@ -113,20 +115,41 @@ def split_value(split: str, field: str) -> Metric:
     return read
 
 
+def harmonic_pair(record: dict[str, Any]) -> tuple[str, str] | None:
+    """The run's two splits whose harmonic mean is its headline (roles `harmonic_mean`), or None."""
+    names = [n for n, role in split_roles(record).items() if role.harmonic_mean]
+    return (names[0], names[1]) if len(names) == 2 else None
+
+
 def base_new_hm(record: dict[str, Any]) -> float | None:
-    """The run's HM of base and new accuracy, computed from its own two accuracies (per seed)."""
-    base = _number((record["splits"].get("base") or {}).get("accuracy"))
-    new = _number((record["splits"].get("new") or {}).get("accuracy"))
-    if base is None or new is None:
+    """The run's HM of its harmonic-mean splits' accuracies (base and new), computed per seed."""
+    pair = harmonic_pair(record)
+    if pair is None:
+        return None
+    a = _number((record["splits"].get(pair[0]) or {}).get("accuracy"))
+    b = _number((record["splits"].get(pair[1]) or {}).get("accuracy"))
+    if a is None or b is None:
         return _number(record.get("hm"))
-    return harmonic_mean(base, new)
+    return harmonic_mean(a, b)
 
 
 def group_value(group: str) -> Metric:
-    """Metric reading head / medium / tail accuracy (`groups.<group>`)."""
+    """Metric reading a class group's accuracy (`groups.<group>`: head / medium / tail, many / medium / few)."""
 
     def read(record: dict[str, Any]) -> float | None:
         return _number((record.get("groups") or {}).get(group))
+
+    return read
+
+
+def record_value(*path: str) -> Metric:
+    """Metric reading a nested number of the record, e.g. `record_value("geometry", "learned", "lcd")`."""
+
+    def read(record: dict[str, Any]) -> float | None:
+        node: Any = record
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        return _number(node)
 
     return read
 
@@ -156,11 +179,10 @@ def record_metrics(record: dict[str, Any], targets: Sequence[str] = ()) -> dict[
             value = _number((split or {}).get(field))
             if value is not None:
                 out[f"splits/{name}/{field}"] = value
-    if "base" in record["splits"] and "new" in record["splits"]:
-        hm = base_new_hm(record)
-        if hm is not None:
-            out["hm"] = hm
-    for group in ("head", "medium", "tail"):
+    hm = base_new_hm(record)
+    if hm is not None:
+        out["hm"] = hm
+    for group in group_names([record]):
         value = group_value(group)(record)
         if value is not None:
             out[f"groups/{group}"] = value
@@ -190,7 +212,7 @@ def seed_statistics(results: Sequence[dict[str, Any]],
     """
     entries = []
     for key, records in grouped_by_experiment(results).items():
-        targets = target_splits(records) if key.protocol in ("cross_dataset", "domain_generalization") else []
+        targets = list(experiment_layout(records).targets)
         for method in method_order(records, preferred_order):
             rows = [r for r in records if r["method"] == method]
             for tau in sorted({tau_key(r["tau"]) for r in rows}, reverse=True):
@@ -228,5 +250,5 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-__all__ = ["Cell", "base_new_hm", "dataset_average_cell", "harmonic_mean", "record_metrics", "seed_cell",
-           "seed_statistics", "split_value", "target_average"]
+__all__ = ["Cell", "base_new_hm", "dataset_average_cell", "harmonic_mean", "harmonic_pair", "record_metrics",
+           "record_value", "seed_cell", "seed_statistics", "split_value", "target_average"]

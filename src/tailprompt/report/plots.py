@@ -25,14 +25,14 @@ import numpy as np
 from tailprompt.report.aggregate import base_new_hm, group_value, split_value, target_average
 from tailprompt.report.results import (
     RUN_DIR_KEY,
-    TRAIN_SPLIT,
     ExperimentKey,
     ReportError,
     deduplicated,
+    experiment_layout,
     experiment_slugs,
+    group_names,
     grouped_by_experiment,
     method_order,
-    target_splits,
     tau_key,
 )
 from tailprompt.utils import atomic_path
@@ -63,6 +63,15 @@ def _figure(width: float, height: float) -> Figure:
 
     # A bare Figure renders through the Agg canvas on savefig without touching pyplot's global backend.
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _suptitle(fig: Figure, text: str, fontsize: float = 10) -> None:
+    """A figure title wrapped to the figure's width: an unwrapped long title is clipped at both edges."""
+    import textwrap
+
+    width_in = fig.get_figwidth()
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))  # ~0.55 em per character of DejaVu Sans
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -109,12 +118,9 @@ def write_plots(results: Sequence[dict[str, Any]], out_dir: str | Path,
 
 
 def eval_splits(key: ExperimentKey, records: Sequence[dict[str, Any]]) -> list[str]:
-    """Evaluated split names in protocol order (base, new / all / source, targets...)."""
-    if key.protocol == "base_to_new":
-        return ["base", "new"]
-    if key.protocol == "all_classes":
-        return ["all"]
-    return (["source"] if any("source" in r["splits"] for r in records) else []) + target_splits(records)
+    """Evaluated split names from the records' roles: training split first, then the others and targets."""
+    layout = experiment_layout(records)
+    return list(layout.splits) + list(layout.targets)
 
 
 def pooled_reliability(blocks: Sequence[dict[str, Any]]) -> dict[str, np.ndarray] | None:
@@ -175,14 +181,21 @@ def reliability_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], me
                 ax.set_ylabel(f"{split}\naccuracy", fontsize=8)
             if i == len(splits) - 1:
                 ax.set_xlabel("confidence", fontsize=8)
+    handles, labels = [], []
+    for ax in axes.flat:  # the first panel that drew bars has every overlay
+        handles, labels = ax.get_legend_handles_labels()
+        if len(handles) == 3:
+            break
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=7, frameon=False)
     tau = tau_key(records[0]["tau"])
     which = f"seeds {_seed_list(seeds)} pooled" if len(seeds) > 1 else f"seed {seeds[0]}"
-    fig.suptitle(f"{key.title()}: reliability at τ={tau:g}, {which}", fontsize=10)
+    _suptitle(fig, f"{key.title()}: reliability at τ={tau:g}, {which}", fontsize=10)
     return fig
 
 
 def _reliability_panel(ax: Axes, bins: dict[str, np.ndarray] | None) -> None:
-    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.tick_params(labelsize=7)
@@ -196,7 +209,7 @@ def _reliability_panel(ax: Axes, bins: dict[str, np.ndarray] | None) -> None:
     ax.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="white", lw=0.5,
            label="accuracy")
     ax.bar(left, conf - acc, bottom=acc, width=width, align="edge", color="tab:red", alpha=0.3,
-           edgecolor="tab:red", lw=0.5, label="gap")
+           edgecolor="tab:red", lw=0.5, label="gap (confidence - accuracy)")
     ax.text(0.04, 0.92, f"ECE {ece_from_bins(bins):.1f}", fontsize=7, va="top",
             bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
 
@@ -209,12 +222,12 @@ def load_text_features(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     path = Path(run_dir) / FEATURES_FILE
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
+    from tailprompt.files import FileReadError, read_safetensors
 
     try:
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ReportError(f"{path}: not a readable safetensors file ({e})") from None
+        tensors, _ = read_safetensors(path, "features file")
+    except FileReadError as e:
+        raise ReportError(str(e)) from None
     out = {}
     for name in ("learned_text", "frozen_text"):
         if name not in tensors or tensors[name].ndim != 2:
@@ -337,14 +350,14 @@ def cosine_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], methods
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="cosine")
     tau = tau_key(records[0]["tau"])
-    split = TRAIN_SPLIT.get(key.protocol, "training")
-    fig.suptitle(f"{key.title()}: cosine of {split} class text features, τ={tau:g}, seed {seed}; "
+    split = experiment_layout(all_records).training or "training"
+    _suptitle(fig, f"{key.title()}: cosine of {split} class text features, τ={tau:g}, seed {seed}; "
                  f"ordered by {how}", fontsize=10)
     return fig, seed
 
 
 def _train_classnames(key: ExperimentKey, record: dict[str, Any], k: int) -> list[str]:
-    split = record["splits"].get(TRAIN_SPLIT.get(key.protocol, ""), {}) or {}
+    split = record["splits"].get(experiment_layout([record]).training or "", {}) or {}
     names = split.get("classnames") or list((record.get("sampling") or {}).get("counts") or {})
     return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
 
@@ -367,7 +380,7 @@ def shot_accuracy(records: Sequence[dict[str, Any]], split: str) -> dict[int, fl
 def shots_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], methods: Sequence[str]
                  ) -> Figure | None:
     """Per-class accuracy against training shots, one panel per tau, one line per method."""
-    split = TRAIN_SPLIT.get(key.protocol)
+    split = experiment_layout(records).training
     if split is None:
         return None
     taus = sorted({tau_key(r["tau"]) for r in records}, reverse=True)
@@ -401,7 +414,7 @@ def shots_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], methods:
     axes[0].set_ylabel(f"accuracy on {split} class (%)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
-    fig.suptitle(f"{key.title()}: per-class accuracy vs training shots "
+    _suptitle(fig, f"{key.title()}: per-class accuracy vs training shots "
                  f"(mean over seeds and classes with equal shots)", fontsize=10)
     return fig
 
@@ -410,12 +423,14 @@ def shots_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], methods:
 
 
 def headline_metric(key: ExperimentKey, records: Sequence[dict[str, Any]]) -> tuple[str, Any]:
-    """(label, metric) of the protocol's summary number: HM, accuracy on all classes, target average."""
-    if key.protocol == "base_to_new":
+    """(label, metric) of the protocol's summary number, from the split roles: the harmonic mean, the
+    target average (or the one target), else accuracy on the training split."""
+    layout = experiment_layout(records)
+    if layout.harmonic:
         return "HM (%)", base_new_hm
-    if key.protocol == "all_classes":
-        return "accuracy (%)", split_value("all", "accuracy")
-    targets = target_splits(records)
+    targets = list(layout.targets)
+    if not targets:
+        return "accuracy (%)", split_value(layout.training or "", "accuracy")
     if len(targets) == 1:
         return f"accuracy on {targets[0]} (%)", split_value(targets[0], "accuracy")
     return "average target accuracy (%)", target_average(targets)
@@ -426,8 +441,9 @@ def seed_spread_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], me
     """Every seed's headline number (and tail accuracy when recorded) per method, one panel per tau."""
     taus = sorted({tau_key(r["tau"]) for r in records}, reverse=True)
     metrics = [headline_metric(key, records)]
-    if any(group_value("tail")(r) is not None for r in records):
-        metrics.append(("tail accuracy (%)", group_value("tail")))
+    last = group_names(records)[-1]  # tail / few
+    if any(group_value(last)(r) is not None for r in records):
+        metrics.append((f"{last} accuracy (%)", group_value(last)))
     colours = _method_colours(methods)
     fig = _figure(max(3.0, 0.42 * len(methods) + 1.0) * len(taus), 2.8 * len(metrics) + 0.9)
     axes = fig.subplots(len(metrics), len(taus), squeeze=False, sharey="row")
@@ -451,7 +467,7 @@ def seed_spread_figure(key: ExperimentKey, records: Sequence[dict[str, Any]], me
                 ax.set_title(f"τ={tau:g}", fontsize=9)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    fig.suptitle(f"{key.title()}: seed spread (dots = seeds, bar = mean ± std)", fontsize=10)
+    _suptitle(fig, f"{key.title()}: seed spread (dots = seeds, bar = mean ± std)", fontsize=10)
     return fig
 
 

@@ -7,11 +7,11 @@ tables need is an error naming the file, because silently dropping it would bias
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,19 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 # Key under which `load_results` records the run folder of each record (not part of the stored schema).
 RUN_DIR_KEY = "_run_dir"
-# Split holding the training label space, per protocol (per-class accuracy vs shots, cosine plots).
-TRAIN_SPLIT = {"base_to_new": "base", "cross_dataset": "source", "domain_generalization": "source",
-               "all_classes": "all"}
-PROTOCOL_LABELS = {"base_to_new": "base-to-new", "cross_dataset": "cross-dataset",
-                   "domain_generalization": "domain generalization", "all_classes": "all classes"}
+# Marks the copies `spread_sampling_independent` makes (so spreading twice changes nothing).
+SPREAD_KEY = "_spread"
+# Records written before result.json carried `split_roles` / `protocol_label`: the roles and labels the
+# shipped protocols declare (engine/protocols.py), keyed by split and protocol name. Newer records
+# carry their own, so a new protocol needs no entry here.
+LEGACY_SPLIT_ROLES: dict[str, dict[str, Any]] = {
+    "base": {"label": "Base", "training": True, "harmonic_mean": True},
+    "new": {"label": "New", "harmonic_mean": True},
+    "all": {"label": "All", "training": True},
+    "source": {"label": "Source", "training": True},
+}
+LEGACY_PROTOCOL_LABELS = {"base_to_new": "base-to-new", "cross_dataset": "cross-dataset",
+                          "domain_generalization": "domain generalization", "all_classes": "all classes"}
 _REQUIRED: dict[str, tuple[type, ...]] = {
     "method": (str,), "seed": (int,), "dataset": (str,), "protocol": (str,), "tau": (int, float),
     "splits": (dict,),
@@ -36,11 +44,11 @@ class ReportError(ValueError):
 
 
 def load_results(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Every run record under `runs_dir/*/result.json`, in folder-name order.
+    """Every run record in a `result.json` at any depth under `runs_dir`, in path order.
 
-    Folders without `result.json` (unfinished runs, the report's own output) are skipped. Each
-    returned dict is the stored record plus `"_run_dir"`: the run folder as a string, so plots can
-    find `features.safetensors` next to it.
+    Folders without `result.json` (unfinished runs, the report's own output) are skipped; a run folder
+    is not searched further (its files are the run's). Each returned dict is the stored record plus
+    `"_run_dir"`: the run folder as a string, so plots can find `features.safetensors` next to it.
 
     Raises:
         ReportError: `runs_dir` is not a folder, a `result.json` is not valid JSON, or a record
@@ -50,26 +58,31 @@ def load_results(runs_dir: str | Path) -> list[dict[str, Any]]:
     if not runs_dir.is_dir():
         raise ReportError(f"{runs_dir}: not a folder (expected a runs folder holding <run_id>/result.json)")
     results = []
-    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        path = run_dir / RESULT_FILE
-        if not path.is_file():
-            log.debug("skipping %s: no %s (unfinished run?)", run_dir, RESULT_FILE)
-            continue
+    for path in result_files(runs_dir):
         record = _read_record(path)
-        record[RUN_DIR_KEY] = str(run_dir)
+        record[RUN_DIR_KEY] = str(path.parent)
         results.append(record)
     return results
 
 
+def result_files(root: Path) -> list[Path]:
+    """`result.json` files at any depth under `root` (sweeps nest runs per method or dataset), sorted."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        if RESULT_FILE in files and Path(folder) != root:
+            found.append(Path(folder) / RESULT_FILE)
+            dirs.clear()  # a run folder's subfolders are its own artefacts, not runs
+        dirs.sort()
+    return sorted(found)
+
+
 def _read_record(path: Path) -> dict[str, Any]:
+    from tailprompt.files import FileReadError, read_json_object
+
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise ReportError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    if not isinstance(record, dict):
-        raise ReportError(f"{path}: expected a JSON object at the top level, got {type(record).__name__}")
+        record = read_json_object(path, "result file")
+    except FileReadError as e:
+        raise ReportError(str(e)) from None
     validate_record(record, str(path))
     return record
 
@@ -98,18 +111,85 @@ class ExperimentKey:
     protocol: str
     backbone: str
     shots: int
+    label: str = field(default="", compare=False)  # the protocol in words (result.json's protocol_label)
+    full_data: bool = field(default=False, compare=False)  # the shot cap exceeds every class (no few-shot)
 
     def title(self, with_setting: bool = True) -> str:
-        protocol = PROTOCOL_LABELS.get(self.protocol, self.protocol)
-        setting = f" ({self.backbone}, {self.shots}-shot)" if with_setting else ""
+        protocol = self.label or LEGACY_PROTOCOL_LABELS.get(self.protocol, self.protocol)
+        shots = "full data" if self.full_data else f"{self.shots}-shot"
+        setting = f" ({self.backbone}, {shots})" if with_setting else ""
         return f"{self.dataset} · {protocol}{setting}"
 
 
 def experiment_key(record: dict[str, Any]) -> ExperimentKey:
     backbone = record.get("backbone") or {}
     name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
-    shots = record.get("shots")
-    return ExperimentKey(record["dataset"], record["protocol"], str(name), int(shots) if shots else 0)
+    shots = int(record.get("shots") or 0)
+    counts = [c for c in ((record.get("sampling") or {}).get("counts") or {}).values() if isinstance(c, int)]
+    label = record.get("protocol_label")
+    return ExperimentKey(record["dataset"], record["protocol"], str(name), shots,
+                         label=label if isinstance(label, str) else "",
+                         full_data=bool(counts) and max(counts) < shots)
+
+
+@dataclass(frozen=True)
+class SplitRole:
+    """A split's role as the protocol declared it (result.json `split_roles`)."""
+
+    label: str
+    training: bool = False
+    harmonic_mean: bool = False
+    target: bool = False
+
+
+def split_roles(record: dict[str, Any]) -> dict[str, SplitRole]:
+    """`{split: role}` of a record, in its splits' order: the stored roles, else the legacy defaults
+    (an unknown split of an old record is a transfer target named after itself)."""
+    stored = record.get("split_roles")
+    stored = stored if isinstance(stored, dict) else {}
+    roles = {}
+    for name in record["splits"]:
+        entry = stored.get(name) if isinstance(stored.get(name), dict) else None
+        if entry is None:
+            entry = LEGACY_SPLIT_ROLES.get(name, {"label": name, "target": True})
+        roles[name] = SplitRole(str(entry.get("label", name)), bool(entry.get("training", False)),
+                                bool(entry.get("harmonic_mean", False)), bool(entry.get("target", False)))
+    return roles
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an experiment's splits are tabulated, from the roles its records declare."""
+
+    splits: tuple[str, ...]  # the splits that are not transfer targets, training split first
+    labels: dict[str, str]  # split -> column label
+    training: str | None  # the training label space's split
+    harmonic: tuple[str, str] | None  # the two splits of the harmonic mean, in protocol order
+    targets: tuple[str, ...]  # transfer targets, in the config's order where recorded
+
+
+def experiment_layout(records: Sequence[dict[str, Any]]) -> Layout:
+    """The union of the records' split roles (records of one experiment declare the same ones)."""
+    roles: dict[str, SplitRole] = {}
+    for r in records:
+        for name, role in split_roles(r).items():
+            roles.setdefault(name, role)
+    fixed = [n for n, role in roles.items() if not role.target]
+    fixed.sort(key=lambda n: not roles[n].training)  # stable: protocol order otherwise
+    harmonic = [n for n in fixed if roles[n].harmonic_mean]
+    training = next((n for n in fixed if roles[n].training), None)
+    return Layout(tuple(fixed), {n: role.label for n, role in roles.items()}, training,
+                  (harmonic[0], harmonic[1]) if len(harmonic) == 2 else None,
+                  tuple(n for n in target_splits(records) if roles.get(n, SplitRole(n)).target))
+
+
+def group_names(records: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """The class-group names the records use: many/medium/few (shot thresholds) or head/medium/tail."""
+    for r in records:
+        groups = r.get("groups")
+        if isinstance(groups, dict) and "many" in groups:
+            return ("many", "medium", "few")
+    return ("head", "medium", "tail")
 
 
 def tau_key(tau: float) -> float:
@@ -131,12 +211,37 @@ def method_order(results: Iterable[dict[str, Any]], preferred: Sequence[str] | N
     return head + rest
 
 
+def spread_sampling_independent(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run that trained nothing (`sampling_independent`: zero-shot) ran once for a whole sweep; it stands
+    for every (tau, seed) of its experiment, so it gets a copy per pair (the tables show it in every tau
+    column, as if each had been run)."""
+    pairs: dict[ExperimentKey, set[tuple[float, int]]] = {}
+    taus: dict[ExperimentKey, set[float]] = {}
+    seeds: dict[ExperimentKey, set[int]] = {}
+    for r in results:
+        key = experiment_key(r)
+        taus.setdefault(key, set()).add(tau_key(r["tau"]))
+        seeds.setdefault(key, set()).add(r["seed"])
+    for key in taus:
+        pairs[key] = {(t, s) for t in taus[key] for s in seeds[key]}
+    out: list[dict[str, Any]] = []
+    for r in results:
+        if r.get("sampling_independent") is True and not r.get(SPREAD_KEY):
+            out += [{**r, "tau": t, "seed": s, SPREAD_KEY: True} for t, s in sorted(pairs[experiment_key(r)])]
+        else:
+            out.append(r)
+    return out
+
+
 def deduplicated(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Keep one record per (experiment, method, tau, seed): the newest `result.json`.
 
     Two records for the same cell come from re-running with a changed config (a new run_id);
-    averaging both would count that seed twice. Returns (kept records, dropped run ids).
+    averaging both would count that seed twice. Runs that trained nothing first stand for every
+    (tau, seed) of their experiment (`spread_sampling_independent`). Returns (kept records, dropped
+    run ids).
     """
+    results = spread_sampling_independent(results)
     newest: dict[tuple[Any, ...], dict[str, Any]] = {}
     dropped: list[str] = []
     for r in results:
@@ -174,12 +279,13 @@ def grouped_by_experiment(results: Sequence[dict[str, Any]]) -> dict[ExperimentK
 
 
 def target_splits(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Target dataset split names of cross-dataset / DG runs, in the config's order when recorded."""
+    """Transfer-target split names (role `target`), in the config's order when recorded."""
     names: list[str] = []
     for r in records:
+        roles = split_roles(r)
         configured = ((r.get("config") or {}).get("protocol") or {}).get("targets") or []
         for name in list(configured) + sorted(r["splits"]):
-            if name != "source" and name in r["splits"] and name not in names:
+            if name in roles and roles[name].target and name not in names:
                 names.append(name)
     return names
 

@@ -29,18 +29,22 @@ from tailprompt.report.aggregate import (
     base_new_hm,
     dataset_average_cell,
     group_value,
+    record_value,
     seed_cell,
     split_value,
     target_average,
 )
 from tailprompt.report.results import (
     ExperimentKey,
+    Layout,
     deduplicated,
+    experiment_key,
+    experiment_layout,
     experiment_slugs,
+    group_names,
     grouped_by_experiment,
     method_order,
     safe_name,
-    target_splits,
     tau_key,
 )
 
@@ -51,9 +55,6 @@ NOTE = ("Cells are mean ± std over seeds (population std, ddof=0, as Dassl's pa
         "per-seed numbers (HM per dataset), average them over datasets per seed, then over seeds. A cell over "
         "fewer seeds than the rest of its table says so (n=...). Bold marks the best mean per column (highest "
         "accuracy, lowest ECE).")
-# Protocols whose per-dataset tables get an average over datasets (transfer protocols already
-# average over their targets).
-AVERAGED_PROTOCOLS = ("base_to_new", "all_classes")
 AVERAGE_DATASET = "average"  # the `dataset` of an average table (csv's dataset column)
 
 
@@ -121,59 +122,103 @@ class Table:
 _Spec = list[tuple[str, Metric, bool]]
 
 
-def _base_to_new_specs() -> list[tuple[str, str, _Spec]]:
-    return [
-        ("accuracy", "Top-1 accuracy (%) on base and new classes and their harmonic mean.",
-         [("Base", split_value("base", "accuracy"), True), ("New", split_value("new", "accuracy"), True),
-          ("HM", base_new_hm, True)]),
-        ("groups", "Top-1 accuracy (%) of head / medium / tail base classes (training classes sorted by "
-                   "shot count, cut into three groups).",
-         [("Head", group_value("head"), True), ("Medium", group_value("medium"), True),
-          ("Tail", group_value("tail"), True)]),
-        ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
-         [("ECE base", split_value("base", "ece"), False), ("ECE new", split_value("new", "ece"), False)]),
-        ("calibration_posthoc",
-         "ECE (%) after post-hoc temperature scaling (TS) and with DAC on new classes.",
-         [("ECE-TS base", split_value("base", "ece_temperature_scaled"), False),
-          ("ECE-TS new", split_value("new", "ece_temperature_scaled"), False),
-          ("ECE-DAC new", split_value("new", "ece_dac"), False)]),
-    ]
+def _accuracy_caption(layout: Layout) -> str:
+    names = [layout.labels[n].lower() for n in layout.splits]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"Top-1 accuracy (%) on {listed} classes" + (" and their harmonic mean" if layout.harmonic else "")
 
 
-def _all_classes_specs() -> list[tuple[str, str, _Spec]]:
-    return [
-        ("accuracy", "Top-1 accuracy (%) on all classes and on head / medium / tail classes.",
-         [("Acc", split_value("all", "accuracy"), True), ("Head", group_value("head"), True),
-          ("Medium", group_value("medium"), True), ("Tail", group_value("tail"), True)]),
-        ("calibration", "Expected calibration error (%, 10 bins, lower is better), before and after "
-                        "temperature scaling.",
-         [("ECE", split_value("all", "ece"), False),
-          ("ECE-TS", split_value("all", "ece_temperature_scaled"), False)]),
-    ]
+def _groups_caption(layout: Layout, groups: Sequence[str]) -> str:
+    train = layout.labels.get(layout.training or "", "training").lower()
+    if groups[0] == "many":
+        return (f"Top-1 accuracy (%) of many / medium / few-shot {train} classes (> 100, 20-100, < 20 "
+                f"training images).")
+    return (f"Top-1 accuracy (%) of head / medium / tail {train} classes (training classes sorted by shot "
+            f"count, cut into three groups).")
 
 
-def _average_specs(protocol: str) -> list[tuple[str, str, _Spec]]:
-    """The columns averaged over datasets: the papers' average table (accuracy) plus ECE."""
-    if protocol == "base_to_new":
+def _split_specs(layout: Layout, groups: Sequence[str]) -> list[tuple[str, str, _Spec]]:
+    """Tau-column tables of a protocol without transfer targets, from its split roles.
+
+    One split (all classes): accuracy with the class groups, then ECE before / after temperature
+    scaling. Several (base and new): accuracy per split plus the harmonic mean when the roles declare
+    one, the class groups, ECE per split, and post-hoc calibration (TS per split, DAC on the splits
+    whose classes the prompts were not trained on).
+    """
+    group_cols: _Spec = [(g.capitalize(), group_value(g), True) for g in groups]
+    if len(layout.splits) == 1:
+        (only,) = layout.splits
         return [
-            ("accuracy", "Top-1 accuracy (%) on base and new classes and their harmonic mean.",
-             [("Base", split_value("base", "accuracy"), True), ("New", split_value("new", "accuracy"), True),
-              ("HM", base_new_hm, True)]),
-            ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
-             [("ECE base", split_value("base", "ece"), False),
-              ("ECE new", split_value("new", "ece"), False)]),
+            ("accuracy", _accuracy_caption(layout) + " and on " + " / ".join(groups) + " classes.",
+             [("Acc", split_value(only, "accuracy"), True), *group_cols]),
+            ("calibration", "Expected calibration error (%, 10 bins, lower is better), before and after "
+                            "temperature scaling.",
+             [("ECE", split_value(only, "ece"), False),
+              ("ECE-TS", split_value(only, "ece_temperature_scaled"), False)]),
         ]
     return [
-        ("accuracy", "Top-1 accuracy (%) on all classes.", [("Acc", split_value("all", "accuracy"), True)]),
+        ("accuracy", _accuracy_caption(layout) + ".", _accuracy_columns(layout)),
+        ("groups", _groups_caption(layout, groups), group_cols),
         ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
-         [("ECE", split_value("all", "ece"), False)]),
+         [(f"ECE {layout.labels[n].lower()}", split_value(n, "ece"), False) for n in layout.splits]),
+        ("calibration_posthoc",
+         "ECE (%) after post-hoc temperature scaling (TS) and with DAC on new classes.",
+         [(f"ECE-TS {layout.labels[n].lower()}", split_value(n, "ece_temperature_scaled"), False)
+          for n in layout.splits]
+         + [(f"ECE-DAC {layout.labels[n].lower()}", split_value(n, "ece_dac"), False)
+            for n in layout.splits if n != layout.training]),
+    ]
+
+
+def _accuracy_columns(layout: Layout) -> _Spec:
+    columns: _Spec = [(layout.labels[n], split_value(n, "accuracy"), True) for n in layout.splits]
+    if layout.harmonic:
+        columns.append(("HM", base_new_hm, True))
+    return columns
+
+
+def _extra_specs(layout: Layout) -> list[tuple[str, str, _Spec]]:
+    """What result.json holds beyond accuracy and ECE: MCE, adaptive ECE, NLL, and the geometry."""
+    labels = {n: layout.labels[n].lower() for n in layout.splits}
+    one = len(layout.splits) == 1
+    calib: _Spec = []
+    for field_, name in (("mce", "MCE"), ("aece", "aECE"), ("nll", "NLL")):
+        calib += [(name if one else f"{name} {labels[n]}", split_value(n, field_), False) for n in layout.splits]
+    geometry: _Spec = [
+        ("LCD", record_value("geometry", "learned", "lcd"), False),
+        ("MID", record_value("geometry", "image", "mid"), False),
+        ("Eff. rank", record_value("geometry", "learned", "effective_rank"), True),
+        ("Cluster ETF gap", record_value("geometry", "learned", "cluster_etf_gap"), False),
+    ]
+    return [
+        ("calibration_more", "Maximum calibration error (%), adaptive (equal-mass) ECE (%) and negative "
+                             "log-likelihood, lower is better.", calib),
+        ("geometry", "Class-feature geometry of the learned prompts: LCD (NPT's Δ_LCD), MID (NPT's Δ_MID on "
+                     "test images), effective rank, and the intra-cluster ETF gap (CPT).", geometry),
+    ]
+
+
+def _average_specs(layout: Layout) -> list[tuple[str, str, _Spec]]:
+    """The columns averaged over datasets: the papers' average table (accuracy) plus ECE."""
+    if len(layout.splits) == 1:
+        (only,) = layout.splits
+        return [
+            ("accuracy", _accuracy_caption(layout) + ".", [("Acc", split_value(only, "accuracy"), True)]),
+            ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
+             [("ECE", split_value(only, "ece"), False)]),
+        ]
+    return [
+        ("accuracy", _accuracy_caption(layout) + ".", _accuracy_columns(layout)),
+        ("calibration", "Expected calibration error (%, 10 bins, lower is better).",
+         [(f"ECE {layout.labels[n].lower()}", split_value(n, "ece"), False) for n in layout.splits]),
     ]
 
 
 CellOf = Callable[[Sequence[dict[str, Any]], Metric], Cell]
 
 
-def summary_tables(results: Sequence[dict[str, Any]], order: Sequence[str] | None = None) -> list[Table]:
+def summary_tables(results: Sequence[dict[str, Any]], order: Sequence[str] | None = None,
+                   extra: bool = False) -> list[Table]:
     """Aggregate run records into paper-style tables (see the module docstring for layouts).
 
     Tables come setting by setting ((protocol, backbone, shots), sorted); within a setting the
@@ -183,6 +228,8 @@ def summary_tables(results: Sequence[dict[str, Any]], order: Sequence[str] | Non
         results: records as returned by `load_results` (duplicates of a (method, tau, seed) cell
             keep the newest file only).
         order: preferred row order (method names); other methods follow (zero-shot first, then by name).
+        extra: also tabulate MCE, adaptive ECE, NLL and the geometry (the report files; the demo's
+            printed summary leaves them out).
     """
     kept, _ = deduplicated(results)
     groups = grouped_by_experiment(kept)
@@ -193,18 +240,22 @@ def summary_tables(results: Sequence[dict[str, Any]], order: Sequence[str] | Non
     tables: list[Table] = []
     for setting in sorted(settings):
         keys = sorted(settings[setting])
-        if setting[0] in AVERAGED_PROTOCOLS:
+        setting_records = [r for k in keys for r in groups[k]]
+        # Transfer protocols already average over their targets; the others get an average over datasets.
+        if not experiment_layout(setting_records).targets:
             shared = sum(s[0] == setting[0] for s in settings) > 1  # name the setting in the key
-            tables += _dataset_average_tables(setting, [r for k in keys for r in groups[k]], order, shared)
+            tables += _dataset_average_tables(setting, setting_records, order, shared)
         for key in keys:
             records = groups[key]
             methods = method_order(records, order)
-            if key.protocol == "base_to_new":
-                tables += _tau_column_tables(key, slugs[key], records, methods, _base_to_new_specs())
-            elif key.protocol == "all_classes":
-                tables += _tau_column_tables(key, slugs[key], records, methods, _all_classes_specs())
-            else:  # cross_dataset, domain_generalization and any other split-per-dataset protocol
-                tables += _transfer_tables(key, slugs[key], records, methods)
+            layout = experiment_layout(records)
+            if layout.targets:
+                tables += _transfer_tables(key, slugs[key], records, methods, layout)
+            else:
+                tables += _tau_column_tables(key, slugs[key], records, methods,
+                                             _split_specs(layout, group_names(records)))
+            if extra:
+                tables += _tau_column_tables(key, slugs[key], records, methods, _extra_specs(layout))
     return tables
 
 
@@ -229,7 +280,9 @@ def _dataset_average_tables(setting: tuple[str, str, int], records: list[dict[st
     if not any(len({r["dataset"] for r in records if r["method"] == m}) > 1 for m in methods):
         return []
     datasets = sorted({r["dataset"] for r in records})
-    key = ExperimentKey(f"Average over {len(datasets)} datasets", protocol, backbone, shots)
+    first = experiment_key(records[0])
+    key = ExperimentKey(f"Average over {len(datasets)} datasets", protocol, backbone, shots, first.label,
+                        first.full_data)
     slug = f"{AVERAGE_DATASET}__{protocol}" + (f"__{backbone}_{shots}shot" if name_setting else "")
     note = (f" Averaged over {len(datasets)} datasets: {', '.join(datasets)}. For each method, tau and seed "
             "the per-dataset numbers are averaged over datasets (HM computed per dataset and seed from that "
@@ -237,7 +290,7 @@ def _dataset_average_tables(setting: tuple[str, str, int], records: list[dict[st
             "± std over seeds of those averages. A seed counts only where the method has it on every dataset "
             "it was run on; a method missing a dataset is averaged over the others, marked (without ...) and "
             "not bolded.")
-    tables = _tau_column_tables(key, safe_name(slug), records, methods, _average_specs(protocol),
+    tables = _tau_column_tables(key, safe_name(slug), records, methods, _average_specs(experiment_layout(records)),
                                 cell_of=dataset_average_cell, dataset=AVERAGE_DATASET, caption_suffix=note)
     for table in tables:
         table.datasets = datasets
@@ -270,9 +323,9 @@ def _tau_column_tables(key: ExperimentKey, slug: str, records: list[dict[str, An
 
 
 def _transfer_tables(key: ExperimentKey, slug: str, records: list[dict[str, Any]],
-                     methods: list[str]) -> list[Table]:
-    targets = target_splits(records)
-    sources = ["source"] if any("source" in r["splits"] for r in records) else []
+                     methods: list[str], layout: Layout) -> list[Table]:
+    targets = list(layout.targets)
+    sources = list(layout.splits)
     taus = sorted({tau_key(r["tau"]) for r in records}, reverse=True)
     tables = []
     for kind, field_, higher, caption in (
@@ -280,7 +333,7 @@ def _transfer_tables(key: ExperimentKey, slug: str, records: list[dict[str, Any]
                                            "over targets."),
             ("calibration", "ece", False, "Expected calibration error (%, 10 bins, lower is better); Average "
                                           "is over targets.")):
-        columns = [Column("Source" if s == "source" else s, None, higher) for s in sources + targets]
+        columns = [Column(layout.labels[s], None, higher) for s in sources + targets]
         metrics: list[Metric] = [split_value(s, field_) for s in sources + targets]
         if len(targets) > 1:
             columns.append(Column("Average", None, higher))

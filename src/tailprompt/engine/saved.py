@@ -1,0 +1,160 @@
+"""A finished run folder read back: its config, record and prompts, checked before anything is built.
+
+`predict`, `export`, `inspect` and `eval --run` open runs through `open_run`, so a missing, truncated or
+edited file is one error naming it: a `config.yaml` that does not match the config recorded in
+`result.json` (a truncated file would otherwise be filled in silently with defaults), an unreadable
+`prompts.safetensors`, prompts trained on other backbone weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tailprompt.config import ConfigError, from_dict, load_yaml
+from tailprompt.engine.config import RunConfig
+from tailprompt.files import FileReadError, read_json_object, read_safetensors
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from tailprompt.backbone import FrozenVLM
+    from tailprompt.prompts import PromptLearner
+
+# Splits that were the training label space in records written before `split_roles` existed.
+_LEGACY_TRAINING_SPLITS = ("base", "all", "source")
+
+
+@dataclass
+class SavedRun:
+    run_dir: Path
+    config: RunConfig
+    result: dict[str, Any]
+    prompts: dict[str, Tensor]  # prompts.safetensors: the learned parameters under reference names
+    meta: dict[str, str]  # its metadata: backbone identity, learner, class names, template
+
+    @property
+    def training_split(self) -> str:
+        roles = self.result.get("split_roles") or {}
+        named = [n for n, role in roles.items() if isinstance(role, dict) and role.get("training")]
+        if named:
+            return named[0]
+        present = [n for n in _LEGACY_TRAINING_SPLITS if n in (self.result.get("splits") or {})]
+        if not present:
+            raise FileReadError(f"{self.run_dir / 'result.json'}: no training split recorded")
+        return present[0]
+
+    @property
+    def classnames(self) -> list[str]:
+        """The class names of the label space the prompts were trained on, in label order."""
+        names = (self.result["splits"].get(self.training_split) or {}).get("classnames")
+        if isinstance(names, list) and names:
+            return [str(n) for n in names]
+        return list(json.loads(self.meta.get("classnames", "[]")))
+
+    @property
+    def template(self) -> str:
+        """The dataset's hand template (`a photo of a {}.`); runs that did not record it load the dataset."""
+        recorded = self.result.get("template") or self.meta.get("template")
+        if isinstance(recorded, str) and "{}" in recorded:
+            return recorded
+        from tailprompt.data.registry import load_dataset
+
+        return load_dataset(self.config.data.name, self.config.data.root, self.config.data.options).template
+
+
+def open_run(run_dir: str | Path) -> SavedRun:
+    """Read and cross-check a finished run folder (`config.yaml`, `result.json`, `prompts.safetensors`)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileReadError(f"{run_dir}: not a run folder (expected OUTPUT_DIR/<run_id>/ of a finished run)")
+    result_path = run_dir / "result.json"
+    if not result_path.is_file():
+        raise FileReadError(f"{result_path}: not found; {run_dir} is not a finished run (train it first)")
+    result = read_json_object(result_path, "result file")
+    config_path = run_dir / "config.yaml"
+    data = load_yaml(config_path)
+    recorded = result.get("config")
+    if isinstance(recorded, dict) and _plain(data) != _plain(recorded):
+        missing = sorted(set(recorded) - set(data))
+        hint = f"missing {', '.join(missing)}; truncated?" if missing else "edited after the run?"
+        raise ConfigError(f"{config_path}: does not match the config recorded in {result_path.name} ({hint})")
+    config = from_dict(RunConfig, data)
+    prompts, meta = read_safetensors(run_dir / "prompts.safetensors", "prompts file")
+    return SavedRun(run_dir, config, result, prompts, meta)
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
+
+
+def run_backbone(saved: SavedRun, device: str | None = None) -> FrozenVLM:
+    """The run's backbone, checked to be the weights its prompts were trained on."""
+    from dataclasses import replace
+
+    from tailprompt.engine.run import BackboneCache
+
+    cfg = saved.config.backbone if device is None else replace(saved.config.backbone, device=device)
+    backbone = BackboneCache().get(cfg)
+    trained_on = saved.meta.get("backbone_identity")
+    if trained_on not in (None, backbone.identity):
+        raise ConfigError(f"{saved.run_dir / 'prompts.safetensors'}: prompts were trained on backbone {trained_on}, "
+                          f"but {cfg.name} now loads as {backbone.identity}")
+    return backbone
+
+
+def run_learner(saved: SavedRun, backbone: FrozenVLM, classnames: list[str] | None = None,
+                template: str | None = None) -> PromptLearner:
+    """The run's learner with its trained prompts, for `classnames` (default: its training classes)."""
+    from tailprompt.prompts import build_learner
+
+    names = list(classnames) if classnames is not None else saved.classnames
+    cfg = saved.config
+    learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, names, template or saved.template)
+    if cfg.init.from_run:  # a second stage (DPC) keeps the first stage's prompts: reload them, as training did
+        from tailprompt.engine.run import initial_prompts
+
+        learner.load_initial_state(initial_prompts(cfg, backbone, learner))
+    learner.load_prompt_state(saved.prompts)
+    learner.eval()
+    return learner
+
+
+def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A prompt state from a file: a reference (Dassl) checkpoint `model.pth.tar-N` saved with `torch.save`
+    (`{"state_dict": ..., "epoch": ..., "optimizer": ...}`), a bare state dict, or a `.safetensors` file (a
+    run's prompts or an export). `torch.save` files are read with `weights_only=True`: a file that needs
+    arbitrary Python objects to load is refused, with the one-line conversion that keeps its tensors."""
+    import pickle
+
+    import torch
+
+    from tailprompt.files import reading
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, _ = read_safetensors(path, "prompt file")
+        return tensors
+    with reading(path, "prompt checkpoint"):
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):
+                raise FileReadError(f"{path}: not a torch.save checkpoint ({' '.join(str(e).split())[:120]})") from None
+            raise FileReadError(
+                f"{path}: holds Python objects beyond tensors and plain containers, which loading would have to "
+                f"execute; if you trust the file, keep only its tensors with: python -c \"import torch; "
+                f"torch.save({{'state_dict': torch.load('{path}', weights_only=False)['state_dict']}}, "
+                f"'{path.name}.tensors')\" and pass that file"
+            ) from None
+        except (RuntimeError, EOFError, OSError) as e:  # a cut zip archive surfaces as OSError(EINVAL)
+            raise FileReadError(f"{path}: truncated or not a torch.save checkpoint "
+                                f"({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(data, dict):
+        raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
+                            f"got {type(data).__name__}")
+    return data

@@ -211,6 +211,8 @@ class FeatureCache:
         entries = [self.entry_key(dataset, it) for it in items]
         space = self.space_dir(backbone, augment)
         view_dir = space / f"view{view}"
+        if shard is not None:
+            shard.barrier()  # the ranks look at the folder at the same moment, so they agree on the misses
         index = self._refresh(view_dir)
         first_item = {}
         for e, it in zip(entries, items):

@@ -42,6 +42,7 @@ from tailprompt.config import ConfigError, load_yaml
 from tailprompt.engine.config import RunConfig
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, run_directory
+from tailprompt.files import read_json_object
 from tailprompt.locks import FileLock, current_job_id, describe, read_lock, stale_reason, this_owner
 from tailprompt.utils import write_json_atomic
 
@@ -130,13 +131,20 @@ def expand(spec: SweepSpec, extra: Sequence[str] = (), backbones: BackboneCache 
 
 def distinct_runs(configs: Sequence[RunConfig]) -> list[RunConfig]:
     """One config per run folder, in order: configs that land in the same folder (a method that trains
-    nothing, swept over tau x seed) are one run, so parallel launchers never start it twice."""
+    nothing, swept over tau x seed) are one run, so parallel launchers never start it twice.
+
+    Raises:
+        UserError: a finished run's `result.json` is unreadable (named), before anything is launched.
+    """
     backbones, seen, runs = BackboneCache(), set(), []
     for cfg in configs:
         run_dir = run_directory(cfg, backbones.get(cfg.backbone))
-        if run_dir not in seen:
-            seen.add(run_dir)
-            runs.append(cfg)
+        if run_dir in seen:
+            continue
+        if (run_dir / "result.json").is_file():
+            read_json_object(run_dir / "result.json", "result file (delete it to redo the run)")
+        seen.add(run_dir)
+        runs.append(cfg)
     return runs
 
 

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) -> dict[str, Any]:
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
     from tailprompt.utils import configure_threads, write_json_atomic
+    from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     saved = open_run(run_dir)
     configure_threads()

@@ -41,8 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tailprompt.config import ConfigError, load_yaml
 from tailprompt.engine.config import RunConfig
 from tailprompt.engine.resolve import resolve_config
-from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, run_directory
-from tailprompt.files import read_json_object
+from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, is_finished, run_directory
 from tailprompt.locks import FileLock, current_job_id, describe, read_lock, stale_reason, this_owner
 from tailprompt.utils import write_json_atomic
 
@@ -131,20 +130,13 @@ def expand(spec: SweepSpec, extra: Sequence[str] = (), backbones: BackboneCache 
 
 def distinct_runs(configs: Sequence[RunConfig]) -> list[RunConfig]:
     """One config per run folder, in order: configs that land in the same folder (a method that trains
-    nothing, swept over tau x seed) are one run, so parallel launchers never start it twice.
-
-    Raises:
-        UserError: a finished run's `result.json` is unreadable (named), before anything is launched.
-    """
+    nothing, swept over tau x seed) are one run, so parallel launchers never start it twice."""
     backbones, seen, runs = BackboneCache(), set(), []
     for cfg in configs:
         run_dir = run_directory(cfg, backbones.get(cfg.backbone))
-        if run_dir in seen:
-            continue
-        if (run_dir / "result.json").is_file():
-            read_json_object(run_dir / "result.json", "result file (delete it to redo the run)")
-        seen.add(run_dir)
-        runs.append(cfg)
+        if run_dir not in seen:
+            seen.add(run_dir)
+            runs.append(cfg)
     return runs
 
 
@@ -170,7 +162,7 @@ def run_locked(
 ) -> JobReport:
     """Train `cfg` unless it is complete or another process holds its lock; a failure leaves `error.json`."""
     run_dir = run_directory(cfg, backbones.get(cfg.backbone))
-    if (run_dir / "result.json").is_file():
+    if is_finished(run_dir):  # a corrupt result.json fails this run, naming the file
         return JobReport(str(run_dir), "done")
     lock = FileLock(run_dir / RUN_LOCK)
     if not lock.acquire():

@@ -11,22 +11,24 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from tailprompt import pretrain as P
 from tailprompt.cli import main
-from tailprompt.data import world
 from tailprompt.data.registry import load_dataset
+from tailprompt.world import captions as world_captions
+from tailprompt.world import pretrain as P
+from tailprompt.world import render as world_render
+from tailprompt.world import vocab as world_vocab
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return P.build_model().eval()
-
-
-def test_cut_text_encoder_equals_open_clip_encode_text(model):
-    tokens = P.make_tokenizer()(["a red circle.", "there is a big blue striped star in the image.", "a."])
+def test_pretraining_trains_the_backbone_adapters_model_and_its_text_forward_is_open_clips():
+    vlm = P.trainable_embedded(seed=0)
+    assert all(p.requires_grad for p in vlm.model.parameters())
+    assert vlm.context_length == P.embedded_architecture().config["text_cfg"]["context_length"]
+    tokens = P.make_tokenizer(vlm)(["a red circle.", "there is a big blue striped star in the image.", "a."])
+    feats = vlm.encode_text(tokens)
     with torch.no_grad():
-        assert torch.allclose(P.encode_text(model, tokens), model.encode_text(tokens), atol=1e-5)
+        assert torch.allclose(feats, vlm.model.encode_text(tokens), atol=1e-5)
+    feats.sum().backward()  # gradients reach the text tower through the adapter's forward
+    assert vlm.model.token_embedding.weight.grad is not None
 
 
 def test_contrastive_loss_is_clip_loss_when_captions_differ_and_shares_targets_when_equal():
@@ -76,32 +78,29 @@ def test_tiny_pretraining_run_lowers_the_loss_and_writes_a_loadable_model_folder
     assert report["probe_loss_end"] < math.log(P.PretrainConfig().probe_size) - 0.2, report
 
     folder = out.parent
-    assert json.loads((folder / "config.json").read_text()) == P.EMBEDDED_CONFIG
-    assert (folder / "vocabulary.txt").read_text().split() == world.vocabulary()
+    assert json.loads((folder / "config.json").read_text()) == P.embedded_architecture().config
+    assert (folder / "vocabulary.txt").read_text().split() == world_captions.vocabulary()
     manifest = (folder / "MANIFEST.md").read_text()
     assert "--steps 40" in manifest and "--seed 0" in manifest and "red star" in manifest  # a held-out pair
     with safe_open(str(out), "pt") as f:
         assert f.get_tensor("token_embedding.weight").dtype == torch.float16
-    fresh = P.build_model()
-    fresh.load_state_dict(P.load_embedded_state(out))  # strict: every key present, none extra
 
     # --rescore keeps the weights and the run's record, and replaces only the zero-shot table
     digest = (out.read_bytes())
     assert main(["pretrain-embedded", "--rescore", "--eval-per-class", "1", "--threads", "1", "--out", str(out)]) == 0
     table = json.loads(capsys.readouterr().out)["zero_shot"]
-    assert set(table) == {*world.VOCABULARIES, world.FULL_COLOUR_SHAPE.name}
-    assert all(0 <= table["colour_shape"][s]["all"] <= 100 for s in world.STYLES)
+    assert set(table) == {*world_vocab.VOCABULARIES, world_vocab.FULL_COLOUR_SHAPE.name}
+    assert all(0 <= table["colour_shape"][s]["all"] <= 100 for s in world_render.STYLES)
     rescored = (folder / "MANIFEST.md").read_text()
     assert "--steps 40" in rescored and "Re-scored" in rescored and "| colour_shape | 36 |" in rescored
     assert out.read_bytes() == digest
 
     from tailprompt.backbone import load_backbone
 
-    vlm = load_backbone("embedded", weights=str(out))
-    tokens = vlm.tokenize(["a photo of a red circle."])
-    with torch.no_grad():
-        expected = fresh.eval().encode_text(tokens)
-        assert torch.allclose(vlm.encode_text(tokens), expected, atol=1e-4)
+    vlm = load_backbone("embedded", weights=str(out))  # strict load: every key present, none extra
+    with safe_open(str(out), "pt") as f:
+        saved = f.get_tensor("text_projection").float()
+    assert torch.equal(vlm.model.text_projection.detach(), saved)
 
 
 def test_bad_output_path_is_a_user_error(tmp_path, capsys):

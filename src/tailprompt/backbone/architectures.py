@@ -61,9 +61,9 @@ def architecture(name: str) -> Architecture:
     """
     if name == "embedded":
         path = embedded_config_path()
-        return _from_json(name, path if path.is_file() else MODEL_CONFIG_DIR / "embedded.json")
+        return architecture_from_file(name, path if path.is_file() else MODEL_CONFIG_DIR / "embedded.json")
     if name in PACKAGE_ARCHITECTURES:
-        return _from_json(name, MODEL_CONFIG_DIR / f"{name}.json")
+        return architecture_from_file(name, MODEL_CONFIG_DIR / f"{name}.json")
     import open_clip
 
     cfg = open_clip.get_model_config(name)
@@ -78,7 +78,8 @@ def architecture(name: str) -> Architecture:
     return Architecture(name, copy.deepcopy(cfg), "open_clip")
 
 
-def _from_json(name: str, path: Path) -> Architecture:
+def architecture_from_file(name: str, path: Path) -> Architecture:
+    """An architecture from an open_clip model config JSON file (`BackboneError` if unreadable)."""
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

@@ -32,6 +32,7 @@ from tailprompt.backbone.precision import ResolvedPrecision
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    TrainPolicy,
     eval_transform,
     preprocess_id,
     train_transform,
@@ -50,7 +51,8 @@ class FrozenVLM(nn.Module):
         vision_width: ViT width Wv, None for a convolutional image tower; has_vit: whether it is a ViT.
         logit_scale: the exp'd temperature (open_clip's ``logit_scale.exp()``, ~100 for trained CLIPs).
         vocabulary: words the model was pretrained on (embedded model) or None (no check).
-        preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both.
+        preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both;
+            `train_preprocess` gives another training augmentation.
         precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`); the
             weights stay fp32 either way.
     """
@@ -84,9 +86,11 @@ class FrozenVLM(nn.Module):
         if self.has_vit and not model.visual.transformer.batch_first:
             raise BackboneError(f"architecture {arch!r}: image transformer is not batch-first")
         self.logit_scale = float(model.logit_scale.detach().exp().reshape(-1)[0])
+        self.mean, self.std = tuple(mean), tuple(std)
         self.preprocess_train = train_transform(self.image_size, mean, std)
         self.preprocess_eval = eval_transform(self.image_size, mean, std)
         self.preprocess_id = preprocess_id(self.image_size, mean, std)
+        self._norm_stats = (tuple(mean), tuple(std))
         self._bpe: Any = None  # open_clip SimpleTokenizer, built on first use (reading BPE merges is slow)
         for p in self.parameters():
             p.requires_grad_(False)
@@ -95,6 +99,10 @@ class FrozenVLM(nn.Module):
     def train(self, mode: bool = True) -> FrozenVLM:
         # Always eval: a learner's .train() must not switch the conv tower's BatchNorm to batch statistics.
         return super().train(False)
+
+    def train_preprocess(self, crop_scale: tuple[float, float], flip: bool, policy: TrainPolicy = "crop_flip") -> Any:
+        """PIL -> FloatTensor[3, S, S]: `preprocess_train` with another crop scale range / flip / policy."""
+        return train_transform(self.image_size, *self._norm_stats, crop_scale=crop_scale, flip=flip, policy=policy)
 
     # ----- tower parts (read-only views for learners) -----
     @property

@@ -1,9 +1,11 @@
-"""`tailprompt data check|sample`: validate a dataset folder; print a seeded long-tailed few-shot sample."""
+"""`tailprompt data check|sample|descriptions`: validate a dataset folder; print a seeded long-tailed few-shot
+sample; write a dataset's own per-class descriptions (the embedded world's) as a CoPrompt `gpt_file` JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tailprompt.cli import UserError
@@ -43,6 +45,7 @@ def load_or_fail(name: str, root: str | None, options: dict[str, Any]) -> Datase
     """`load_dataset` with every user mistake turned into a one-line `UserError`."""
     from tailprompt.data.files import DatasetError
     from tailprompt.data.registry import load_dataset
+    from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     try:
         return load_dataset(name, root, options)
@@ -77,9 +80,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--json", action="store_true", help="print {dataset, seed, counts, ids} as JSON")
     sample.set_defaults(func=run_sample)
 
+    describe = actions.add_parser(
+        "descriptions",
+        help="write the dataset's per-class description sentences as JSON {class: [sentence, ...]}",
+        description="Write the per-class descriptions a dataset provides itself (the embedded world's, built from "
+        "each class's attributes) in CoPrompt's gpt_file format, for `data.descriptions`. Datasets without "
+        "their own descriptions (the real ones) need a file from elsewhere (e.g. CoPrompt's LLM files).",
+    )
+    add_dataset_arguments(describe)
+    describe.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    describe.set_defaults(func=run_descriptions)
+
 
 def run_check(args: argparse.Namespace) -> int:
     from tailprompt.data.check import check_dataset
+    from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     try:
         report = check_dataset(
@@ -121,4 +136,21 @@ def run_sample(args: argparse.Namespace) -> int:
     print(
         f"{len(ts.items)} training images, {len(ts.val_items)} validation images (--json lists the image ids)"
     )
+    return 0
+
+
+def run_descriptions(args: argparse.Namespace) -> int:
+    from tailprompt.utils import write_json_atomic
+
+    ds = load_or_fail(args.dataset, args.root, reader_options(args.option))
+    if ds.descriptions is None:
+        raise UserError(
+            f"dataset {ds.name!r} has no descriptions of its own (only the embedded world's datasets write "
+            f"them); give runs a JSON file {{class name: [sentence, ...]}} as data.descriptions"
+        )
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a folder, expected a JSON file path")
+    write_json_atomic(args.out, {name: ds.descriptions[name] for name in ds.classnames})
+    n = sum(len(v) for v in ds.descriptions.values())
+    print(f"{ds.name}: {n} descriptions of {ds.num_classes} classes -> {args.out}")
     return 0

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="re-evaluate a run's saved prompts on a dataset",
+        help="evaluate a run's prompts, or a released reference checkpoint, on a dataset",
         description="Evaluate prompts on DATASET's test split and print the metrics. With --run: a finished "
         "run's prompts.safetensors; the class-name buffers are rebuilt for DATASET (only the prompt parameters "
         "transfer, as in the reference code) and the metrics are saved as runs/<id>/eval_<dataset>_<classes>.json. "
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) -> dict[str, Any]:
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
     from tailprompt.utils import configure_threads, write_json_atomic
+    from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     saved = open_run(run_dir)
     configure_threads()

@@ -89,11 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
 def fill(args: argparse.Namespace, ds: DatasetSplits, splits: list[str], group: DistContext | None) -> int:
     """Fill the cache for `splits`; under torchrun every rank encodes a share and rank 0 reports."""
+    from tailprompt.data.augment import resolve_augment
     from tailprompt.data.features import FeatureCache
     from tailprompt.data.files import DatasetError
 
     backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
+    augment = resolve_augment(None, ds.augment)  # the views a run with the dataset's default would read
     say = print if group is None or group.is_main else _silent
     say(
         f"features: backbone {args.backbone} ({backbone.identity}, {backbone.precision}), dataset {ds.name}, "
@@ -107,7 +109,8 @@ def fill(args: argparse.Namespace, ds: DatasetSplits, splits: list[str], group: 
         for view in views:
             hits, misses, start = cache.hits, cache.misses, time.perf_counter()
             try:
-                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True, shard=group)
+                cache.get(backbone, ds, items, view, batch_size=args.batch_size, progress=True, shard=group,
+                          augment=augment)
             except DatasetError as e:  # an image vanished or is unreadable: name it, no traceback
                 raise UserError(f"{e} (run `tailprompt data check` for a full report)") from None
             say(

@@ -11,7 +11,7 @@ from tailprompt.cli import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from tailprompt.pretrain import DEFAULT_WEIGHTS, PretrainConfig
+    from tailprompt.world.pretrain import DEFAULT_WEIGHTS, PretrainConfig
 
     d = PretrainConfig()
     p = sub.add_parser(
@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tailprompt.config import ConfigError, from_dict
-    from tailprompt.pretrain import PretrainConfig, pretrain, rescore, save_embedded, summary
     from tailprompt.utils import configure_threads
+    from tailprompt.world.pretrain import PretrainConfig, pretrain, rescore, save_embedded, summary
 
     if args.out.suffix != ".safetensors":
         raise UserError(f"--out {args.out}: expected a .safetensors file path")

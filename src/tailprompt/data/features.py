@@ -3,8 +3,9 @@
 A cached feature is the raw `backbone.encode_image` output (fp32, not normalised) of one image under
 one view, keyed by
 
-* the backbone's `identity` (architecture + weights hash), `preprocess_id` and `precision` (the towers'
-  autocast: bf16 features differ from fp32 ones in the 4th digit) -> a *space* folder,
+* the backbone's `identity` (architecture + weights hash), `preprocess_id`, `precision` (the towers'
+  autocast: bf16 features differ from fp32 ones in the 4th digit) and the training augmentation when it is
+  not the CoOp recipe (`tailprompt.data.augment`) -> a *space* folder,
 * the view index -> a sub-folder (view 0 = eval preprocessing; view v >= 1 = the training
   augmentation, with torch's RNG seeded from (v, item key) inside a forked RNG, so a cached
   augmented view is reproducible and the caller's global RNG is neither used nor advanced),
@@ -36,6 +37,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from tailprompt.backbone.precision import autocast_context
+from tailprompt.data.augment import COOP_AUGMENT, Augment, augment_id, train_transform
 from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
@@ -58,29 +60,37 @@ def augmentation_seed(view: int, key: str) -> int:
     return derived_seed("view", view, key)
 
 
-def view_transform(backbone: Any, view: int) -> tuple[Any, tuple | None]:
+def view_transform(backbone: Any, view: int, augment: Augment = COOP_AUGMENT) -> tuple[Any, tuple | None]:
     """(transform, seed parts) of a view: eval preprocessing for 0, seeded training augmentation for v >= 1."""
     if view == 0:
         return backbone.preprocess_eval, None
-    return backbone.preprocess_train, ("view", view)
+    return train_transform(backbone, augment), ("view", view)
 
 
-def view_batch(backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int) -> torch.Tensor:
+def view_batch(
+    backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int, augment: Augment = COOP_AUGMENT
+) -> torch.Tensor:
     """Preprocessed images of one view -> [B, 3, S, S].
 
     View 0 uses `backbone.preprocess_eval`; view v >= 1 applies `backbone.preprocess_train` with
     torch's RNG seeded by `augmentation_seed(v, item.key)` inside `torch.random.fork_rng`, so the
     result does not depend on (nor change) the global RNG state.
     """
-    transform, seed_parts = view_transform(backbone, view)
+    transform, seed_parts = view_transform(backbone, view, augment)
     return next(image_batches(dataset, items, transform, seed_parts, batch_size=max(1, len(items))))
 
 
 def view_batches(
-    backbone: Any, dataset: DatasetSplits, items: Sequence[Item], view: int, batch_size: int, num_workers: int
+    backbone: Any,
+    dataset: DatasetSplits,
+    items: Sequence[Item],
+    view: int,
+    batch_size: int,
+    num_workers: int,
+    augment: Augment = COOP_AUGMENT,
 ) -> Iterator[torch.Tensor]:
     """`view_batch` over consecutive chunks of `items`, decoded by `num_workers` processes when > 0."""
-    transform, seed_parts = view_transform(backbone, view)
+    transform, seed_parts = view_transform(backbone, view, augment)
     return image_batches(dataset, items, transform, seed_parts, batch_size, num_workers)
 
 
@@ -119,11 +129,12 @@ def compute_features(
     batch_size: int = 256,
     progress: bool = False,
     num_workers: int = 0,
+    augment: Augment = COOP_AUGMENT,
 ) -> torch.Tensor:
     """Encode `items` under `view` without any cache (the exact no-cache path) -> fp32 [N, D]."""
     chunks = []
     bar = tqdm(total=len(items), unit="img", desc=f"{dataset.name} view {view}", disable=not progress)
-    for images in view_batches(backbone, dataset, items, view, batch_size, num_workers):
+    for images in view_batches(backbone, dataset, items, view, batch_size, num_workers, augment):
         chunks.append(encode_batch(backbone, images))
         bar.update(len(images))
     bar.close()
@@ -132,9 +143,10 @@ def compute_features(
     return torch.cat(chunks)
 
 
-def space_key(backbone: Any) -> dict[str, Any]:
+def space_key(backbone: Any, augment: Augment = COOP_AUGMENT) -> dict[str, Any]:
     """What a cache space's hash stands for. fp32 adds no field, so caches filled before the precision
-    policy existed (all fp32) stay valid; bf16 features live in their own space."""
+    policy existed (all fp32) stay valid; bf16 features live in their own space. Likewise the CoOp recipe
+    adds no field (`preprocess_id` already names it); another augmentation does."""
     key: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "backbone": backbone.identity,
@@ -142,6 +154,8 @@ def space_key(backbone: Any) -> dict[str, Any]:
     }
     if backbone_precision(backbone) != "fp32":
         key["precision"] = backbone_precision(backbone)
+    if augment != COOP_AUGMENT:
+        key["augment"] = augment_id(augment)
     return key
 
 
@@ -164,9 +178,9 @@ class FeatureCache:
         self._index: dict[Path, dict[str, tuple[str, int]]] = {}  # view dir -> entry -> (shard, row)
         self._scanned: dict[Path, set[str]] = {}
 
-    def space_dir(self, backbone: Any) -> Path:
-        """The folder for one (backbone identity, preprocessing, precision) triple."""
-        return self.root / "features" / stable_hash(space_key(backbone), 16)
+    def space_dir(self, backbone: Any, augment: Augment = COOP_AUGMENT) -> Path:
+        """The folder for one (backbone identity, preprocessing, precision, training augmentation) tuple."""
+        return self.root / "features" / stable_hash(space_key(backbone, augment), 16)
 
     @staticmethod
     def entry_key(dataset: DatasetSplits, item: Item) -> str:
@@ -183,18 +197,22 @@ class FeatureCache:
         batch_size: int = 256,
         progress: bool | None = None,
         shard: Any = None,
+        augment: Augment = COOP_AUGMENT,
     ) -> torch.Tensor:
         """Features of `items` under `view` -> fp32 [N, D] in `items` order (raw `encode_image` output).
 
         Only images missing from the cache are decoded and encoded; `progress` None uses the cache's default.
         `shard`: a process group (`rank`, `world_size`, `barrier()`; tailprompt.engine.distributed) whose
         ranks all call `get` with the same items: each encodes its share of the misses, then all read them.
+        `augment` is the training augmentation of views >= 1 (view 0, the eval view, is the same under any).
         """
         if view < 0:
             raise ValueError(f"view must be >= 0, got {view}")
         entries = [self.entry_key(dataset, it) for it in items]
-        space = self.space_dir(backbone)
+        space = self.space_dir(backbone, augment)
         view_dir = space / f"view{view}"
+        if shard is not None:
+            shard.barrier()  # the ranks look at the folder at the same moment, so they agree on the misses
         index = self._refresh(view_dir)
         first_item = {}
         for e, it in zip(entries, items):
@@ -204,10 +222,10 @@ class FeatureCache:
         show = self.progress if progress is None else progress
         if shard is not None:  # the ranks of one job share the misses; every rank reaches the barrier
             if missing:
-                self._write_key_file(space, backbone)
+                self._write_key_file(space, backbone, augment)
                 mine = missing[shard.rank :: shard.world_size]
                 fresh = self._compute_and_store(backbone, dataset, view, view_dir, mine, first_item, batch_size,
-                                                show)
+                                                show, augment)
             shard.barrier()
             index = self._refresh(view_dir)
             missing = [e for e in first_item if e not in index and e not in fresh]
@@ -218,9 +236,9 @@ class FeatureCache:
                 index = self._refresh(view_dir)
                 missing = [e for e in first_item if e not in index and e not in fresh]
                 if missing:
-                    self._write_key_file(space, backbone)
+                    self._write_key_file(space, backbone, augment)
                     fresh.update(self._compute_and_store(
-                        backbone, dataset, view, view_dir, missing, first_item, batch_size, show
+                        backbone, dataset, view, view_dir, missing, first_item, batch_size, show, augment
                     ))
         self.hits += len(first_item) - len(fresh)
         self.misses += len(fresh)
@@ -236,6 +254,7 @@ class FeatureCache:
         first_item: dict[str, Item],
         batch_size: int,
         progress: bool,
+        augment: Augment,
     ) -> dict[str, torch.Tensor]:
         fresh: dict[str, torch.Tensor] = {}
         bar = tqdm(
@@ -245,7 +264,7 @@ class FeatureCache:
             disable=not progress,
         )
         batches = view_batches(
-            backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers
+            backbone, dataset, [first_item[e] for e in missing], view, batch_size, self.num_workers, augment
         )
         for start, images in zip(range(0, len(missing), batch_size), batches):
             batch = missing[start : start + batch_size]
@@ -267,10 +286,10 @@ class FeatureCache:
             index.setdefault(e, (name, row))
         self._scanned.setdefault(view_dir, set()).add(name)
 
-    def _write_key_file(self, space: Path, backbone: Any) -> None:
+    def _write_key_file(self, space: Path, backbone: Any, augment: Augment) -> None:
         path = space / "key.json"
         if not path.exists():
-            write_json_atomic(path, {**space_key(backbone), "precision": backbone_precision(backbone)})
+            write_json_atomic(path, {**space_key(backbone, augment), "precision": backbone_precision(backbone)})
 
     def _refresh(self, view_dir: Path) -> dict[str, tuple[str, int]]:
         """Index shards written since the last look (by this or another process)."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from tailprompt.data.augment import Augment
+
 
 @dataclass(frozen=True)
 class Item:
@@ -44,7 +46,10 @@ class DatasetSplits:
     image_identity: Callable[[Item], str]
     templates: Sequence[str] = field(default_factory=tuple)  # optional ensemble templates
     domain: str = ""
-    descriptions: dict[str, list[str]] | None = None  # per-class sentences, when the reader has them
+    augment: Augment | None = None  # default training augmentation; None: the CoOp recipe
+    # Per-class sentences ({classname: [sentence, ...]}, CoPrompt's `gpt_file` format) when the reader has them
+    # (the embedded world writes its own from class attributes); otherwise runs read `data.descriptions`.
+    descriptions: dict[str, list[str]] | None = None
 
     @property
     def num_classes(self) -> int:

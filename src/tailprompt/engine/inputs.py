@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tailprompt.backbone import FrozenVLM
+from tailprompt.data.augment import COOP_AUGMENT, Augment, train_transform
 from tailprompt.data.features import FeatureCache, compute_features
 from tailprompt.data.loading import image_batches
 from tailprompt.data.types import DatasetSplits, Item
@@ -25,6 +26,7 @@ class ImageInputs:
     device: torch.device
     batch_size: int = 256
     num_workers: int = 0  # image-decoding processes (0: decode in this process)
+    augment: Augment = COOP_AUGMENT  # training augmentation (cached views >= 1 and exact-mode batches)
 
     def features(self, dataset: DatasetSplits, items: Sequence[Item], view: int = 0, shard: Any = None) -> Tensor:
         """[N, D] normalised features of `items` for `view` (0 = eval preprocessing).
@@ -36,7 +38,7 @@ class ImageInputs:
             return torch.zeros(0, self.backbone.embed_dim, device=self.device)
         if self.cache is not None:
             feats = self.cache.get(self.backbone, dataset, list(items), view=view, batch_size=self.batch_size,
-                                   shard=shard)
+                                   shard=shard, augment=self.augment)
             return unit(feats.to(self.device))
         assert view == 0, "uncached features exist for the eval view only; training augments per step"
         # The data layer's no-cache path: the same fp32 encoding the cache stores, so both modes agree.
@@ -55,7 +57,7 @@ class ImageInputs:
         `train_seed` None: eval preprocessing. Otherwise training augmentation, each image's drawn from
         torch's RNG seeded by `train_seed + (item key,)`, so the tensors do not depend on `num_workers`.
         """
-        tf = self.backbone.preprocess_train if train_seed is not None else self.backbone.preprocess_eval
+        tf = train_transform(self.backbone, self.augment) if train_seed is not None else self.backbone.preprocess_eval
         parts = ("train", *train_seed) if train_seed is not None else None
         for images in image_batches(dataset, items, tf, parts, batch_size, self.num_workers):
             yield images.to(self.device)

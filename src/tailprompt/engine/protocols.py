@@ -21,6 +21,7 @@ from tailprompt.data.sampling import select_classes
 from tailprompt.data.types import DatasetSplits
 from tailprompt.engine.config import DataConfig, ProtocolConfig
 from tailprompt.registry import Registry
+from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
 
 @dataclass(frozen=True)

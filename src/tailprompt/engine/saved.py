@@ -61,6 +61,7 @@ class SavedRun:
         if isinstance(recorded, str) and "{}" in recorded:
             return recorded
         from tailprompt.data.registry import load_dataset
+        from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
         return load_dataset(self.config.data.name, self.config.data.root, self.config.data.options).template
 

@@ -200,7 +200,7 @@ class PromptSRC(PromptLearner):
 
     def _entering(self, prompt: Tensor) -> Tensor:
         """A prompt as it joins the activations: optionally rounded to fp16 (reference quirk)."""
-        return prompt.half().float() if self.config.round_prompts_fp16 else prompt
+        return prompt.half().to(prompt.dtype) if self.config.round_prompts_fp16 else prompt
 
     def prompt_embeddings(self) -> Tensor:
         """Layer-0 text prompts `[K, L, W]`: `[SOS][ctx][suffix]` (ctx is never rounded)."""

@@ -1,12 +1,14 @@
-"""Contrastive pretraining of the embedded tiny CLIP on the procedural world (`tailprompt.data.world`).
+"""Contrastive pretraining of the embedded tiny CLIP on the procedural world (`tailprompt.world`).
 
-The model is open_clip's `CLIP` with a ModifiedResNet image tower (layers (1, 1, 1, 1), width 16,
-32 px; a from-scratch ViT did not learn shape in a CPU budget) and a 4-layer, width-128 text tower with
-context 32 and open_clip's BPE vocabulary (`EMBEDDED_CONFIG`). Each step renders a fresh batch of clean
-scenes, with the colour+shape pairs of `world.held_out_pairs()` never drawn, captions them, and minimises
-CLIP's symmetric InfoNCE (Radford et al. 2021, eq. in Fig. 3), except that images whose captions are the
-same string are all positives for that caption (soft targets spread evenly over them), since a batch of
-256 from a small world repeats short captions such as "a red star.".
+The model is the `embedded` architecture of `tailprompt.backbone` (``backbone/model_configs/embedded.json``:
+open_clip's `CLIP` with a ModifiedResNet image tower, layers (1, 1, 1, 1), width 16, 32 px; a from-scratch
+ViT did not learn shape in a CPU budget; a 4-layer, width-128 text tower with context 32 and open_clip's BPE
+vocabulary), built and run by the backbone's own code: `build_model` for the weights and `FrozenVLM` for
+tokenising and the (cut, causal) text forward. Each step renders a fresh batch of clean scenes, with the
+colour+shape pairs of `vocab.held_out_pairs()` never drawn, captions them, and minimises CLIP's symmetric
+InfoNCE (Radford et al. 2021, eq. in Fig. 3), except that images whose captions are the same string are all
+positives for that caption (soft targets spread evenly over them), since a batch of 256 from a small world
+repeats short captions such as "a red star.".
 
 `pretrain(cfg)` returns the trained model and its loss history; `save_embedded(...)` writes
 weights.safetensors (fp16), config.json, vocabulary.txt and MANIFEST.md into one folder, the layout
@@ -29,25 +31,34 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from tailprompt import __version__
-from tailprompt.data import world
+from tailprompt.backbone.architectures import (
+    MODEL_CONFIG_DIR,
+    Architecture,
+    architecture_from_file,
+    build_model,
+    embedded_weights_path,
+)
+from tailprompt.backbone.frozen import FrozenVLM
+from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
 from tailprompt.utils import atomic_path, sha256_file, stable_hash, write_json_atomic, write_text_atomic
+from tailprompt.world import captions as world_captions
+from tailprompt.world import datasets as world_datasets
+from tailprompt.world import render as world_render
+from tailprompt.world import vocab as world_vocab
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_DIR = Path(__file__).resolve().parent / "backbone" / "embedded"
-DEFAULT_WEIGHTS = EMBEDDED_DIR / "weights.safetensors"
+DEFAULT_WEIGHTS = embedded_weights_path()
+PRETRAIN_STYLE = "clean"
 
-EMBEDDED_CONFIG: dict[str, Any] = {
-    "embed_dim": 128,
-    "quick_gelu": False,
-    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
-}
+
+def embedded_architecture() -> Architecture:
+    """The architecture pretraining builds: the package's model config (copied next to the weights)."""
+    return architecture_from_file("embedded", MODEL_CONFIG_DIR / "embedded.json")
 
 
 @dataclass
@@ -74,7 +85,7 @@ class PretrainConfig:
 
 @dataclass
 class PretrainResult:
-    model: torch.nn.Module
+    vlm: FrozenVLM  # the trained model behind the backbone adapter (eval mode)
     losses: list[float]  # training loss per step
     probe_loss_start: float
     probe_loss_end: float
@@ -82,32 +93,32 @@ class PretrainResult:
     zero_shot: dict[str, Any] = field(default_factory=dict)
 
 
-def build_model(config: dict[str, Any] | None = None) -> open_clip.model.CLIP:
-    """The embedded CLIP from its open_clip model config (random weights)."""
-    cfg = dict(config or EMBEDDED_CONFIG)
-    return open_clip.model.CLIP(
-        embed_dim=cfg["embed_dim"],
-        vision_cfg=cfg["vision_cfg"],
-        text_cfg=cfg["text_cfg"],
-        quick_gelu=cfg.get("quick_gelu", False),
-    )
+def trainable_embedded(seed: int, arch: Architecture | None = None) -> FrozenVLM:
+    """A random-init embedded CLIP behind the backbone adapter, with gradients on.
+
+    The adapter freezes its model for prompt tuning; pretraining is the one place that trains the towers,
+    so it switches gradients back on and puts the inner model (BatchNorm) in train mode itself.
+    """
+    arch = arch or embedded_architecture()
+    model = build_model(arch, arch.quick_gelu, seed)
+    vlm = FrozenVLM(model, arch=arch.name, identity=f"{arch.name}@pretraining:{seed}",
+                    embed_dim=int(arch.config["embed_dim"]))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return vlm
 
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
-def make_tokenizer(context_length: int = EMBEDDED_CONFIG["text_cfg"]["context_length"]) -> Tokenizer:
-    """open_clip's BPE tokenizer at the embedded context length, memoised per text -> [N, L] long."""
-    tok = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+def make_tokenizer(vlm: FrozenVLM) -> Tokenizer:
+    """`vlm.tokenize` memoised per text (a pretraining run sees the same short captions many times)."""
     memo: dict[str, torch.Tensor] = {}
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         missing = [t for t in dict.fromkeys(texts) if t not in memo]
         if missing:
-            for text, ids in zip(missing, tok(missing)):
-                if ids[-1] != 0:  # truncated: the EOT token was cut off
-                    raise ValueError(f"text does not fit {context_length} tokens: {text!r}")
-                memo[text] = ids
+            memo.update(zip(missing, vlm.tokenize(missing)))
         return torch.stack([memo[t] for t in texts])
 
     return tokenize
@@ -119,24 +130,9 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     Matches the backbone's eval preprocessing of a 32 px PIL image (resize and crop are identities).
     """
     x = images.permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def encode_text(model: open_clip.model.CLIP, tokens: torch.Tensor) -> torch.Tensor:
-    """`model.encode_text` on sequences cut to the longest EOT position -> [N, D].
-
-    The text tower is causal, so the feature at the EOT token ignores later positions: cutting the
-    padding is exact and makes the tower ~2x cheaper on the world's short captions.
-    """
-    eot = tokens.argmax(dim=-1)
-    n = int(eot.max()) + 1
-    x = model.token_embedding(tokens[:, :n]) + model.positional_embedding[:n]
-    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0]), eot]
-    return x @ model.text_projection
 
 
 def contrastive_loss(
@@ -161,11 +157,11 @@ def contrastive_loss(
 
 def pretraining_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
     """Images (uint8 [B, 32, 32, 3]) and captions of one pretraining step, a function of (seed, step)."""
-    gen = world.seeded_generator("pretrain", world.STREAM_VERSION, seed, step)
-    scenes = world.sample_scenes(batch_size, gen, pairs=world.pretraining_pairs())
-    images = world.quantize(world.render(scenes, world.PRETRAIN_STYLE, gen))
+    gen = world_render.seeded_generator("pretrain", world_render.STREAM_VERSION, seed, step)
+    scenes = world_render.sample_scenes(batch_size, gen, pairs=world_vocab.pretraining_pairs())
+    images = world_render.quantize(world_render.render(scenes, PRETRAIN_STYLE, gen))
     rng = random.Random(int(stable_hash(["pretrain-captions", seed, step], length=15), 16))
-    return images, world.captions(scenes, rng)
+    return images, world_captions.captions(scenes, rng)
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -185,35 +181,33 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def _batch_loss(
-    model: open_clip.model.CLIP, tokenize: Tokenizer, images: torch.Tensor, texts: list[str]
-) -> torch.Tensor:
+def _batch_loss(vlm: FrozenVLM, tokenize: Tokenizer, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
     ids: dict[str, int] = {}
     caption_ids = torch.tensor([ids.setdefault(t, len(ids)) for t in texts])
-    image_feats = model.encode_image(normalize_images(images))
-    text_feats = encode_text(model, tokenize(texts))
-    return contrastive_loss(image_feats, text_feats, model.logit_scale.exp(), caption_ids)
+    image_feats = vlm.model.encode_image(normalize_images(images))
+    text_feats = vlm.encode_text(tokenize(texts))
+    return contrastive_loss(image_feats, text_feats, vlm.model.logit_scale.exp(), caption_ids)
 
 
 @torch.no_grad()
-def probe_loss(model: open_clip.model.CLIP, tokenize: Tokenizer, seed: int, size: int) -> float:
+def probe_loss(vlm: FrozenVLM, tokenize: Tokenizer, seed: int, size: int) -> float:
     """Contrastive loss (eval mode) on a fixed batch never used for training (step index -1)."""
-    was_training = model.training
-    model.eval()
+    was_training = vlm.model.training
+    vlm.model.eval()
     images, texts = pretraining_batch(seed, -1, size)
-    loss = float(_batch_loss(model, tokenize, images, texts))
-    model.train(was_training)
+    loss = float(_batch_loss(vlm, tokenize, images, texts))
+    vlm.model.train(was_training)
     return loss
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     """Train the embedded CLIP from scratch for `cfg.steps` steps; deterministic given seed and threads."""
-    torch.manual_seed(cfg.seed)
-    model = build_model()
-    tokenize = make_tokenizer()
+    vlm = trainable_embedded(cfg.seed)
+    model = vlm.model
+    tokenize = make_tokenizer(vlm)
     groups = _param_groups(model, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    start_loss = probe_loss(model, tokenize, cfg.seed, cfg.probe_size)
+    start_loss = probe_loss(vlm, tokenize, cfg.seed, cfg.probe_size)
     losses: list[float] = []
     t0 = time.perf_counter()
     model.train()
@@ -222,7 +216,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         images, texts = pretraining_batch(cfg.seed, step, cfg.batch_size)
-        loss = _batch_loss(model, tokenize, images, texts)
+        loss = _batch_loss(vlm, tokenize, images, texts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -237,10 +231,10 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     bar.close()
     wall = time.perf_counter() - t0
     model.eval()
-    end_loss = probe_loss(model, tokenize, cfg.seed, cfg.probe_size)
-    result = PretrainResult(model, losses, start_loss, end_loss, wall)
+    end_loss = probe_loss(vlm, tokenize, cfg.seed, cfg.probe_size)
+    result = PretrainResult(vlm, losses, start_loss, end_loss, wall)
     if cfg.eval_per_class > 0:
-        result.zero_shot = zero_shot_table(model, tokenize, cfg.eval_per_class)
+        result.zero_shot = zero_shot_table(vlm, cfg.eval_per_class)
     return result
 
 
@@ -249,29 +243,31 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
 
 
 @torch.no_grad()
+def _class_predictions(
+    vlm: FrozenVLM, vocab: world_vocab.LabelVocab, style: str, per_class: int, seed: int, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) labels [N] of zero-shot classification on a world test split among all classes."""
+    vlm.model.eval()
+    text = vlm.tokenize([vocab.template.format(c) for c in vocab.classnames()])
+    text = F.normalize(vlm.encode_text(text), dim=-1)
+    images, labels = world_datasets.render_split(vocab, style, "test", seed, per_class)
+    preds = [
+        (F.normalize(vlm.encode_image(normalize_images(images[i : i + batch_size])), dim=-1) @ text.t()).argmax(1)
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(preds), labels
+
+
 def zero_shot_accuracy(
-    model: open_clip.model.CLIP,
-    tokenize: Tokenizer,
-    vocab: world.LabelVocab,
-    style: str,
-    per_class: int,
-    seed: int = 0,
-    batch_size: int = 512,
+    vlm: FrozenVLM, vocab: world_vocab.LabelVocab, style: str, per_class: int, seed: int = 0
 ) -> dict[str, float]:
     """Top-1 zero-shot accuracy (%) on the first `per_class` test images per class of a world vocabulary.
 
     Returns {"all", "base", "new"}: over all classes and over the checkerboard halves (labels below /
     from `vocab.num_base()`), classifying among all classes in every case.
     """
-    model.eval()
-    names = vocab.classnames()
-    text = F.normalize(encode_text(model, tokenize([vocab.template.format(c) for c in names])), dim=-1)
-    images, labels = world.render_split(vocab, style, "test", seed, per_class)
-    preds = []
-    for i in range(0, len(images), batch_size):
-        feats = F.normalize(model.encode_image(normalize_images(images[i : i + batch_size])), dim=-1)
-        preds.append((feats @ text.t()).argmax(dim=1))
-    correct = (torch.cat(preds) == labels).float()
+    preds, labels = _class_predictions(vlm, vocab, style, per_class, seed)
+    correct = (preds == labels).float()
     base = labels < vocab.num_base()
     return {
         "all": 100 * float(correct.mean()),
@@ -280,40 +276,27 @@ def zero_shot_accuracy(
     }
 
 
-def zero_shot_table(
-    model: open_clip.model.CLIP, tokenize: Tokenizer, per_class: int
-) -> dict[str, Any]:
+def zero_shot_table(vlm: FrozenVLM, per_class: int) -> dict[str, Any]:
     """{vocab: {style: {"all", "base", "new"}}} over the registered vocabularies and all colour+shape pairs.
 
     For `colour_shape_all` (80 classes), "new" is replaced by "held_out" (the pairs never pretrained on)
     and "base" by "seen".
     """
     table: dict[str, Any] = {}
-    for vocab in world.VOCABULARIES.values():
-        table[vocab.name] = {
-            s: zero_shot_accuracy(model, tokenize, vocab, s, per_class) for s in world.STYLES
-        }
-    table[world.FULL_COLOUR_SHAPE.name] = {
-        s: _seen_vs_held_out(model, tokenize, per_class, s) for s in world.STYLES
+    for vocab in world_vocab.VOCABULARIES.values():
+        table[vocab.name] = {s: zero_shot_accuracy(vlm, vocab, s, per_class) for s in world_render.STYLES}
+    table[world_vocab.FULL_COLOUR_SHAPE.name] = {
+        s: _seen_vs_held_out(vlm, per_class, s) for s in world_render.STYLES
     }
     return table
 
 
-@torch.no_grad()
-def _seen_vs_held_out(
-    model: open_clip.model.CLIP, tokenize: Tokenizer, per_class: int, style: str
-) -> dict[str, float]:
-    vocab = world.FULL_COLOUR_SHAPE
+def _seen_vs_held_out(vlm: FrozenVLM, per_class: int, style: str) -> dict[str, float]:
+    vocab = world_vocab.FULL_COLOUR_SHAPE
     classes = vocab.classes()
-    held = world.held_out_pairs()
-    prompts = [vocab.template.format(c) for c in vocab.classnames()]
-    text = F.normalize(encode_text(model, tokenize(prompts)), dim=-1)
-    images, labels = world.render_split(vocab, style, "test", 0, per_class)
-    feats = torch.cat([
-        F.normalize(model.encode_image(normalize_images(images[i : i + 512])), dim=-1)
-        for i in range(0, len(images), 512)
-    ])
-    correct = ((feats @ text.t()).argmax(dim=1) == labels).float()
+    held = world_vocab.held_out_pairs()
+    preds, labels = _class_predictions(vlm, vocab, style, per_class, 0)
+    correct = (preds == labels).float()
     is_held = torch.tensor([(classes[int(y)]["colour"], classes[int(y)]["shape"]) in held for y in labels])
     return {
         "all": 100 * float(correct.mean()),
@@ -340,8 +323,8 @@ def manifest_text(
     cfg: PretrainConfig, result: PretrainResult, command: str, threads: int, weights: Path
 ) -> str:
     """MANIFEST.md: how the weights were made and what they score zero-shot."""
-    n_params = sum(p.numel() for p in result.model.parameters())
-    held = sorted(world.held_out_pairs())
+    n_params = sum(p.numel() for p in result.vlm.model.parameters())
+    held = sorted(world_vocab.held_out_pairs())
     lines = [
         "# Embedded CLIP: how these weights were made",
         "",
@@ -351,7 +334,7 @@ def manifest_text(
         f"- wall time {result.wall_s / 60:.1f} min on {threads} CPU thread(s)"
         f" ({platform.processor() or platform.machine()})",
         f"- tailprompt {__version__}, torch {torch.__version__}, open_clip {open_clip.__version__},"
-        f" world renderer {world.RENDER_VERSION}",
+        f" world renderer {world_render.RENDER_VERSION}",
         f"- parameters {n_params / 1e6:.2f} M; weights `{weights.name}` (fp16)"
         f" sha256 `{sha256_file(weights)}`",
         f"- contrastive loss on a fixed probe batch of {cfg.probe_size}:"
@@ -359,11 +342,11 @@ def manifest_text(
         f" {result.probe_loss_end:.3f} after; final training loss (mean of last 50 steps)"
         f" {sum(result.losses[-50:]) / len(result.losses[-50:]):.3f}",
         "",
-        f"Pretraining data: `{world.PRETRAIN_STYLE}` style scenes with every attribute random, captioned by"
-        " `tailprompt.data.world.caption`. Colour+shape pairs held out of pretraining (the new half of"
+        f"Pretraining data: `{PRETRAIN_STYLE}` style scenes with every attribute random, captioned by"
+        " `tailprompt.world.captions.caption`. Colour+shape pairs held out of pretraining (the new half of"
         " `colour_shape`, which contains the new half of `size_colour_shape`; no image with these pairs was"
         " ever rendered for pretraining): "
-        + ", ".join(f"{world.COLOURS[c]} {world.SHAPES[s]}" for c, s in held)
+        + ", ".join(f"{world_render.COLOURS[c]} {world_render.SHAPES[s]}" for c, s in held)
         + ". The new half of `texture_shape` is a set of unseen *label* combinations but its images were"
         " pretrained on.",
         "",
@@ -378,21 +361,22 @@ ZERO_SHOT_HEADING = "## Zero-shot top-1 (%)"
 
 def zero_shot_section(table: dict[str, Any], per_class: int, note: str = "") -> list[str]:
     """MANIFEST.md lines of the zero-shot table from `zero_shot_table`."""
+    styles = world_render.STYLES
     lines = [
-        f"{ZERO_SHOT_HEADING}, template \"{world.TEMPLATE}\", {per_class} test images per class",
+        f"{ZERO_SHOT_HEADING}, template \"{world_vocab.TEMPLATE}\", {per_class} test images per class",
         "",
         "Classified among all classes of the vocabulary; base / new are its first / second label halves.",
         *([note] if note else []),
         "",
-        "| vocabulary | classes | " + " | ".join(f"{s} all / base / new" for s in world.STYLES) + " |",
-        "|---|---|" + "---|" * len(world.STYLES),
+        "| vocabulary | classes | " + " | ".join(f"{s} all / base / new" for s in styles) + " |",
+        "|---|---|" + "---|" * len(styles),
     ]
-    for name, vocab in world.VOCABULARIES.items():
-        cells = [_cell(table[name][s], ("all", "base", "new")) for s in world.STYLES]
+    for name, vocab in world_vocab.VOCABULARIES.items():
+        cells = [_cell(table[name][s], ("all", "base", "new")) for s in styles]
         lines.append(f"| {name} | {len(vocab.classnames())} | " + " | ".join(cells) + " |")
-    full = table[world.FULL_COLOUR_SHAPE.name]
-    cells = [_cell(full[s], ("all", "seen", "held_out")) for s in world.STYLES]
-    n_full = len(world.FULL_COLOUR_SHAPE.classnames())
+    full = table[world_vocab.FULL_COLOUR_SHAPE.name]
+    cells = [_cell(full[s], ("all", "seen", "held_out")) for s in styles]
+    n_full = len(world_vocab.FULL_COLOUR_SHAPE.classnames())
     lines += [f"| all colour+shape pairs (all / seen / held out) | {n_full} | " + " | ".join(cells) + " |", ""]
     return lines
 
@@ -403,15 +387,15 @@ def rescore(weights: str | Path, per_class: int) -> dict[str, Any]:
     For renderer changes that leave the pretraining data alone (an evaluation style's pixels): the
     weights stay as they are and the table says which renderer scored it.
     """
+    from tailprompt.backbone import load_backbone
+
     weights = Path(weights)
-    model = build_model()
-    model.load_state_dict(load_embedded_state(weights))
-    table = zero_shot_table(model.eval(), make_tokenizer(), per_class)
+    table = zero_shot_table(load_backbone("embedded", weights=weights), per_class)
     manifest = weights.parent / "MANIFEST.md"
     head = manifest.read_text(encoding="utf-8").split(ZERO_SHOT_HEADING)[0] if manifest.is_file() else ""
     note = (
         f"Re-scored by `tailprompt pretrain-embedded --rescore --eval-per-class {per_class}` with world"
-        f" renderer {world.RENDER_VERSION} (weights unchanged, sha256 `{sha256_file(weights)}`)."
+        f" renderer {world_render.RENDER_VERSION} (weights unchanged, sha256 `{sha256_file(weights)}`)."
     )
     write_text_atomic(manifest, head.rstrip() + "\n\n" + "\n".join(zero_shot_section(table, per_class, note)))
     return table
@@ -426,19 +410,12 @@ def save_embedded(
 ) -> Path:
     """Write weights (`out`), config.json, vocabulary.txt and MANIFEST.md (next to `out`); return `out`."""
     out = Path(out)
-    save_weights(result.model, out)
-    write_json_atomic(out.parent / "config.json", EMBEDDED_CONFIG)
-    write_text_atomic(out.parent / "vocabulary.txt", "\n".join(world.vocabulary()) + "\n")
+    save_weights(result.vlm.model, out)
+    write_json_atomic(out.parent / "config.json", embedded_architecture().config)
+    write_text_atomic(out.parent / "vocabulary.txt", "\n".join(world_captions.vocabulary()) + "\n")
     write_text_atomic(out.parent / "MANIFEST.md", manifest_text(cfg, result, command, threads, out))
     log.info("wrote %s (%.1f MB) and config.json, vocabulary.txt, MANIFEST.md", out, out.stat().st_size / 1e6)
     return out
-
-
-def load_embedded_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The saved state dict back in fp32 (what `build_model().load_state_dict` takes)."""
-    from safetensors.torch import load_file
-
-    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
 
 
 def summary(result: PretrainResult) -> dict[str, Any]:

@@ -90,6 +90,16 @@ class RunOutcome:
     skipped: bool  # True when a complete result already existed
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether the run's `result.json` exists; one that does but does not read as a JSON object (truncated,
+    edited) is a `FileReadError` naming it, never taken for a finished run."""
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return False
+    read_json_object(path, "result file (delete it to redo the run)")
+    return True
+
+
 def run_directory(cfg: RunConfig, backbone: FrozenVLM) -> Path:
     return Path(cfg.output_dir) / run_id(cfg, backbone.identity, sampling_free=trains_nothing(cfg, backbone))
 

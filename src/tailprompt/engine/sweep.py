@@ -41,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tailprompt.config import ConfigError, load_yaml
 from tailprompt.engine.config import RunConfig
 from tailprompt.engine.resolve import resolve_config
-from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, run_directory
+from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, is_finished, run_directory
 from tailprompt.locks import FileLock, current_job_id, describe, read_lock, stale_reason, this_owner
 from tailprompt.utils import write_json_atomic
 
@@ -179,7 +179,7 @@ def run_locked(
 ) -> JobReport:
     """Train `cfg` unless it is complete or another process holds its lock; a failure leaves `error.json`."""
     run_dir = run_directory(cfg, backbones.get(cfg.backbone))
-    if (run_dir / "result.json").is_file():
+    if is_finished(run_dir):  # a corrupt result.json fails this run, naming the file
         return JobReport(str(run_dir), "done")
     lock = FileLock(run_dir / RUN_LOCK)
     if not lock.acquire():

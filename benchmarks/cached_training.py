@@ -29,12 +29,12 @@ from tailprompt.data.fixtures import make_eurosat_tree
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.sampling import sample_training_set, select_classes
 from tailprompt.engine.config import OptimConfig
-from tailprompt.engine.evaluate import frozen_text_features
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
-from tailprompt.objectives import OBJECTIVES
-from tailprompt.prompts import LEARNERS
+from tailprompt.objectives import OBJECTIVES, ObjectiveContext
+from tailprompt.prompts import LEARNERS, build_learner
+from tailprompt.prompts.common import template_text_features
 from tailprompt.utils import configure_threads
 
 
@@ -59,16 +59,17 @@ def main() -> None:
         root = make_eurosat_tree(Path(tmp) / "data", images_per_class=args.images_per_class)
         ds = select_classes(load_dataset("eurosat", root), "all")
         training = sample_training_set(ds, 16, 1.0, seed=1)
-        spec = LEARNERS.get("coop")
         ce = OBJECTIVES.get("cross_entropy")
-        frozen = frozen_text_features(backbone, ds.classnames, ds.template)
-        objectives = [BoundObjective("cross_entropy", ce.build(ce.config_cls(), {}), dict(ce.default_weights))]
+        frozen = template_text_features(backbone, list(ds.classnames), [ds.template])
+        context = ObjectiveContext(frozen, list(ds.classnames), backbone)
+        objectives = [BoundObjective("cross_entropy", ce.make(ce.config_cls(), context), dict(ce.default_weights))]
         optim = OptimConfig(epochs=1, warmup_epochs=0, batch_size=32)
 
         def setup(inputs: ImageInputs, views: torch.Tensor | None) -> TrainSetup:
             torch.manual_seed(0)
-            learner = spec.build(spec.config_cls(), backbone, list(ds.classnames), ds.template).to(device)
-            return TrainSetup(learner, spec, objectives, frozen, None, ds, training.items, inputs, views, optim, 1)
+            config = LEARNERS.get("coop").config_cls()
+            learner = build_learner("coop", config, backbone, list(ds.classnames), ds.template)
+            return TrainSetup(learner, objectives, frozen, None, ds, training.items, inputs, views, optim, 1)
 
         exact_inputs = ImageInputs(backbone, None, device)
         exact_s = one_epoch(setup(exact_inputs, None))

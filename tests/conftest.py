@@ -1,9 +1,12 @@
 """Shared test setup: one torch thread per test process (the machines have 2 cores)."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from tailprompt.data.fixtures import make_eurosat_tree
 
 torch.set_num_threads(int(os.environ.get("TAILPROMPT_TEST_THREADS", "1")))
 
@@ -14,6 +17,14 @@ def simplex_etf(num: int, dim: int, seed: int = 0, dtype=torch.float64) -> torch
     u, _ = torch.linalg.qr(torch.randn(dim, num, generator=gen, dtype=dtype))
     centring = torch.eye(num, dtype=dtype) - torch.full((num, num), 1.0 / num, dtype=dtype)
     return (torch.sqrt(torch.tensor(num / (num - 1), dtype=dtype)) * u @ centring).T
+
+
+@pytest.fixture(scope="session")
+def eurosat_root(tmp_path_factory) -> Path:
+    """A mini EuroSAT tree in the CoOp layout (10 classes); the folder holding `eurosat/`."""
+    root = tmp_path_factory.mktemp("data")
+    make_eurosat_tree(root, images_per_class=20)
+    return root
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ class Command:
 # In --help order.
 COMMANDS: dict[str, Command] = {
     "train": Command("train", "train one run (learner + objectives + protocol) and write runs/<run_id>/"),
-    "eval": Command("eval", "re-evaluate a run's saved prompts on a dataset"),
+    "eval": Command("eval", "evaluate a run's prompts, or a released reference checkpoint, on a dataset"),
     "predict": Command("predict", "label images with a run's prompts (top-k classes and probabilities per image)"),
     "export": Command(
         "export",
@@ -48,9 +48,7 @@ COMMANDS: dict[str, Command] = {
         "demo",
         "run base-to-new on the embedded world for the *_coop methods at 3 imbalance ratios, 2 seeds, and report",
     ),
-    "list": Command(
-        "list_presets", "list method presets, learners, objectives, training hooks, datasets and protocols"
-    ),
+    "list": Command("list_presets", "list presets, learners, objectives, training hooks, datasets and protocols"),
     "report": Command("report", "tables and plots from a runs folder"),
     "pretrain-embedded": Command(
         "pretrain_embedded",

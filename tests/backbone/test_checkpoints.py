@@ -178,6 +178,6 @@ def test_pretrained_tag_without_network_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at once instead of retrying
     with pytest.raises(
-        BackboneError, match="ViT-B-16 / openai.*internet access or a filled Hugging Face cache"
+        BackboneError, match="ViT-B-16 / openai are not in the Hugging Face cache and the network is unreachable"
     ):
         load_backbone("ViT-B-16", weights="openai")

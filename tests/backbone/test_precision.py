@@ -92,3 +92,32 @@ def test_bf16_features_get_their_own_cache_space(tiny, tmp_path):
     legacy = {"format": 1, "backbone": tiny.identity, "preprocess": tiny.preprocess_id}
     assert space_key(tiny) == legacy and cache.space_dir(tiny).name == stable_hash(legacy, 16)
     assert space_key(bf16)["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_the_flat_block_used_under_autocast_is_the_blocks_own_forward(tiny, tower):
+    from tailprompt.backbone.frozen import _flat_block
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 64, generator=g)
+    if tower == "text":
+        block, causal = tiny.text_blocks[0], True
+        expected = block(x, attn_mask=tiny.attn_mask[:9, :9])
+    else:
+        block, causal = tiny.vision_blocks[0], False
+        expected = block(x)
+    assert (_flat_block(block, x, causal) - expected).abs().max() <= 1e-5
+
+
+def test_bf16_image_tower_takes_the_flat_blocks(tiny, images, monkeypatch):
+    from tailprompt.backbone import frozen
+
+    calls = []
+    original = frozen._flat_block
+    monkeypatch.setattr(frozen, "_flat_block", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with torch.no_grad():
+        tiny.encode_image(images)
+        assert calls == []  # fp32: open_clip's own forward
+        with autocast_context("cpu", "bf16"):
+            tiny.encode_image(images)
+    assert len(calls) == tiny.vision_layers

@@ -77,3 +77,42 @@ def test_bad_checkpoints_are_one_line(coop_run, data_root, tmp_path, capsys, cas
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("learner", ["coop", "cocoop", "kgcoop", "maple"])
+def test_each_reference_learners_checkpoint_format_loads(learner, data_root, tiny_weights, tmp_path, capsys):
+    """A Dassl checkpoint of each reference learner (KgCoOp's untrained bias_vectors and token_midfix, MaPLe's
+    whole-model `prompt_learner.` keys with the frozen encoders) scores as the same prompts in a plain file."""
+    from safetensors.torch import save_file
+
+    from tailprompt.backbone import load_backbone
+    from tailprompt.engine.resolve import resolve_config
+    from tailprompt.prompts import build_learner
+
+    sets = ["backbone.name=tiny-vit", f"backbone.weights={tiny_weights}", f"data.cache_dir={tmp_path / 'c'}",
+            "data.batch_size_eval=64"]
+    cfg = resolve_config(None, [f"learner.name={learner}", *sets])
+    backbone = load_backbone("tiny-vit", tiny_weights, device="cpu")
+    gen = torch.Generator().manual_seed(3)
+    fresh = build_learner(learner, cfg.learner.options, backbone, ["a", "b"], "a {}.").prompt_state()
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in fresh.items()}
+    plain = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(plain))
+    reference = {**state, "token_prefix": torch.zeros(2, 1, 64), "token_suffix": torch.zeros(2, 5, 64)}
+    if learner == "kgcoop":
+        reference |= {"token_midfix": torch.zeros(2, 1, 64), "bias_vectors": torch.zeros(64)}
+    if learner == "maple":
+        reference = {f"prompt_learner.{k}": v for k, v in reference.items()}
+        reference |= {"image_encoder.conv1.weight": torch.zeros(1), "text_encoder.ln_final.weight": torch.zeros(1),
+                      "logit_scale": torch.tensor(4.6)}
+    ckpt = dassl_checkpoint(tmp_path / "model.pth.tar-5", {"ctx": torch.zeros(1)})  # the optimizer shape only
+    data = torch.load(ckpt, weights_only=True)
+    data["state_dict"] = reference
+    torch.save(data, ckpt)
+    scores = []
+    for path in (ckpt, plain):
+        argv = ["eval", "--prompts", str(path), "--learner", learner, "--dataset", "eurosat", "--root",
+                str(data_root), "--classes", "base"] + [a for s in sets for a in ("--set", s)]
+        assert main(argv) == 0
+        scores.append(_eval_json(capsys))
+    assert scores[0]["accuracy"] == scores[1]["accuracy"] and scores[0]["nll"] == pytest.approx(scores[1]["nll"])

@@ -189,3 +189,17 @@ def test_progress_bar_shows_images_per_second_for_misses_only(eurosat, tmp_path,
     assert capsys.readouterr().err == "" and model.encoded == n
     cache.get(model, eurosat, eurosat.test, view=0, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_cpu_encoding_runs_in_chunks_with_the_same_features(monkeypatch):
+    from tailprompt.data import features
+
+    model, sizes = StandIn(), []
+    original = model.encode_image
+    model.encode_image = lambda images: sizes.append(len(images)) or original(images)
+    images = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(features, "CPU_ENCODE_CHUNK", 4)
+    chunked = features.encode_batch(model, images)
+    assert sizes == [4, 4, 2]  # bounded activations on a CPU
+    assert torch.allclose(chunked, images.flatten(1) @ model.weight.T, atol=1e-6)
+    assert features.encode_batch(model, images[:0]).shape == (0, 6)

@@ -194,7 +194,7 @@ def test_whole_long_tailed_train_set_and_many_medium_few(tmp_path, capsys):
     assert full == [110, 44, 18]
     ts = sample_training_set(ds, shots=100000, tau=1.0, seed=1)
     assert list(ts.counts.values()) == full and sorted(it.key for it in ts.items) == sorted(it.key for it in ds.train)
-    assert threshold_groups(list(ts.counts.values())) == {"head": [0], "medium": [1], "tail": [2]}
+    assert threshold_groups(list(ts.counts.values())) == {"many": [0], "medium": [1], "few": [2]}
     assert len(ts.val_items) == 3 * 4  # few-shot val stays capped at 4 per class
     code, out, _ = run(
         capsys, "data", "sample", "--dataset", "imagenet_lt", "--root", str(root), "--shots", "100000", "--json"

@@ -42,7 +42,7 @@ def metrics(result: dict) -> dict:
 ], ids=["cpt_coop-cached", "maple"])
 def test_two_processes_match_one(method, extra, base_overrides, tmp_path):
     overrides = [o for o in base_overrides if not o.startswith("data.cache_dir")] + extra + [
-        "optim.batch_size=8", "optim.epochs=2"]
+        "optim.batch_size=8", "optim.epochs=2", "backbone.precision=fp32"]  # both sides fp32, whatever the CPU
     one = execute_run(resolve_config(method, overrides + [f"data.cache_dir={tmp_path / 'cache1'}"]),
                       BackboneCache()).result
     shutil.rmtree(tmp_path / "runs")
@@ -72,7 +72,7 @@ def test_what_cannot_be_distributed_fails_before_anything_is_written(base_overri
     cfg = resolve_config("coop", base_overrides + ["optim.batch_size=1"])
     with pytest.raises(ConfigError, match="optim.batch_size"):
         execute_run(cfg, group=group)  # raised before any collective and before the run folder exists
-    assert not (tmp_path / "runs").exists()
+    assert not list((tmp_path / "runs").glob("*/*"))  # no run folder (the output folder may exist)
 
 
 def test_sweep_under_torchrun_is_one_clear_line(tmp_path, monkeypatch, capsys):

@@ -72,7 +72,22 @@ def test_stage2_refuses_a_run_of_another_learner_dataset_or_backbone(overrides, 
 
 def test_stage2_without_a_stage1_run_says_what_to_set(overrides, backbones):
     with pytest.raises(UserError, match=r"set init.from_run=runs/<id> \(a run of learner 'coop'"):
-        execute_run(resolve_config("dpc_coop", overrides), backbones)
+        execute_run(resolve_config("dpc_coop", overrides + ["init.from_preset=null"]), backbones)
+
+
+def test_the_preset_makes_its_first_stage_when_missing(overrides, backbones):
+    stage2 = execute_run(resolve_config("dpc_coop", overrides), backbones)  # no init.from_run given
+    # The first stage keeps the coop preset's schedule (200 epochs, batch 32) and this run's step cap.
+    same = [o for o in overrides if not o.startswith("optim.")] + ["optim.max_steps=2"]
+    stage1 = execute_run(resolve_config("coop", same), backbones)
+    assert stage1.skipped  # made by the stage-2 run: the coop preset's run with these settings
+    assert stage1.result["config"]["optim"]["epochs"] == 200
+    assert stage2.result["config"]["init"] == {"from_run": str(stage1.run_dir), "from_preset": "coop"}
+    assert stage2.result["splits"]["new"]["per_class_accuracy"] == stage1.result["splits"]["new"]["per_class_accuracy"]
+    again = execute_run(resolve_config("dpc_coop", overrides), backbones)
+    assert again.skipped and again.run_dir == stage2.run_dir  # the run id does not depend on the made folder
+    with pytest.raises(ConfigError, match="own method"):
+        execute_run(resolve_config("dpc_coop", overrides + ["init.from_preset=dpc_coop"]), backbones)
 
 
 def test_stage2_on_maple_trains_and_keeps_every_stage1_tensor(overrides, backbones):

@@ -41,7 +41,7 @@ def result_dirs(runs: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_submitit_sweep_runs_every_run_exactly_once(base_overrides, tmp_path, capsys, job_env):
-    sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides)
+    sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("coop", "kgcoop"))
     assert main(["sweep", str(sweep), "--launcher", "submitit-local", "--timeout-min", "10"]) == 0
     out = capsys.readouterr().out
     assert "0 done or running elsewhere, 6 to submit" in out
@@ -97,14 +97,15 @@ def test_two_sweeps_at_once_on_one_folder_train_each_run_once(base_overrides, tm
 
 
 def test_local_parallel_runs_n_at_once(base_overrides, tmp_path, capsys, job_env):
-    sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("zeroshot",), seeds=(1, 2))
+    # zero-shot does not depend on the seed: its two configs are one run, started once
+    sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("zeroshot", "coop"), seeds=(1, 2))
     assert main(["sweep", str(sweep), "--launcher", "local-parallel", "--jobs", "2"]) == 0
-    assert "2 runs: 2 run now" in capsys.readouterr().out
-    assert len(result_dirs(tmp_path / "runs")) == 2
+    assert "3 runs: 3 run now, 0 already complete, 0 being trained elsewhere" in capsys.readouterr().out
+    assert len(result_dirs(tmp_path / "runs")) == 3
 
 
 def test_status_lists_done_running_failed_and_pending(base_overrides, tmp_path, capsys):
-    sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("zeroshot",), seeds=(1, 2, 3, 4))
+    sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("coop",), seeds=(1, 2, 3, 4))
     assert main(["sweep", str(sweep), "--dry-run"]) == 0
     dirs = [Path(line.split()[1]) for line in capsys.readouterr().out.splitlines()]
     cfg = expand(read_sweep(sweep))[0]
@@ -149,7 +150,7 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_releases_the_lock(base_overrides, tmp
     sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("coop",), seeds=(1,))
     held = []
 
-    def interrupted(cfg, backbones):
+    def interrupted(cfg, backbones, **kwargs):
         held.extend((tmp_path / "runs").glob(f"*/{RUN_LOCK}"))
         raise KeyboardInterrupt
 

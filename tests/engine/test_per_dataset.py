@@ -110,16 +110,24 @@ def test_resolve_lets_the_users_file_and_overrides_win(tmp_path):
 
 
 def test_a_coprompt_run_on_eurosat_trains_with_the_table_and_a_gpt_file_folder(
-    base_overrides, eurosat_descriptions, tmp_path
+    base_overrides, eurosat_descriptions, eurosat_root, capsys
 ):
+    import json
+
+    from tailprompt.cli import main
     from tailprompt.engine.run import execute_run
 
     overrides = base_overrides + [
         "optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false",
         f"data.descriptions={eurosat_descriptions.parent}",  # the folder: eurosat_prompt.json is picked
     ]
-    r = execute_run(resolve_config("coprompt", overrides)).result
+    out = execute_run(resolve_config("coprompt", overrides))
+    r = out.result
     assert r["config"]["learner"]["prompt_depth"] == 12 and r["config"]["learner"]["n_ctx"] == 2
     assert r["config"]["objectives"][1]["weights"] == {"text": 0.1, "image": 0.1}
     for term in ("coprompt/text", "coprompt/image"):
         assert 0.0 <= r["loss_curve"][term][0] <= 2.0  # 1 - mean cosine
+    # the saved prompts (adapters included) reload for evaluation and give the same new-class accuracy
+    argv = ["eval", "--run", str(out.run_dir), "--dataset", "eurosat", "--root", str(eurosat_root), "--classes", "new"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(r["splits"]["new"]["accuracy"])

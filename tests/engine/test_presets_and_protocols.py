@@ -27,10 +27,6 @@ def test_each_preset_trains_end_to_end_on_the_tiny_backbone(preset, base_overrid
         overrides = overrides + ["protocol.name=base_to_new"]
     if reads_descriptions(preset):
         overrides = overrides + [f"data.descriptions={eurosat_descriptions}"]
-    stage1 = getattr(resolve_config(preset).learner.options, "base", None)
-    if stage1 is not None:  # a second-stage method (DPC) starts from a finished run of its base learner's preset
-        first = execute_run(resolve_config(stage1.name, overrides), backbones)
-        overrides = overrides + [f"init.from_run={first.run_dir}"]
     r = execute_run(resolve_config(preset, overrides), backbones).result
     assert r["method"] == preset
     curve = r["loss_curve"]

@@ -178,3 +178,16 @@ def test_a_killed_promptsrc_run_resumes_its_aggregate(eurosat_root, tmp_path, mo
     got, expected = (load_file(str(r.run_dir / "prompts.safetensors")) for r in (resumed, reference))
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     assert resumed.result["loss_curve"] == reference.result["loss_curve"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "mean", "std"),
+    [("eurosat", 45, 5), ("stanford_cars", 45, 5), ("dtd", 45, 5), ("caltech101", 30, 30), ("imagenet", 30, 30)],
+)
+def test_fewshot_preset_takes_the_reference_gpa_of_each_dataset(dataset, mean, std):
+    from tailprompt.engine.resolve import resolve_config
+
+    cfg = resolve_config("promptsrc_fewshot", [f"data.name={dataset}"])
+    assert [(h.name, h.options.mean, h.options.std) for h in cfg.hooks] == [("gpa", mean, std)]
+    own = resolve_config("promptsrc_fewshot", [f"data.name={dataset}", "hooks=[{name: gpa, mean: 10, std: 2}]"])
+    assert (own.hooks[0].options.mean, own.hooks[0].options.std) == (10, 2)  # the user's setting wins

@@ -230,3 +230,35 @@ def test_image_prompting_learners_rank_with_their_stage1_image_features():
     )
     hard_negative_contrastive_loss(state, 2, class_image_pools(list(range(k)), k), torch.Generator().manual_seed(0))
     assert seen[0][0] == 3 and 4 in seen[0]  # image 0's first negative is class 3 (item c is of class c)
+
+
+@pytest.mark.parametrize("pool", ["training_items", "train_split"])
+def test_registered_objective_draws_from_the_configured_pool(pool):
+    from tailprompt.config import from_dict
+    from tailprompt.objectives import OBJECTIVES, ObjectiveContext
+
+    spec = OBJECTIVES.get("dpc")
+    assert spec.default_weights == {"contrastive": 1.0}
+    assert {"encode_training_images", "dpc_stage1_text_feats"} <= spec.reads
+    k, d = 4, 8
+    unit = torch.nn.functional.normalize
+    g = torch.Generator().manual_seed(5)
+    # Training items 0..3 (one per class); the rest of the split: items 4..11, two more per class.
+    context = ObjectiveContext(torch.zeros(k, d), [f"c{i}" for i in range(k)], training_labels=[0, 1, 2, 3],
+                               extra_labels=[0, 0, 1, 1, 2, 2, 3, 3])
+    objective = spec.make(from_dict(spec.config_cls, {"image_pool": pool, "top_k": 4}), context)
+    requested = []
+    feats = unit(torch.randn(12, d, generator=g), dim=-1)
+    state = types.SimpleNamespace(
+        labels=torch.tensor([0]), image_feats=feats[:1], text_feats=unit(torch.randn(k, d, generator=g), dim=-1),
+        logit_scale=100.0, aux={"dpc_stage1_text_feats": unit(torch.randn(k, d, generator=g), dim=-1)},
+        encode_training_images=lambda idx: requested.extend(idx.tolist()) or feats[idx],
+        generator=torch.Generator().manual_seed(0),
+    )
+    for _ in range(20):
+        loss = objective.terms(state)["contrastive"]
+        assert loss.ndim == 0 and torch.isfinite(loss)
+    allowed = {1, 2, 3} if pool == "training_items" else {1, 2, 3, 6, 7, 8, 9, 10, 11}
+    assert set(requested) <= allowed and len(requested) == 60  # classes 1, 2, 3 every step
+    if pool == "train_split":
+        assert set(requested) & {6, 7, 8, 9, 10, 11}

@@ -257,3 +257,46 @@ def test_the_learner_provides_what_the_objective_reads():
     from tailprompt.objectives import OBJECTIVES, OPTIONAL_FIELDS
 
     assert OBJECTIVES.get("dpc").reads - OPTIONAL_FIELDS <= DPC.provides
+
+
+def test_promptsrc_dpc_runs_promptsrc_with_the_recovered_prompts(backbone, images):
+    options = {"prompt_depth_text": 3, "prompt_depth_vision": 3}
+    learner = make_dpc(backbone, base={"name": "promptsrc", **options}, weight=0.2)
+    assert learner.uses_image_tower and learner.base_name == "promptsrc"
+    stage1 = build("promptsrc", backbone, seed=1, **options)
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.copy_(random_like(p, 21))
+    learner.load_initial_state(stage1.prompt_state())
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.copy_(random_like(p, 22))
+    stored, before = learner.prompt_state(), stage1.prompt_state()
+    assert set(stored) == set(before)
+    parallel = build("promptsrc", backbone, seed=2, **options)
+    parallel.load_prompt_state({n: (stored[n] - 0.8 * before[n]) * (1 / 0.2) for n in stored})
+    with torch.no_grad():
+        torch.testing.assert_close(learner.text_features(), parallel.text_features(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(learner.image_features(images), parallel.image_features(images),
+                                   atol=1e-5, rtol=0)
+        learner.set_classnames(OTHER_CLASSNAMES, TEMPLATE, seen=False)  # w_n = 0: the stage-1 model
+        stage1.set_classnames(OTHER_CLASSNAMES, TEMPLATE)
+        torch.testing.assert_close(learner.text_features(), stage1.text_features(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(learner.image_features(images), stage1.image_features(images),
+                                   atol=1e-5, rtol=0)
+
+
+def test_base_options_reach_the_base_learner_fp16_rounding(backbone, images):
+    base = {"name": "maple", "prompt_depth": 3, "round_prompts_fp16": True}
+    learner = make_dpc(backbone, base=base)
+    assert learner.config.round_prompts_fp16 and learner.dpc_config.base.name == "maple"
+    stage1 = build("maple", backbone, seed=1, prompt_depth=3, round_prompts_fp16=True)
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.copy_(random_like(p, 31))
+    learner.load_initial_state(stage1.prompt_state())  # M = P: the stage-2 model starts as the stage-1 one
+    with torch.no_grad():
+        torch.testing.assert_close(learner.image_features(images), stage1.image_features(images), atol=1e-6, rtol=0)
+        plain = make_dpc(backbone, base={**base, "round_prompts_fp16": False})
+        plain.load_initial_state(stage1.prompt_state())
+        assert not torch.equal(plain.image_features(images), learner.image_features(images))

@@ -251,6 +251,30 @@ def test_maple_sequence_layout_in_both_towers(backbone, images, depth):
             assert not torch.allclose(learner.image_features(images), plain, atol=1e-4)
 
 
+def test_maple_fp16_rounding_matches_the_reference_half_casts(backbone, images):
+    """`round_prompts_fp16`: the reference's `.half()` on the deep prompts and on `proj(ctx)`, promoted back
+    to fp32 by `torch.cat`; the layer-0 text context is not rounded."""
+    learner = build("maple", backbone, prompt_depth=3, round_prompts_fp16=True)
+    perturb_(learner)
+    half = lambda t: t.half().float()  # noqa: E731
+    texts = [f"a photo of a {n}." for n in NAMES]
+    tokens = backbone.tokenize(texts)
+    with torch.no_grad():
+        x = backbone.embed_tokens(tokens)
+        x[:, 1:3] = learner.ctx
+        deep_text = [half(p) for p in learner.compound_prompts_text]
+        expected_text = manual_text_tower(backbone, x, tokens.argmax(-1), deep_text)
+        deep_vision = [
+            half(f(p)) for f, p in zip(learner.compound_prompt_projections, learner.compound_prompts_text)
+        ]
+        expected_image = manual_vision_tower(backbone, images, half(learner.proj(learner.ctx)), deep_vision)
+        torch.testing.assert_close(learner.text_features(), expected_text, atol=1e-5, rtol=0)
+        torch.testing.assert_close(learner.image_features(images), expected_image, atol=1e-5, rtol=0)
+        plain = build("maple", backbone, prompt_depth=3)
+        plain.load_prompt_state(learner.prompt_state())
+        assert not torch.equal(plain.text_features(), learner.text_features())  # off by default
+
+
 def test_maple_depth_beyond_backbone_is_clamped_with_a_warning(backbone):
     with pytest.warns(UserWarning, match="prompt_depth=9"):
         learner = build("maple", backbone, prompt_depth=9)

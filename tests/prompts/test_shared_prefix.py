@@ -19,6 +19,10 @@ SHARED = [
     ("maple", {"prompt_depth": 3}),  # deep prompts at text blocks 1 and 2
     ("maple", {"prompt_depth": 1}),
     ("cocoop", {}),
+    # learners built on those
+    ("prograd", {}),
+    ("coprompt", {"prompt_depth": 3}),
+    ("promptsrc", {"prompt_depth_text": 3, "prompt_depth_vision": 3}),
 ]
 NOT_SHARED = [
     ("coop", {"class_token_position": "middle", "ctx_init": "", "n_ctx": 4}),
@@ -70,8 +74,10 @@ def test_shared_prefix_learners_equal_the_plain_pass(backbone, images, monkeypat
     assert shared_grads.keys() == plain_grads.keys() and "ctx" in plain_grads
     for key, grad in plain_grads.items():
         assert (shared_grads[key] - grad).abs().max() <= TOL, key
-    if name == "maple" and overrides["prompt_depth"] > 1:
-        assert plain_grads["compound_prompts_text.1"].abs().max() > 1e-4  # the deep prompts do train
+    deep = {"maple": "compound_prompts_text.1", "coprompt": "compound_prompts_text.1",
+            "promptsrc": "deep_text_prompts.1"}.get(name)
+    if deep and max(overrides.get("prompt_depth", 0), overrides.get("prompt_depth_text", 0)) > 1:
+        assert plain_grads[deep].abs().max() > 1e-4  # the deep prompts (inside the prefix) do train
 
 
 @pytest.mark.parametrize(("name", "overrides"), NOT_SHARED)

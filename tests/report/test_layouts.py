@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tailprompt.cli import main
-from tailprompt.engine.sweep import read_sweep
+from tailprompt.engine.sweep import expand, read_sweep
 from tailprompt.report.layouts import (
     CPT_COLUMNS,
     TCPT_ROWS,
@@ -171,9 +171,20 @@ def test_report_cli_layout_errors_are_one_line(cpt_records, tmp_path, capsys):
 
 def test_sweep_files_run_the_presets_their_layouts_read():
     cpt = read_sweep("cpt_table")  # packaged sweeps are found by name
-    assert cpt.methods == [m for _, m in CPT_COLUMNS]
+    assert [m for m in cpt.methods if m != "coop"] == [m for _, m in CPT_COLUMNS]
+    assert cpt.init_from == {"dpc_coop": "coop"}  # DPC's stage 2 starts from the matching coop run
     assert cpt.grid["data.tau"] == [1.0, 0.25, 0.06] and cpt.grid["seed"] == [1, 2, 3]
     assert len(cpt.grid["data.name"]) == 11 and cpt.fixed["protocol.name"] == "base_to_new"
     tcpt = read_sweep("tcpt_table")
     assert tcpt.methods == [m for _, alone, ours in TCPT_ROWS for m in (alone, ours)]
     assert tcpt.fixed["data.tau"] == 1.0 and len(tcpt.grid["data.name"]) == 11
+
+
+@pytest.mark.parametrize("name", ["cpt_table", "tcpt_table"])
+def test_every_run_of_the_sweep_files_resolves(name, tmp_path):
+    spec = read_sweep(name)
+    spec.grid = {key: values[:1] for key, values in spec.grid.items()}  # one run per method
+    configs = expand(spec, ["backbone.name=tiny-vit", "backbone.weights=null", f"output_dir={tmp_path}"])
+    assert [c.method for c in configs] == spec.methods
+    dpc = [c for c in configs if c.method == "dpc_coop"]
+    assert all(str(tmp_path) in str(c.init.from_run) for c in dpc) and len(dpc) == (name == "cpt_table")

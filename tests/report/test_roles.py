@@ -114,3 +114,21 @@ def test_a_run_that_trained_nothing_stands_for_every_tau_and_seed(runs_dir: Path
         assert row.cells[j].mean == pytest.approx(zs["splits"]["base"]["accuracy"])
     text = render_table(acc, "md")
     assert "(n=1)" not in text
+
+
+def test_paper_layouts_read_roles_too(tmp_path: Path):
+    from tailprompt.report.layouts import cpt_tables, tcpt_tables
+
+    records = []
+    for method in ("maple", "tcpt_maple"):
+        for seed in (1, 2):
+            r = _seen_unseen(method, seed)
+            r["run_id"] = f"{method}-{seed}"
+            records.append(r)
+    (table,) = cpt_tables(records)
+    maple = table.rows[0][1][table.columns.index("MaPLe")]
+    assert maple.values == pytest.approx([base_new_hm(r) for r in records if r["method"] == "maple"])  # seeds 1, 2
+    assert "open world" in table.title
+    ece = next(t for t in tcpt_tables(records) if t.key.endswith("__ece"))
+    row = next(cells for label, cells in ece.rows if label == "MaPLe")
+    assert row[0].mean == pytest.approx(sum(r["splits"]["seen"]["ece"] for r in records[:2]) / 2)

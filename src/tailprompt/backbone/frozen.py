@@ -32,6 +32,7 @@ from tailprompt.backbone.precision import ResolvedPrecision
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    TrainPolicy,
     eval_transform,
     preprocess_id,
     train_transform,
@@ -50,7 +51,8 @@ class FrozenVLM(nn.Module):
         vision_width: ViT width Wv, None for a convolutional image tower; has_vit: whether it is a ViT.
         logit_scale: the exp'd temperature (open_clip's ``logit_scale.exp()``, ~100 for trained CLIPs).
         vocabulary: words the model was pretrained on (embedded model) or None (no check).
-        preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both.
+        preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both;
+            `train_preprocess` gives another training augmentation.
         precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`); the
             weights stay fp32 either way.
     """
@@ -84,6 +86,7 @@ class FrozenVLM(nn.Module):
         if self.has_vit and not model.visual.transformer.batch_first:
             raise BackboneError(f"architecture {arch!r}: image transformer is not batch-first")
         self.logit_scale = float(model.logit_scale.detach().exp().reshape(-1)[0])
+        self.mean, self.std = tuple(mean), tuple(std)
         self.preprocess_train = train_transform(self.image_size, mean, std)
         self.preprocess_eval = eval_transform(self.image_size, mean, std)
         self.preprocess_id = preprocess_id(self.image_size, mean, std)
@@ -97,9 +100,9 @@ class FrozenVLM(nn.Module):
         # Always eval: a learner's .train() must not switch the conv tower's BatchNorm to batch statistics.
         return super().train(False)
 
-    def train_preprocess(self, crop_scale: tuple[float, float], flip: bool) -> Any:
-        """PIL -> FloatTensor[3, S, S]: `preprocess_train` with another crop scale range / flip choice."""
-        return train_transform(self.image_size, *self._norm_stats, crop_scale=crop_scale, flip=flip)
+    def train_preprocess(self, crop_scale: tuple[float, float], flip: bool, policy: TrainPolicy = "crop_flip") -> Any:
+        """PIL -> FloatTensor[3, S, S]: `preprocess_train` with another crop scale range / flip / policy."""
+        return train_transform(self.image_size, *self._norm_stats, crop_scale=crop_scale, flip=flip, policy=policy)
 
     # ----- tower parts (read-only views for learners) -----
     @property
@@ -325,7 +328,7 @@ class FrozenVLM(nn.Module):
         for i, block in enumerate(self.text_blocks):
             if 1 <= i <= len(deep):
                 x = _replace_tokens(x, deep[i - 1], start=1)
-            x = block(x, attn_mask=mask)
+            x = _run_block(block, x, mask)
         x = self.ln_final(x)
         x = x[torch.arange(k, device=x.device), eot]
         return self._project_text(x)
@@ -366,8 +369,15 @@ class FrozenVLM(nn.Module):
 
     # ----- image -----
     def encode_image(self, images: Tensor) -> Tensor:
-        """Image features ``[B, D]`` of ``[B, 3, S, S]`` preprocessed images, not normalised (open_clip)."""
-        return self.model.encode_image(images.to(self.device, self.dtype))
+        """Image features ``[B, D]`` of ``[B, 3, S, S]`` preprocessed images, not normalised (open_clip).
+
+        Under autocast a ViT runs through `encode_image_with_prompts` (no prompts: the same function), whose
+        blocks avoid the slow bf16 path of ``nn.MultiheadAttention`` on the CPU (`_run_block`).
+        """
+        images = images.to(self.device, self.dtype)
+        if self.has_vit and torch.is_autocast_enabled(images.device.type):
+            return self.encode_image_with_prompts(images)
+        return self.model.encode_image(images)
 
     def image_features(self, images: Tensor) -> Tensor:
         """L2-normalised fp32 ``[B, D]`` features of the frozen image tower, without a graph."""
@@ -415,7 +425,7 @@ class FrozenVLM(nn.Module):
                 if p.shape[-2] != n:
                     raise ValueError(f"deep_prompts[{i - 1}] has {p.shape[-2]} tokens, `prompts` has {n}")
                 x = torch.cat([x[:, : x.shape[1] - n], _expand_batch(p, x.shape[0]).to(x.dtype)], dim=1)
-            x = block(x)
+            x = _run_block(block, x, None)
         if n:
             x = x[:, : x.shape[1] - n]
         pooled, _ = v._pool(x)
@@ -463,6 +473,32 @@ def _is_plain_block(block: nn.Module) -> bool:
         and not attn.add_zero_attn
         and attn.dropout == 0.0
     )
+
+
+def _run_block(block: nn.Module, x: Tensor, causal_mask: Tensor | None) -> Tensor:
+    """One transformer block on ``[N, T, W]``; `causal_mask` is the text tower's causal mask or None.
+
+    Under autocast, a standard block runs as 2-D projections + SDPA (`_flat_block`): on the CPU, bf16
+    ``nn.MultiheadAttention`` projects its transposed ``[T, N, W]`` input with a batched matmul that copies
+    the weight once per position (measured on ViT-B/16: 2x slower than fp32 instead of faster). In fp32
+    the module's own forward runs, so fp32 results are bit-identical to open_clip's.
+    """
+    if torch.is_autocast_enabled(x.device.type) and _is_plain_block(block):
+        return _flat_block(block, x, causal=causal_mask is not None)
+    return block(x, attn_mask=causal_mask) if causal_mask is not None else block(x)
+
+
+def _flat_block(block: nn.Module, x: Tensor, causal: bool) -> Tensor:
+    """`ResidualAttentionBlock.forward` with every projection on ``[N * T, W]`` rows."""
+    attn: nn.MultiheadAttention = block.attn
+    n, t, w = x.shape
+    rows = x.reshape(-1, w)
+    q, k, v = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias).split(w, dim=-1)
+    q, k, v = (_split_heads(z.reshape(n, t, w), attn.num_heads) for z in (q, k, v))
+    mixed = _merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=causal)).reshape(-1, w)
+    rows = rows + block.ls_1(attn.out_proj(mixed))
+    rows = rows + block.ls_2(block.mlp(block.ln_2(rows)))
+    return rows.reshape(n, t, w)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:

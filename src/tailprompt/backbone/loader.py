@@ -150,7 +150,8 @@ def _load_tag(arch: Architecture, tag: str, override: bool | None) -> tuple[obje
     if source == tag and not hub_reachable():
         raise BackboneError(
             f"open_clip pretrained weights {arch.name} / {tag} are not in the Hugging Face cache and the "
-            f"network is unreachable; download the checkpoint elsewhere and pass its path as backbone.weights"
+            f"network is unreachable: pretrained tags need internet access or a filled Hugging Face cache; "
+            f"otherwise download the checkpoint elsewhere and pass its path as backbone.weights"
         )
     try:
         model = open_clip.create_model(
@@ -187,8 +188,13 @@ def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
     """Whether a TCP connection to the Hugging Face hub opens within `timeout_s` (offline machines: no)."""
     import socket
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        return False
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return False
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        pass
     try:
         with socket.create_connection((host, 443), timeout=timeout_s):
             return True

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="re-evaluate a run's saved prompts on a dataset",
+        help="evaluate a run's prompts, or a released reference checkpoint, on a dataset",
         description="Evaluate prompts on DATASET's test split and print the metrics. With --run: a finished "
         "run's prompts.safetensors; the class-name buffers are rebuilt for DATASET (only the prompt parameters "
         "transfer, as in the reference code) and the metrics are saved as runs/<id>/eval_<dataset>_<classes>.json. "

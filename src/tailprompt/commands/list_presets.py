@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list method presets, learners, objectives, training hooks, datasets and protocols")
+    p = sub.add_parser("list", help="list presets, learners, objectives, training hooks, datasets and protocols")
     p.add_argument("what", nargs="?", default="all",
                    choices=["all", "presets", "learners", "objectives", "hooks", "datasets", "protocols"])
     p.set_defaults(func=run)

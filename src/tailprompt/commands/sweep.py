@@ -20,10 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
         help="run a grid of runs (methods x datasets x tau x seeds x any key), resumable",
-        description="Expand FILE (keys: methods, grid, set, output_dir, slurm_*) into runs and run them here, "
-        "N at a time, or as SLURM jobs (--launcher); runs whose result.json exists are skipped, runs being "
-        "trained by another sweep or job are left to it (a lock in each run folder), and unfinished runs resume "
-        "from their training checkpoint, so a killed sweep continues where it stopped when rerun.",
+        description="Expand FILE (keys: methods, grid, set, output_dir, init_from, slurm_*) into runs and run "
+        "them here, N at a time, or as SLURM jobs (--launcher); runs whose result.json exists are skipped, runs "
+        "being trained by another sweep or job are left to it (a lock in each run folder), and unfinished runs "
+        "resume from their training checkpoint, so a killed sweep continues where it stopped when rerun. "
+        "init_from {second: first} starts each run of a two-stage method (DPC) from the first method's run with "
+        "the same settings.",
     )
     p.add_argument("file", help="sweep YAML, or the name of a packaged sweep (demo, cpt_table, tcpt_table)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -116,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
 def launch(args: argparse.Namespace, configs: list[RunConfig], opts: LaunchOptions) -> int:
     """Run the pending runs with the chosen launcher; exit code 1 when a run failed."""
     from tailprompt.engine.launch import run_launcher
-    from tailprompt.engine.sweep import sweep_status
+    from tailprompt.engine.sweep import distinct_runs, sweep_status
     from tailprompt.utils import configure_threads
 
+    configs = distinct_runs(configs)
     if args.launcher == "local":
         configure_threads(args.threads)
     elif args.launcher in ("submitit", "submitit-local"):

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
 class Augment:
-    """RandomResizedCrop(S, scale=crop_scale, ratio 3/4-4/3, bicubic), then a horizontal flip (p = 0.5) if `flip`."""
+    """`crop_flip`: RandomResizedCrop(S, scale=crop_scale, ratio 3/4-4/3, bicubic), then a horizontal flip
+    (p = 0.5) if `flip`. `randaugment`: resize to S x S and Dassl's RandAugment (n 2, m 10; CoPrompt's
+    `INPUT.TRANSFORMS`), no crop or flip (`backbone/transforms.py`)."""
 
     crop_scale: tuple[float, float] = (0.08, 1.0)  # fraction of the image area a crop keeps (min, max)
     flip: bool = True
+    policy: Literal["crop_flip", "randaugment"] = "crop_flip"
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -38,6 +41,8 @@ def resolve_augment(configured: Augment | None, dataset_default: Augment | None)
 
 def augment_id(augment: Augment) -> str:
     """A short name that changes whenever the augmented tensors would (part of cache keys)."""
+    if augment.policy == "randaugment":
+        return "resize+randaugment2,10"
     lo, hi = augment.crop_scale
     return f"rrc{lo:g}-{hi:g}" + ("+hflip" if augment.flip else "")
 
@@ -50,4 +55,4 @@ def train_transform(backbone: Any, augment: Augment) -> Callable[[Any], Any]:
     """
     if augment == COOP_AUGMENT:
         return backbone.preprocess_train
-    return backbone.train_preprocess(augment.crop_scale, augment.flip)
+    return backbone.train_preprocess(augment.crop_scale, augment.flip, augment.policy)

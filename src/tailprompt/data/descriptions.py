@@ -119,8 +119,8 @@ def class_descriptions(by_class: Mapping[str, list[str]], classnames: Sequence[s
     missing = [description_key(c) for c, row in zip(classnames, rows) if not row]
     if missing:
         raise ConfigError(
-            f"{where}: no descriptions for {len(missing)} of {len(classnames)} classes: {_listed(missing)} "
-            "(keys are class names with '_' as spaces)"
+            f"{where}: no descriptions for classes {_listed(missing)} ({len(missing)} of {len(classnames)}; "
+            "keys are class names with '_' as spaces)"
         )
     return [list(row) for row in rows if row]
 

@@ -25,6 +25,7 @@ class BackboneConfig:
     # Tower matmuls: bf16 autocast on CUDA and on CPUs with AMX / AVX512-BF16, fp32 elsewhere ("auto");
     # prompts, optimiser, objectives, metrics and cached features stay fp32. "fp32" is the parity path.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Training views of the image preprocessing: Dassl's crop + flip, or its RandAugment (CoPrompt's setting).
 
 
 @dataclass
@@ -196,6 +197,10 @@ class ObjectiveConfig:
 @dataclass
 class InitConfig:
     from_run: str | None = None  # a finished run folder whose prompts this run starts from (DPC stage 2)
+    # Or a preset (or config file) whose run, with this run's backbone, data, protocol, eval settings, seed,
+    # output folder and optim.max_steps (its schedule stays the preset's), this run starts from; that run is
+    # made first when missing (two stages in one sweep). `from_run` wins when both are set.
+    from_preset: str | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ folder without it, which the next attempt redoes from scratch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -36,7 +37,7 @@ from tailprompt.engine.evaluate import SplitOutputs, split_outputs
 from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
-from tailprompt.engine.resolve import run_id, trains_nothing
+from tailprompt.engine.resolve import resolve_config, run_id, trains_nothing
 from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.files import check_writable, read_json_object
@@ -139,6 +140,12 @@ def execute_run(
     check_writable(run_dir.parent)  # before training, not after it
     if force:  # start from scratch, not from an unfinished attempt's checkpoint
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    if cfg.init.from_preset and not cfg.init.from_run:
+        # The first stage, made (or found) now; the run keeps its id and records the folder it started from.
+        first = execute_run(stage_one_config(cfg), backbones, progress, group=group)
+        if group is not None:
+            group.barrier()  # rank 0 has written the first stage's prompts before any rank reads them
+        cfg = dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, from_run=str(first.run_dir)))
     seed_everything(cfg.seed)
     setup = prepare_run(cfg, backbone)
     if setup.inputs.cache is not None:
@@ -171,6 +178,17 @@ def execute_run(
     write_run(run_dir, cfg, setup.learner, backbone, evaluation.train_outputs.text_feats, setup.frozen_text, result)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; nothing to resume
     return RunOutcome(run_dir, result, skipped=False)
+
+
+def stage_one_config(cfg: RunConfig) -> RunConfig:
+    """The run `init.from_preset` names, with this run's backbone, data, protocol, eval, seed, output folder and
+    step cap (`optim.max_steps`); its schedule otherwise stays the preset's own."""
+    first = resolve_config(str(cfg.init.from_preset))
+    if cfg.method and first.method == cfg.method:
+        raise ConfigError(f"init.from_preset: {cfg.init.from_preset!r} is this run's own method; name its first stage")
+    return dataclasses.replace(first, backbone=cfg.backbone, data=cfg.data, protocol=cfg.protocol, eval=cfg.eval,
+                               seed=cfg.seed, output_dir=cfg.output_dir,
+                               optim=dataclasses.replace(first.optim, max_steps=cfg.optim.max_steps))
 
 
 def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:

@@ -10,6 +10,12 @@ Sweep file:
       optim.epochs: 10
     output_dir: runs                 # optional, same as set: {output_dir: ...}
     slurm_qos: high                  # optional: any submitit `slurm_*` parameter for --launcher submitit
+    init_from:                       # optional: two-stage methods (DPC) start from an earlier method's run
+      dpc_coop: coop                 #   with the same grid values and overrides (init.from_run set for you)
+
+A method named in `init_from` must come after its first stage in `methods`: a sweep run in order finishes
+the first stage before the second starts from it (with parallel launchers a second stage whose first stage
+is not finished yet fails with that message; rerunning the sweep completes it).
 
 Every run holds a lock in its folder while it trains (`run.lock`, see `tailprompt.locks`), so two sweeps
 on one output folder, or a resubmitted job array, never train a run twice; a run that fails leaves
@@ -51,6 +57,7 @@ class SweepSpec:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)  # extra submitit `slurm_*` parameters
+    init_from: dict[str, str] = field(default_factory=dict)  # second-stage method -> the method it starts from
 
 
 def packaged_sweep(name: str) -> Path:
@@ -63,10 +70,11 @@ def read_sweep(path: str | Path) -> SweepSpec:
     if not Path(path).exists() and Path(path).suffix == "" and packaged_sweep(str(path)).is_file():
         path = packaged_sweep(str(path))
     data = load_yaml(path)
-    unknown = {k for k in data if not str(k).startswith("slurm_")} - {"methods", "grid", "set", "output_dir"}
+    unknown = {k for k in data if not str(k).startswith("slurm_")} - {"methods", "grid", "set", "output_dir",
+                                                                      "init_from"}
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; valid: methods, grid, set, output_dir, "
-                          "slurm_* (submitit parameters)")
+                          "init_from, slurm_* (submitit parameters)")
     methods = data.get("methods")
     if not isinstance(methods, list) or not methods:
         raise ConfigError(f"{path}: 'methods' must be a non-empty list of presets or config files")
@@ -77,7 +85,21 @@ def read_sweep(path: str | Path) -> SweepSpec:
     if "output_dir" in data:
         fixed["output_dir"] = data["output_dir"]
     slurm = {str(k): v for k, v in data.items() if str(k).startswith("slurm_")}
-    return SweepSpec([str(m) for m in methods], grid, fixed, slurm)
+    methods = [str(m) for m in methods]
+    return SweepSpec(methods, grid, fixed, slurm, stage_order(data.get("init_from"), methods, str(path)))
+
+
+def stage_order(init_from: Any, methods: list[str], where: str) -> dict[str, str]:
+    """`init_from` checked: every second stage and its first stage are sweep methods, the first one earlier."""
+    if init_from is None:
+        return {}
+    if not isinstance(init_from, dict):
+        raise ConfigError(f"{where}: 'init_from' must map a method to the method its runs start from")
+    for second, first in init_from.items():
+        if second not in methods or first not in methods or methods.index(first) > methods.index(second):
+            raise ConfigError(f"{where}: init_from {second}: {first} needs both in 'methods', {first!r} before "
+                              f"{second!r} (the first stage runs first)")
+    return {str(k): str(v) for k, v in init_from.items()}
 
 
 def override_strings(values: dict[str, Any]) -> list[str]:
@@ -86,15 +108,36 @@ def override_strings(values: dict[str, Any]) -> list[str]:
             for k, v in values.items()]
 
 
-def expand(spec: SweepSpec, extra: Sequence[str] = ()) -> list[RunConfig]:
-    """Every run config of the sweep, methods outermost (so a killed sweep leaves whole methods done)."""
+def expand(spec: SweepSpec, extra: Sequence[str] = (), backbones: BackboneCache | None = None) -> list[RunConfig]:
+    """Every run config of the sweep, methods outermost (so a killed sweep leaves whole methods done).
+
+    A second-stage run (`spec.init_from`) gets `init.from_run` = the folder of its first stage's run with the
+    same overrides; finding that folder loads the backbone (its identity is part of the run id).
+    """
     keys = list(spec.grid)
     configs = []
     for method in spec.methods:
         for combo in itertools.product(*(spec.grid[k] for k in keys)):
             overrides = override_strings(spec.fixed) + override_strings(dict(zip(keys, combo))) + list(extra)
+            if method in spec.init_from:
+                backbones = backbones or BackboneCache()
+                first = resolve_config(spec.init_from[method], overrides)
+                first_dir = run_directory(first, backbones.get(first.backbone))
+                overrides = [*overrides, *override_strings({"init.from_run": str(first_dir)})]
             configs.append(resolve_config(method, overrides))
     return configs
+
+
+def distinct_runs(configs: Sequence[RunConfig]) -> list[RunConfig]:
+    """One config per run folder, in order: configs that land in the same folder (a method that trains
+    nothing, swept over tau x seed) are one run, so parallel launchers never start it twice."""
+    backbones, seen, runs = BackboneCache(), set(), []
+    for cfg in configs:
+        run_dir = run_directory(cfg, backbones.get(cfg.backbone))
+        if run_dir not in seen:
+            seen.add(run_dir)
+            runs.append(cfg)
+    return runs
 
 
 def run_label(cfg: RunConfig) -> str:

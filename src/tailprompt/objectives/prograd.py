@@ -6,10 +6,12 @@
 * the "general knowledge" term `L_kl = mean_b sum_j -softmax(z_zs / T)_j * log_softmax(z / T)_j * T^2`
   (a cross-entropy to the zero-shot distribution; same gradient as the KL divergence), with `z` the
   prompted logits and `z_zs` the frozen model's zero-shot logits, both scaled by CLIP's logit scale;
-* per parameter tensor of the prompt learner, with `G_d` the gradient of the loss that is stepped and
-  `G_g` the gradient of `L_kl`, `g = G_g / ||G_g||`: when `<G_d/||G_d||, g> < 0` the gradient becomes
-  `G_d - lambda * <G_d, g> g`, else it stays `G_d`; then one optimiser step. `L_kl` itself is never
-  stepped on: its weight in the total is 0, the engine logs it and `transform_gradients` uses it.
+* per parameter tensor of the prompt learner, with `G_d` the gradient of the loss that is stepped (the
+  reference's cross-entropy; here the weighted total of every configured objective, which is the
+  cross-entropy in the `prograd` preset) and `G_g` the gradient of `L_kl`, `g = G_g / ||G_g||`: when
+  `<G_d/||G_d||, g> < 0` the gradient becomes `G_d - lambda * <G_d, g> g`, else it stays `G_d`; then one
+  optimiser step. `L_kl` itself is never stepped on: its weight in the total is 0, the engine logs it and
+  `transform_gradients` uses it.
 
 Defaults `lambda = 1`, `T = 1` (`LOSS.LAMBDA` in the scripts, `LOSS.T` in the configs). The reference
 divides by the norms without a guard: a zero gradient gives NaN, the NaN comparison is false and the

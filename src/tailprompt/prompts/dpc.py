@@ -3,8 +3,9 @@
 Li et al., "DPC: Dual-Prompt Collaboration for Tuning Vision-Language Models" (CVPR 2025); reference
 JREion/DPC `trainers/sple_coop.py` (its `PromptLearner` in stack mode and `load_model`), `train.py`
 (`cfg.SPLE.*`). DPC is the second stage of a two-stage recipe: stage 1 trains a base learner (CoOp,
-MaPLe, PromptSRC, ...) as usual and gives its prompts `P`; stage 2 (this learner, started with
-`init.from_run: runs/<stage-1 id>`) keeps a frozen copy of `P` and trains a parallel prompt `P'`.
+MaPLe, PromptSRC, ...) as usual and gives its prompts `P`; stage 2 (this learner, started from that run
+by `init.from_run: runs/<id>` or `init.from_preset: <the stage-1 preset>`) keeps a frozen copy of `P` and
+trains a parallel prompt `P'`.
 
 What is stored and trained, with `w_b = weight` and `w_n = weight_for_new`:
 
@@ -32,9 +33,10 @@ The learner also exposes the frozen stage-1 model for the hard-negative objectiv
 and, when the base learner prompts the image tower, `dpc_stage1_image_feats` (`[B, D]`, the stage-1
 image features of the last `image_features` batch).
 
-`prompt_state()` holds `M` under the base learner's names plus the frozen `P` under `stage1.<name>`, so a
-run folder evaluates on its own; `load_prompt_state` also takes the reference's stage-2 state dict
-(`ctx` only, keeping the stage-1 prompts already loaded).
+`prompt_state()` and `state_dict()` hold `M` only, under the base learner's names, as the reference's
+stage-2 checkpoint does; `P` is loaded with `load_initial_state` (the engine does it from `init.from_run`,
+or from the run `init.from_preset` names; `tailprompt eval` reloads it the same way), as the reference
+reloads its stage-1 checkpoint before the stage-2 one.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ if TYPE_CHECKING:
     from tailprompt.backbone import FrozenVLM
 
 DPCMode = Literal["converse", "simple"]
-STAGE1_PREFIX = "stage1."
 STAGE1_TEXT = "dpc_stage1_text_feats"
 STAGE1_IMAGE = "dpc_stage1_image_feats"
 

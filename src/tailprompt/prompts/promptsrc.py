@@ -44,6 +44,7 @@ from tailprompt.prompts.common import (
     install_class_prompts,
     load_prompt_state_into,
     random_context,
+    shared_context_prefix,
     word_context,
 )
 from tailprompt.prompts.learner import LEARNERS, PromptLearner
@@ -199,7 +200,7 @@ class PromptSRC(PromptLearner):
 
     def _entering(self, prompt: Tensor) -> Tensor:
         """A prompt as it joins the activations: optionally rounded to fp16 (reference quirk)."""
-        return prompt.half().float() if self.config.round_prompts_fp16 else prompt
+        return prompt.half().to(prompt.dtype) if self.config.round_prompts_fp16 else prompt
 
     def prompt_embeddings(self) -> Tensor:
         """Layer-0 text prompts `[K, L, W]`: `[SOS][ctx][suffix]` (ctx is never rounded)."""
@@ -208,7 +209,8 @@ class PromptSRC(PromptLearner):
     def text_features(self, image_feats: Tensor | None = None) -> Tensor:
         """Normalised class text features `[K, D]`; `image_feats` is ignored."""
         deep = [self._entering(p) for p in self.deep_text_prompts]
-        return encode_prompt_embeddings(self.backbone, self.prompt_embeddings(), self.eot, deep or None)
+        prompts, prefix = self.prompt_embeddings(), shared_context_prefix(self.n_ctx)
+        return encode_prompt_embeddings(self.backbone, prompts, self.eot, deep or None, shared_prefix=prefix)
 
     def image_features(self, images: Tensor) -> Tensor:
         """Normalised prompted image features `[B, D]` of images `[B, 3, H, W]`."""

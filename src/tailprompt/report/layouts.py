@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from tailprompt.report.aggregate import Cell, Metric, base_new_hm, dataset_average_cell, split_value
-from tailprompt.report.results import ReportError, deduplicated, load_results, tau_key
+from tailprompt.report.results import (
+    LEGACY_PROTOCOL_LABELS,
+    ReportError,
+    deduplicated,
+    experiment_layout,
+    load_results,
+    split_roles,
+    tau_key,
+)
 from tailprompt.utils import write_text_atomic
 
 # CPT's main table: (column label, preset) in the paper's order; "Ours" is CPT.
@@ -42,8 +50,6 @@ TCPT_ROWS: tuple[tuple[str, str, str], ...] = (
     ("KgCoOp", "kgcoop", "tcpt_kgcoop"), ("PromptSRC", "promptsrc", "tcpt_promptsrc"),
     ("ProGrad", "prograd", "tcpt_prograd"),
 )
-PROTOCOL_WORDS = {"base_to_new": "base-to-new", "cross_dataset": "cross-dataset",
-                  "domain_generalization": "domain generalization"}
 FORMATS = {"md": "md", "csv": "csv", "latex": "tex"}  # format -> file suffix
 
 
@@ -77,9 +83,11 @@ class Setting:
     protocol: str
     backbone: str
     shots: int
+    label: str = field(default="", compare=False)  # the protocol in words (result.json's protocol_label)
 
     def words(self) -> str:
-        return f"{PROTOCOL_WORDS.get(self.protocol, self.protocol)}, {self.backbone}, {self.shots}-shot"
+        protocol = self.label or LEGACY_PROTOCOL_LABELS.get(self.protocol, self.protocol)
+        return f"{protocol}, {self.backbone}, {self.shots}-shot"
 
     def slug(self) -> str:
         text = f"{self.protocol}__{self.backbone}_{self.shots}"
@@ -89,13 +97,14 @@ class Setting:
 def setting_of(record: dict[str, Any]) -> Setting:
     backbone = record.get("backbone") or {}
     name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
-    return Setting(record["protocol"], str(name), int(record.get("shots") or 0))
+    label = record.get("protocol_label")
+    shots = int(record.get("shots") or 0)
+    return Setting(record["protocol"], str(name), shots, label if isinstance(label, str) else "")
 
 
 def target_mean_accuracy(record: dict[str, Any]) -> float | None:
-    """Mean accuracy over a transfer run's target splits (every split but the source)."""
-    roles = record.get("split_roles") or {}
-    targets = [s for s in record["splits"] if (roles.get(s) or {}).get("target", s != "source")]
+    """Mean accuracy over a transfer run's target splits (the splits whose role is `target`)."""
+    targets = [s for s, role in split_roles(record).items() if role.target]
     values = [split_value(s, "accuracy")(record) for s in targets]
     if not values or any(v is None for v in values):
         return None
@@ -120,9 +129,10 @@ def cpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, st
     columns = [(label, subs.get(preset, preset)) for label, preset in CPT_COLUMNS]
     tables = []
     for setting, recs in _by_setting(records, {m for _, m in columns}).items():
-        if setting.protocol == "base_to_new":
+        layout = experiment_layout(recs)  # the split roles the runs declare, not the protocol's name
+        if layout.harmonic:
             metric, what = base_new_hm, "harmonic mean of base and new accuracy (HM per dataset and seed)"
-        elif setting.protocol in ("cross_dataset", "domain_generalization"):
+        elif layout.targets:
             metric, what = target_mean_accuracy, "accuracy averaged over the target datasets"
         else:
             continue
@@ -152,7 +162,8 @@ def tcpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, s
     methods = {m for _, a, o in rows_spec for m in (a, o)}
     tables = []
     for setting, recs in _by_setting(records, methods).items():
-        if setting.protocol != "base_to_new":
+        pair = experiment_layout(recs).harmonic  # (base, new): the splits of the harmonic mean
+        if pair is None:
             continue
         datasets = sorted({r["dataset"] for r in recs})
         for tau in sorted({tau_key(r["tau"]) for r in recs}, reverse=True):
@@ -160,7 +171,7 @@ def tcpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, s
                     ("ece", "ECE", "Expected calibration error (%, 10 bins, lower is better)", False),
                     ("accuracy", "Acc", "Top-1 accuracy (%)", True)):
                 field_ = kind
-                base, new = split_value("base", field_), split_value("new", field_)
+                base, new = split_value(pair[0], field_), split_value(pair[1], field_)
                 rows = [(label, [_cell(recs, alone, tau, base), _cell(recs, ours, tau, base),
                                  _cell(recs, alone, tau, new), _cell(recs, ours, tau, new)])
                         for label, alone, ours in rows_spec]

@@ -102,3 +102,15 @@ def test_falls_back_to_the_plain_pass_where_the_prefix_is_not_shared(tiny, monke
     got = tiny.encode_text_from_embeddings(x, eot, deep, shared_prefix=prefix)
     assert calls == []
     assert torch.equal(got, expected)
+
+
+def test_groups_with_different_end_positions_take_the_plain_pass(tiny, monkeypatch):
+    base, eot, ctx = _inputs(tiny, groups=2)
+    x = _assemble(base, ctx, 4, grouped=True).detach()
+    shifted = torch.cat([eot, eot.flip(0)])  # [G * K]: the second group's classes in another order
+    expected = tiny.encode_text_from_embeddings(x.reshape(8, *x.shape[2:]), shifted).reshape(2, 4, -1)
+    calls = _spy(monkeypatch, tiny)
+    got = tiny.encode_text_from_embeddings(x, shifted, shared_prefix=5)
+    assert calls == [] and torch.equal(got, expected)
+    tiny.encode_text_from_embeddings(x, eot.repeat(2), shared_prefix=5)  # the same positions, repeated
+    assert calls == [5]

@@ -100,7 +100,10 @@ def test_local_parallel_runs_n_at_once(base_overrides, tmp_path, capsys, job_env
     # zero-shot does not depend on the seed: its two configs are one run, started once
     sweep = sweep_file(tmp_path / "sweep.yaml", base_overrides, methods=("zeroshot", "coop"), seeds=(1, 2))
     assert main(["sweep", str(sweep), "--launcher", "local-parallel", "--jobs", "2"]) == 0
-    assert "3 runs: 3 run now, 0 already complete, 0 being trained elsewhere" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert sum(line.startswith("ran ") for line in out.splitlines()) == 3  # zero-shot started once
+    # the summary counts the sweep file's 4 configs: the second zero-shot one found its run complete
+    assert "4 runs: 3 run now, 1 already complete, 0 being trained elsewhere" in out
     assert len(result_dirs(tmp_path / "runs")) == 3
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tailprompt.cli import UserError
+from tailprompt.errors import UserError
 from tailprompt.objectives.base import (
     OBJECTIVES,
     GradientTransform,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from tailprompt.cli import UserError
+from tailprompt.errors import UserError
 from tailprompt.tensors import unit
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tailprompt.backbone.frozen import FrozenVLM
+from spies import shared_prefix_calls
 
 TOL = 1e-5
 NAMES = ["cat", "golden retriever on the grass", "sea or lake", "x"]
@@ -36,24 +36,11 @@ def _features_and_grads(vlm, base, eot, ctx, deep, prefix, grouped, n_ctx=4):
     return unit.detach(), grads
 
 
-def _spy(monkeypatch, vlm) -> list[int]:
-    """Record each call of the shared-prefix pass (to tell it from the fallback)."""
-    calls: list[int] = []
-    original = FrozenVLM._encode_with_shared_prefix
-
-    def wrapped(self, x, eot, deep, prefix, truncate):
-        calls.append(prefix)
-        return original(self, x, eot, deep, prefix, truncate)
-
-    monkeypatch.setattr(FrozenVLM, "_encode_with_shared_prefix", wrapped)
-    return calls
-
-
 @pytest.mark.parametrize("truncate", [True, False])
 def test_shared_prefix_features_and_gradients_equal_the_plain_pass(tiny, monkeypatch, truncate):
     base, eot, ctx = _inputs(tiny)
     plain, plain_grads = _features_and_grads(tiny, base, eot, ctx, [], 0, grouped=False)
-    calls = _spy(monkeypatch, tiny)
+    calls = shared_prefix_calls(monkeypatch)
     shared, shared_grads = _features_and_grads(tiny, base, eot, ctx, [], 5, grouped=False)
     assert calls == [5]
     assert shared.shape == plain.shape == (4, 64)
@@ -67,7 +54,7 @@ def test_deep_prompts_inside_the_prefix_are_shared_exactly(tiny, monkeypatch):
     g = torch.Generator().manual_seed(1)
     deep = [torch.randn(2, 64, generator=g).requires_grad_(True) for _ in range(2)]  # MaPLe: blocks 1 and 2
     plain, plain_grads = _features_and_grads(tiny, base, eot, ctx, deep, 0, grouped=False, n_ctx=2)
-    calls = _spy(monkeypatch, tiny)
+    calls = shared_prefix_calls(monkeypatch)
     shared, shared_grads = _features_and_grads(tiny, base, eot, ctx, deep, 3, grouped=False, n_ctx=2)
     assert calls == [3]
     assert (shared - plain).abs().max() <= TOL
@@ -77,7 +64,7 @@ def test_deep_prompts_inside_the_prefix_are_shared_exactly(tiny, monkeypatch):
 
 def test_groups_share_a_prefix_each(tiny, monkeypatch):
     base, eot, ctx = _inputs(tiny, groups=3)
-    calls = _spy(monkeypatch, tiny)
+    calls = shared_prefix_calls(monkeypatch)
     shared, shared_grads = _features_and_grads(tiny, base, eot, ctx, [], 5, grouped=True)
     plain, plain_grads = _features_and_grads(tiny, base, eot, ctx, [], 0, grouped=True)
     assert calls == [5] and shared.shape == (3, 4, 64)
@@ -98,7 +85,19 @@ def test_falls_back_to_the_plain_pass_where_the_prefix_is_not_shared(tiny, monke
     else:
         deep, prefix = [torch.randn(5, 64)], 5  # positions 1..5 reach the first class token
     expected = tiny.encode_text_from_embeddings(x, eot, deep)
-    calls = _spy(monkeypatch, tiny)
+    calls = shared_prefix_calls(monkeypatch)
     got = tiny.encode_text_from_embeddings(x, eot, deep, shared_prefix=prefix)
     assert calls == []
     assert torch.equal(got, expected)
+
+
+def test_groups_with_different_end_positions_take_the_plain_pass(tiny, monkeypatch):
+    base, eot, ctx = _inputs(tiny, groups=2)
+    x = _assemble(base, ctx, 4, grouped=True).detach()
+    shifted = torch.cat([eot, eot.flip(0)])  # [G * K]: the second group's classes in another order
+    expected = tiny.encode_text_from_embeddings(x.reshape(8, *x.shape[2:]), shifted).reshape(2, 4, -1)
+    calls = shared_prefix_calls(monkeypatch)
+    got = tiny.encode_text_from_embeddings(x, shifted, shared_prefix=5)
+    assert calls == [] and torch.equal(got, expected)
+    tiny.encode_text_from_embeddings(x, eot.repeat(2), shared_prefix=5)  # the same positions, repeated
+    assert calls == [5]

@@ -19,7 +19,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert {r["method"] for r in results} == set(spec.methods)
     assert all(r["backbone"]["name"] == "embedded" and r["dataset"] == "world" for r in results)
     # the world's own augmentation default was used and recorded (not CoOp's 0.08 crop)
-    assert all(r["augment"] == {"crop_scale": [0.6, 1.0], "flip": True, "policy": "crop_flip"} for r in results)
+    assert all(r["augment"]["crop_scale"] == [0.6, 1.0] and r["augment"]["flip"] for r in results)
     report = out / "report"
     assert (report / "tables.md").is_file() and (report / "summary.json").is_file()
     pngs = list(report.glob("*.png"))

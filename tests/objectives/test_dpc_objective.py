@@ -23,29 +23,8 @@ from tailprompt.objectives.dpc import (
 def reference_hard_negatives(similarity, label, topk_sum, class_count, randint):
     """`parse_sple_batch_train`'s selection, statement by statement (`randint(a, b)` inclusive)."""
     objects_in_batch = label.tolist()
-    out = []
-    for sample_id in range(similarity.shape[0]):
-        values, indices = similarity[sample_id].topk(topk_sum)
-        hn_labels_before_selection, hn_labels = [], []
-        for _value, index in zip(values, indices):
-            if index != label[sample_id] and len(hn_labels) < topk_sum - 1:
-                hn_labels_before_selection.append(index)
-        for item in hn_labels_before_selection:
-            if item not in objects_in_batch:
-                hn_labels.append(item)
-                objects_in_batch.append(item)
-        if len(hn_labels) < 2:
-            for _step in range(0, class_count - 2):
-                neg_label = randint(1, class_count - 2)
-                if neg_label not in objects_in_batch and len(hn_labels) < 2:
-                    hn_labels.append(neg_label)
-                    objects_in_batch.append(neg_label)
-                elif len(hn_labels) < 2:
-                    continue
-                else:
-                    break
-        out.append([int(x) for x in hn_labels])
-    return out
+    return [reference_hard_negatives_for(similarity[i], label[i], topk_sum, class_count, objects_in_batch, randint)
+            for i in range(similarity.shape[0])]
 
 
 def torch_randint(generator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spies import shared_prefix_calls
 from tailprompt.backbone.frozen import FrozenVLM
 from tailprompt.prompts.common import shared_context_prefix
 
@@ -48,24 +49,12 @@ def _features_and_grads(learner, image_feats):
     return feats.detach(), {n: g for (n, _), g in zip(learner.named_parameters(), grads) if g is not None}
 
 
-def _calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = FrozenVLM._encode_with_shared_prefix
-
-    def wrapped(self, x, eot, deep, prefix, truncate):
-        calls.append(prefix)
-        return original(self, x, eot, deep, prefix, truncate)
-
-    monkeypatch.setattr(FrozenVLM, "_encode_with_shared_prefix", wrapped)
-    return calls
-
-
 @pytest.mark.parametrize(("name", "overrides"), SHARED)
 def test_shared_prefix_learners_equal_the_plain_pass(backbone, images, monkeypatch, name, overrides):
     learner = _perturbed(name, backbone, overrides)
     with torch.no_grad():
         image_feats = torch.nn.functional.normalize(backbone.encode_image(images), dim=-1)
-    calls = _calls(monkeypatch)
+    calls = shared_prefix_calls(monkeypatch)
     shared, shared_grads = _features_and_grads(learner, image_feats)
     assert calls and all(p == 1 + learner.n_ctx for p in calls)
     monkeypatch.setattr(FrozenVLM, "_prefix_applies", lambda *args: False)
@@ -83,7 +72,7 @@ def test_shared_prefix_learners_equal_the_plain_pass(backbone, images, monkeypat
 @pytest.mark.parametrize(("name", "overrides"), NOT_SHARED)
 def test_class_dependent_prefixes_take_the_plain_pass(backbone, monkeypatch, name, overrides):
     learner = _perturbed(name, backbone, overrides)
-    calls = _calls(monkeypatch)
+    calls = shared_prefix_calls(monkeypatch)
     learner.text_features()
     assert calls == []
 

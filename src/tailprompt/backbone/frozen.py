@@ -306,7 +306,9 @@ class FrozenVLM(nn.Module):
         eot = eot.long()
         deep = list(deep_prompts or [])
         _check_depth(deep, self.text_layers, "text")
-        if shared_prefix > 0 and self._prefix_applies(shared_prefix, eot, deep):
+        # every group must share one set of end-of-text positions (given once as [K], or repeated as [G * K])
+        same_eot = eot.numel() == k or torch.equal(eot.reshape(groups, k), eot[:k].expand(groups, k))
+        if shared_prefix > 0 and same_eot and self._prefix_applies(shared_prefix, eot, deep):
             xs = x if grouped else x.unsqueeze(0)
             feats = self._encode_with_shared_prefix(xs, eot[:k], deep, shared_prefix, truncate)
             return feats if grouped else feats[0]

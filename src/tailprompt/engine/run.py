@@ -58,6 +58,7 @@ from tailprompt.metrics import (
 from tailprompt.objectives import OBJECTIVES, OPTIONAL_FIELDS, ObjectiveContext
 from tailprompt.prompts import PromptLearner, build_learner
 from tailprompt.prompts.common import template_text_features
+from tailprompt.records import RunRecord
 from tailprompt.utils import atomic_path, resolve_device, seed_everything, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -183,9 +184,10 @@ def execute_run(
     t0 = time.perf_counter()
     evaluation = evaluate_plan(cfg, setup)
     timings.eval_s = time.perf_counter() - t0
-    result = run_record(cfg, setup, evaluation, curve, timings, run_dir.name)
-    result["timings"]["total_s"] = time.perf_counter() - t_start
-    write_run(run_dir, cfg, setup.learner, backbone, evaluation.train_outputs.text_feats, setup.frozen_text, result)
+    record = run_record(cfg, setup, evaluation, curve, timings, run_dir.name)
+    record.timings["total_s"] = time.perf_counter() - t_start
+    result = record.to_json()
+    write_run(run_dir, cfg, setup.learner, backbone, evaluation.train_outputs.text_feats, setup.frozen_text, record)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; nothing to resume
     return RunOutcome(run_dir, result, skipped=False)
 
@@ -339,7 +341,7 @@ def cached_features(cfg: RunConfig, setup: RunSetup, group: DistContext | None =
 def run_record(
     cfg: RunConfig, setup: RunSetup, evaluation: PlanEvaluation, curve: dict[str, list[float]], timings: Timings,
     name: str,
-) -> dict[str, Any]:
+) -> RunRecord:
     """The result.json record of a finished run (schema: docs/results.md)."""
     train_ds, training = setup.plan.train, setup.training
     train_split = evaluation.train_split
@@ -363,35 +365,35 @@ def run_record(
         hm = harmonic_mean(evaluation.splits[a]["accuracy"], evaluation.splits[b]["accuracy"])
     clusters_record = {**setup.clusters.record(), "used_by_objective": setup.clusters_used}
     clusters_record["assignment"] = dict(zip(list(training.counts), map(int, clusters_record["assignment"])))
-    return {
-        "run_id": name,
-        "method": cfg.method or cfg.learner.name,
-        "seed": cfg.seed,
-        "dataset": cfg.data.name,
-        "protocol": cfg.protocol.name,
-        "protocol_label": setup.plan.label,
-        "split_roles": setup.plan.roles(),
-        "sampling_independent": trains_nothing(cfg, setup.backbone),  # one result for every tau x seed (report)
-        "tau": cfg.data.tau,
-        "shots": cfg.data.shots,
-        "learner": cfg.learner.name,
-        "template": setup.plan.train.template,  # the hand template the prompts replace (predict, export)
-        "backbone": {
+    return RunRecord(
+        run_id=name,
+        method=cfg.method or cfg.learner.name,
+        seed=cfg.seed,
+        dataset=cfg.data.name,
+        protocol=cfg.protocol.name,
+        protocol_label=setup.plan.label,
+        split_roles=setup.plan.roles(),
+        sampling_independent=trains_nothing(cfg, setup.backbone),  # one result for every tau x seed (report)
+        tau=cfg.data.tau,
+        shots=cfg.data.shots,
+        learner=cfg.learner.name,
+        template=setup.plan.train.template,  # the hand template the prompts replace (predict, export)
+        backbone={
             "name": cfg.backbone.name, "identity": setup.backbone.identity, "precision": setup.backbone.precision
         },
-        "config": to_dict(cfg),
-        "versions": versions(),
-        "device": str(setup.backbone.device),
-        "sampling": {"counts": training.counts, "ids": training.ids},
-        "augment": to_dict(setup.inputs.augment),
-        "splits": evaluation.splits,
-        "hm": hm,
-        "groups": groups,
-        "geometry": geometry,
-        "clusters": clusters_record,
-        "loss_curve": curve,
-        "timings": {"features_s": timings.features_s, "train_s": timings.train_s, "eval_s": timings.eval_s},
-    }
+        config=to_dict(cfg),
+        versions=versions(),
+        device=str(setup.backbone.device),
+        sampling={"counts": training.counts, "ids": training.ids},
+        augment=to_dict(setup.inputs.augment),
+        splits=evaluation.splits,
+        hm=hm,
+        groups=groups,
+        geometry=geometry,
+        clusters=clusters_record,
+        loss_curve=curve,
+        timings={"features_s": timings.features_s, "train_s": timings.train_s, "eval_s": timings.eval_s},
+    )
 
 
 @dataclass
@@ -491,17 +493,17 @@ def versions() -> dict[str, str]:
 
 def write_run(
     run_dir: Path, cfg: RunConfig, learner: PromptLearner, backbone: FrozenVLM, learned_text: Tensor,
-    frozen_text: Tensor, result: dict[str, Any],
+    frozen_text: Tensor, record: RunRecord,
 ) -> None:
     """Write the run's files; `result.json` last so its presence means the run is complete."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     state = {k: v.detach().float().cpu().contiguous() for k, v in learner.prompt_state().items()}
     meta = {"backbone_identity": backbone.identity, "learner": cfg.learner.name,
-            "classnames": json.dumps(list(result["sampling"]["counts"])), "template": str(result.get("template"))}
+            "classnames": json.dumps(list(record.sampling["counts"])), "template": record.template}
     with atomic_path(run_dir / "prompts.safetensors") as tmp:
         save_file(state, str(tmp), metadata=meta)
     with atomic_path(run_dir / "features.safetensors") as tmp:
         save_file({"learned_text": learned_text.float().cpu().contiguous(),
                    "frozen_text": frozen_text.float().cpu().contiguous()}, str(tmp))
-    write_json_atomic(run_dir / "result.json", result)
+    write_json_atomic(run_dir / "result.json", record.to_json())

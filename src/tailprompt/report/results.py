@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tailprompt.records import RunRecord
+
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
@@ -33,10 +35,7 @@ LEGACY_SPLIT_ROLES: dict[str, dict[str, Any]] = {
 }
 LEGACY_PROTOCOL_LABELS = {"base_to_new": "base-to-new", "cross_dataset": "cross-dataset",
                           "domain_generalization": "domain generalization", "all_classes": "all classes"}
-_REQUIRED: dict[str, tuple[type, ...]] = {
-    "method": (str,), "seed": (int,), "dataset": (str,), "protocol": (str,), "tau": (int, float),
-    "splits": (dict,),
-}
+_REQUIRED = RunRecord.report_field_types()  # the writer's own definition of these fields
 
 
 class ReportError(ValueError):

@@ -102,7 +102,8 @@ def test_local_parallel_runs_n_at_once(base_overrides, tmp_path, capsys, job_env
     assert main(["sweep", str(sweep), "--launcher", "local-parallel", "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     assert sum(line.startswith("ran ") for line in out.splitlines()) == 3  # zero-shot started once
-    assert "3 runs: 3 run now, 0 already complete, 0 being trained elsewhere" in out  # run folders
+    # the summary counts the sweep file's 4 configs: the second zero-shot one found its run complete
+    assert "4 runs: 3 run now, 1 already complete, 0 being trained elsewhere" in out
     assert len(result_dirs(tmp_path / "runs")) == 3
 
 

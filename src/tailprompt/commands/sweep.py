@@ -118,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
 def launch(args: argparse.Namespace, configs: list[RunConfig], opts: LaunchOptions) -> int:
     """Run the pending runs with the chosen launcher; exit code 1 when a run failed."""
     from tailprompt.engine.launch import run_launcher
-    from tailprompt.engine.sweep import distinct_runs, sweep_status
+    from tailprompt.engine.sweep import distinct_runs, sweep_reports, sweep_status
     from tailprompt.utils import configure_threads
 
-    configs = distinct_runs(configs)
+    configs, folder_of = distinct_runs(configs)
     if args.launcher == "local":
         configure_threads(args.threads)
     elif args.launcher in ("submitit", "submitit-local"):
@@ -134,6 +134,8 @@ def launch(args: argparse.Namespace, configs: list[RunConfig], opts: LaunchOptio
     reports = run_launcher(configs, opts)
     if not reports:
         return 0
+    if args.launcher in ("local", "local-parallel"):  # count every config of the sweep file
+        reports = sweep_reports(reports, folder_of)
     counts = {s: sum(r.status == s for r in reports) for s in ("ran", "done", "busy", "failed")}
     print(f"{len(reports)} runs: {counts['ran']} run now, {counts['done']} already complete, "
           f"{counts['busy']} being trained elsewhere, {counts['failed']} failed")

@@ -128,16 +128,33 @@ def expand(spec: SweepSpec, extra: Sequence[str] = (), backbones: BackboneCache 
     return configs
 
 
-def distinct_runs(configs: Sequence[RunConfig]) -> list[RunConfig]:
-    """One config per run folder, in order: configs that land in the same folder (a method that trains
-    nothing, swept over tau x seed) are one run, so parallel launchers never start it twice."""
-    backbones, seen, runs = BackboneCache(), set(), []
+def distinct_runs(configs: Sequence[RunConfig]) -> tuple[list[RunConfig], list[int]]:
+    """One config per run folder, in order, and for every config the index of its folder's config.
+
+    Configs that land in the same folder (a method that trains nothing, swept over tau x seed) are one
+    run, so parallel launchers never start it twice.
+    """
+    backbones, first, runs, index = BackboneCache(), {}, [], []
     for cfg in configs:
         run_dir = run_directory(cfg, backbones.get(cfg.backbone))
-        if run_dir not in seen:
-            seen.add(run_dir)
+        if run_dir not in first:
+            first[run_dir] = len(runs)
             runs.append(cfg)
-    return runs
+        index.append(first[run_dir])
+    return runs, index
+
+
+def sweep_reports(reports: Sequence[JobReport], index: Sequence[int]) -> list[JobReport]:
+    """The report of every config of the sweep: a config sharing a folder with an earlier one found it done."""
+    seen: set[int] = set()
+    out = []
+    for i in index:
+        report = reports[i]
+        if i in seen and report.status == "ran":
+            report = JobReport(report.run_dir, "done")
+        seen.add(i)
+        out.append(report)
+    return out
 
 
 def run_label(cfg: RunConfig) -> str:

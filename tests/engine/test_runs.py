@@ -160,9 +160,9 @@ def test_sweep_command_dry_run_and_run(base_overrides, tmp_path, capsys):
     assert capsys.readouterr().out.count("todo") == 4
     assert main(["sweep", str(sweep)]) == 0
     # zero-shot trains nothing: its tau=1 and tau=0.06 configs are one run folder, launched once
-    assert "3 runs: 3 run now, 0 already complete" in capsys.readouterr().out
+    assert "4 runs: 3 run now, 1 already complete" in capsys.readouterr().out
     assert main(["sweep", str(sweep)]) == 0
-    assert "3 runs: 0 run now, 3 already complete" in capsys.readouterr().out
+    assert "4 runs: 0 run now, 4 already complete" in capsys.readouterr().out
 
 
 def test_exact_mode_is_deterministic_and_independent_of_worker_processes(base_overrides):

@@ -25,16 +25,16 @@ import torch
 
 from tailprompt.backbone import load_backbone
 from tailprompt.data.features import FeatureCache
-from tailprompt.data.fixtures import make_eurosat_tree
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.sampling import sample_training_set, select_classes
-from tailprompt.engine.config import OptimConfig
 from tailprompt.engine.inputs import ImageInputs
-from tailprompt.engine.steps import BoundObjective
+from tailprompt.engine.loss import BoundObjective
+from tailprompt.engine.run_config import OptimConfig
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.objectives import OBJECTIVES, ObjectiveContext
 from tailprompt.prompts import LEARNERS, build_learner
 from tailprompt.prompts.common import template_text_features
+from tailprompt.testing.trees import make_eurosat_tree
 from tailprompt.utils import configure_threads
 
 

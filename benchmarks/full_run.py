@@ -42,8 +42,8 @@ import torch
 from tailprompt.backbone import load_backbone
 from tailprompt.backbone.architectures import architecture, build_model
 from tailprompt.backbone.precision import autocast_context
-from tailprompt.data.fixtures import make_eurosat_tree
 from tailprompt.engine.train import batches_per_epoch
+from tailprompt.testing.trees import make_eurosat_tree
 
 PRESETS = ("coop_fewshot", "kgcoop", "cocoop", "maple")
 

@@ -29,8 +29,8 @@ import torch
 
 from tailprompt.backbone import load_backbone
 from tailprompt.backbone.precision import autocast_context, cpu_has_native_bf16
-from tailprompt.data.fixtures import make_eurosat_tree
 from tailprompt.data.registry import load_dataset
+from tailprompt.testing.trees import make_eurosat_tree
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tailprompt.data.fixtures import make_eurosat_tree
+from tailprompt.testing.trees import make_eurosat_tree
 
 torch.set_num_threads(int(os.environ.get("TAILPROMPT_TEST_THREADS", "1")))
 

@@ -48,7 +48,7 @@ COMMANDS: dict[str, Command] = {
         "demo",
         "run base-to-new on the embedded world for the *_coop methods at 3 imbalance ratios, 2 seeds, and report",
     ),
-    "list": Command("list_presets", "list presets, learners, objectives, training hooks, datasets and protocols"),
+    "list": Command("list_components", "list presets, learners, objectives, training hooks, datasets and protocols"),
     "report": Command("report", "tables and plots from a runs folder"),
     "pretrain-embedded": Command(
         "pretrain_embedded",
@@ -65,7 +65,7 @@ COMMANDS: dict[str, Command] = {
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors that bad configs, files and names raise into `UserError`s (one line, exit 2)."""
-    from tailprompt.config import ConfigError
+    from tailprompt.schema import ConfigError
 
     try:
         yield

@@ -48,7 +48,7 @@ def resolve_device(name: str) -> torch.device:
     A name torch does not know, or a device this machine does not have, is a `ConfigError` naming
     `backbone.device` (a user's typo, not a crash deep inside the first tensor transfer).
     """
-    from tailprompt.config import ConfigError
+    from tailprompt.schema import ConfigError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

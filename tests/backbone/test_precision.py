@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tailprompt.backbone import load_backbone, precision
 from tailprompt.backbone.precision import autocast_context, cpu_flags, resolve_precision
 from tailprompt.data.features import FeatureCache, encode_batch, space_key
-from tailprompt.engine.steps import autocast_for
+from tailprompt.engine.loss import autocast_for
 from tailprompt.utils import stable_hash
 
 # bf16 keeps 8 bits of mantissa: on tiny-vit normalised features move by ~3e-3 (measured), cosines by ~4e-5.

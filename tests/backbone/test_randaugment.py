@@ -13,12 +13,12 @@ from tailprompt.backbone.transforms import (
     preprocess_id,
     train_transform,
 )
-from tailprompt.config import ConfigError
 from tailprompt.data.augment import Augment, augment_id
 from tailprompt.data.augment import train_transform as augment_train_transform
 from tailprompt.data.loading import seeded_transform
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache
+from tailprompt.schema import ConfigError
 
 OPS = {op.__name__.lstrip("_"): (op, lo, hi) for op, lo, hi in RANDAUGMENT_OPS}
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from tailprompt.data.fixtures import make_eurosat_tree
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
+from tailprompt.testing.trees import make_eurosat_tree
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tailprompt.config import ConfigError, from_dict
 from tailprompt.data import load_dataset
 from tailprompt.data.augment import COOP_AUGMENT, Augment, augment_id, resolve_augment, train_transform
 from tailprompt.data.features import FeatureCache
-from tailprompt.data.fixtures import make_eurosat_tree
-from tailprompt.engine.config import DataConfig
+from tailprompt.engine.run_config import DataConfig
+from tailprompt.schema import ConfigError, from_dict
+from tailprompt.testing.trees import make_eurosat_tree
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tailprompt.cli import main
-from tailprompt.data.fixtures import make_dataset_tree, make_eurosat_tree
+from tailprompt.testing.trees import make_dataset_tree, make_eurosat_tree
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

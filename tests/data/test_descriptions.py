@@ -9,10 +9,10 @@ import torch
 
 from tailprompt.backbone import load_backbone
 from tailprompt.cli import UserError, user_errors
-from tailprompt.config import ConfigError
 from tailprompt.data.descriptions import class_descriptions, descriptions_file, read_descriptions
 from tailprompt.data.types import DatasetSplits
 from tailprompt.engine.run import description_features
+from tailprompt.schema import ConfigError
 
 CLASSNAMES = ["Annual_Crop_Land", "Forest", "sea or lake"]
 GOOD = {

@@ -10,7 +10,7 @@ from torchvision import transforms as T
 
 from tailprompt.data import load_dataset
 from tailprompt.data.features import FeatureCache, compute_features, default_cache_dir
-from tailprompt.data.fixtures import make_eurosat_tree
+from tailprompt.testing.trees import make_eurosat_tree
 
 
 class StandIn(torch.nn.Module):
@@ -168,8 +168,8 @@ def test_real_tiny_vit_backbone(eurosat, tmp_path):
 def test_worker_processes_give_the_same_cached_features(tmp_path):
     from tailprompt.backbone import load_backbone
     from tailprompt.data.features import FeatureCache
-    from tailprompt.data.fixtures import make_eurosat_tree
     from tailprompt.data.registry import load_dataset
+    from tailprompt.testing.trees import make_eurosat_tree
 
     ds = load_dataset("eurosat", make_eurosat_tree(tmp_path / "data", images_per_class=4))
     backbone = load_backbone("tiny-vit")

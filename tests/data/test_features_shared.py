@@ -10,7 +10,7 @@ from torchvision import transforms as T
 
 from tailprompt.data import load_dataset
 from tailprompt.data.features import FeatureCache
-from tailprompt.data.fixtures import make_eurosat_tree
+from tailprompt.testing.trees import make_eurosat_tree
 
 
 class SlowStandIn(torch.nn.Module):

@@ -9,10 +9,10 @@ import pytest
 
 from tailprompt.cli import main
 from tailprompt.data import DATASETS, DatasetError, load_dataset
-from tailprompt.data.fixtures import TREES, make_dataset_tree
 from tailprompt.data.readers import SPECS
 from tailprompt.data.sampling import sample_training_set
 from tailprompt.metrics.classification import threshold_groups
+from tailprompt.testing.trees import TREES, make_dataset_tree
 
 LONGTAIL = ["imagenet_lt", "places_lt", "inat2018"]
 

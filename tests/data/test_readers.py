@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tailprompt.config import ConfigError
 from tailprompt.data import DATASETS, DatasetError, load_dataset
-from tailprompt.data.fixtures import EUROSAT_NAMES, TREES, make_dataset_tree, make_eurosat_tree
 from tailprompt.data.readers import SPECS
 from tailprompt.data.templates import TEMPLATES
+from tailprompt.schema import ConfigError
+from tailprompt.testing.trees import EUROSAT_NAMES, TREES, make_dataset_tree, make_eurosat_tree
 
 BENCHMARKS = [
     "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",

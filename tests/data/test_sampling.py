@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tailprompt.data import load_dataset
-from tailprompt.data.fixtures import EUROSAT_NAMES, make_dataset_tree, make_eurosat_tree
 from tailprompt.data.sampling import (
     class_keys,
     longtail_counts,
@@ -18,6 +17,7 @@ from tailprompt.data.sampling import (
     sampling_record,
     select_classes,
 )
+from tailprompt.testing.trees import EUROSAT_NAMES, make_dataset_tree, make_eurosat_tree
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 
-from tailprompt.config import ConfigError
 from tailprompt.engine.resolve import list_presets, resolve_config, run_id
+from tailprompt.schema import ConfigError
 
 PAPER_PRESETS = {
     "zeroshot", "coop", "coop_fewshot", "cocoop", "kgcoop", "maple", "maple_xd", "cpt_coop", "cpt_maple",

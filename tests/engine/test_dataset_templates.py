@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tailprompt.config import ConfigError
-from tailprompt.data.fixtures import make_dataset_tree
-from tailprompt.engine.protocols import PROTOCOLS, with_template
 from tailprompt.engine.resolve import resolve_config
+from tailprompt.protocols import PROTOCOLS, with_template
+from tailprompt.schema import ConfigError
+from tailprompt.testing.trees import make_dataset_tree
 
 
 @pytest.fixture(scope="module")

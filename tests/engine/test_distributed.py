@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from tailprompt.cli import main
-from tailprompt.config import ConfigError
 from tailprompt.engine.distributed import DistContext, check_distributable, shard_sizes
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
+from tailprompt.schema import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -9,10 +9,10 @@ from safetensors import safe_open
 
 from tailprompt.cli import UserError
 from tailprompt.commands.eval import evaluate_run
-from tailprompt.config import ConfigError
-from tailprompt.data.fixtures import make_dataset_tree
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
+from tailprompt.schema import ConfigError
+from tailprompt.testing.trees import make_dataset_tree
 
 SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false",
          "eval.dac=false", "eval.geometry=false"]

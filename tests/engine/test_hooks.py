@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tailprompt.config import ConfigError
+from tailprompt.engine.loss import BoundObjective
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, cached_features, description_features, execute_run, prepare_run
-from tailprompt.engine.steps import BoundObjective
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.hooks import TrainHook
 from tailprompt.objectives import Objective, StepState
+from tailprompt.schema import ConfigError
 
 
 def cross_entropy(state: StepState) -> dict[str, torch.Tensor]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tailprompt.config import ConfigError
 from tailprompt.engine.per_dataset import apply_dataset_table, flat_entry, indexed_path
 from tailprompt.engine.resolve import resolve_config
+from tailprompt.schema import ConfigError
 
 BASE = {
     "data": {"name": "eurosat"},

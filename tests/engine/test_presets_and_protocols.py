@@ -2,11 +2,11 @@
 
 import pytest
 
-from tailprompt.data.fixtures import make_dataset_tree
 from tailprompt.data.registry import load_dataset
 from tailprompt.engine.resolve import list_presets, resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
 from tailprompt.objectives import OBJECTIVES
+from tailprompt.testing.trees import make_dataset_tree
 
 SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false"]
 

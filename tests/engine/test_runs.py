@@ -9,10 +9,10 @@ import yaml
 from safetensors.torch import load_file
 
 from tailprompt.cli import main
-from tailprompt.config import ConfigError
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
 from tailprompt.engine.sweep import SweepSpec, expand, run_all
+from tailprompt.schema import ConfigError
 
 RUN_FILES = {"config.yaml", "result.json", "prompts.safetensors", "features.safetensors"}
 

@@ -2,10 +2,10 @@ import math
 
 import pytest
 
-from tailprompt.config import ConfigError
-from tailprompt.engine.config import OptimConfig
 from tailprompt.engine.optim import lr_at_epoch
+from tailprompt.engine.run_config import OptimConfig
 from tailprompt.engine.train import batches_per_epoch
+from tailprompt.schema import ConfigError
 
 
 def test_dassl_constant_warmup_then_cosine_restarted_at_step_zero():

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tailprompt.config import ConfigError
 from tailprompt.engine.run import BackboneCache, run_directory
 from tailprompt.engine.sweep import SweepSpec, expand, read_sweep, run_all
+from tailprompt.schema import ConfigError
 
 SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false",
          "eval.geometry=false"]

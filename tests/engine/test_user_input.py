@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from tailprompt.cli import main
-from tailprompt.config import ConfigError
 from tailprompt.data.registry import DATASETS
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, execute_run
+from tailprompt.schema import ConfigError
 from tailprompt.utils import write_json_atomic
 
 SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_temperature=false"]

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from clustering_fixtures import grouped_prototypes, same_partition
-from tailprompt.config import ConfigError, from_dict
 from tailprompt.objectives import OBJECTIVES
 from tailprompt.objectives.cpt import (
     CPTConfig,
@@ -14,6 +13,7 @@ from tailprompt.objectives.cpt import (
     intra_cluster_etf_loss,
     rotation_stability_loss,
 )
+from tailprompt.schema import ConfigError, from_dict
 
 from .conftest import build_terms
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from tailprompt.engine.loss import BoundObjective, objective_terms
 from tailprompt.engine.resolve import resolve_config
-from tailprompt.engine.steps import BoundObjective, objective_terms
 from tailprompt.objectives import OBJECTIVES, ObjectiveContext
 from tailprompt.objectives.dekg import centering_matrix, hsic_independence_loss
 

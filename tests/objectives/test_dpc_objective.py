@@ -213,8 +213,8 @@ def test_image_prompting_learners_rank_with_their_stage1_image_features():
 
 @pytest.mark.parametrize("pool", ["training_items", "train_split"])
 def test_registered_objective_draws_from_the_configured_pool(pool):
-    from tailprompt.config import from_dict
     from tailprompt.objectives import OBJECTIVES, ObjectiveContext
+    from tailprompt.schema import from_dict
 
     spec = OBJECTIVES.get("dpc")
     assert spec.default_weights == {"contrastive": 1.0}

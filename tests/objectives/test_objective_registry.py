@@ -9,9 +9,9 @@ import torch
 
 from tailprompt.backbone import load_backbone
 from tailprompt.clustering import ClusterSettings
-from tailprompt.config import from_dict
 from tailprompt.objectives import OBJECTIVES, OPTIONAL_FIELDS, ObjectiveContext
 from tailprompt.prompts import LEARNERS
+from tailprompt.schema import from_dict
 
 # D is tiny-vit's joint width: the context carries that backbone, as the engine's does, for objectives that
 # encode a teacher fixed for the run at build time (PromptSRC's template ensemble).

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tailprompt.cli import UserError
-from tailprompt.config import ConfigError, from_dict
-from tailprompt.engine.config import LearnerConfig
+from tailprompt.engine.run_config import LearnerConfig
 from tailprompt.prompts.dpc import DPC, DPCConfig
+from tailprompt.schema import ConfigError, from_dict
 
 from .conftest import CLASSNAMES, OTHER_CLASSNAMES, TEMPLATE, build
 

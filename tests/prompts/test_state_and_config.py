@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import tailprompt
-from tailprompt.config import ConfigError, from_dict, load_yaml
 from tailprompt.prompts import LEARNERS, PromptStateError
 from tailprompt.prompts.coop import CoOpConfig
 from tailprompt.prompts.maple import MaPLeConfig
+from tailprompt.schema import ConfigError, from_dict, load_yaml
 
 from .conftest import CLASSNAMES, build
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tailprompt.config import ConfigError
 from tailprompt.data.registry import DATASETS, load_dataset
+from tailprompt.schema import ConfigError
 from tailprompt.world import datasets as world_datasets
 from tailprompt.world import pretrain as world_pretrain
 from tailprompt.world import render as world_render
@@ -97,7 +97,7 @@ def test_world_datasets_carry_descriptions_and_the_data_command_writes_them(tmp_
     assert list(written) == ds.classnames and written == ds.descriptions
     assert "descriptions" in capsys.readouterr().out
 
-    from tailprompt.data.fixtures import make_eurosat_tree
+    from tailprompt.testing.trees import make_eurosat_tree
 
     root = make_eurosat_tree(tmp_path / "data", images_per_class=3)
     args = ["data", "descriptions", "--dataset", "eurosat", "--root", str(root), "--out", str(tmp_path / "e.json")]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tailprompt.cli import UserError
-from tailprompt.config import ConfigError, parse_override
+from tailprompt.schema import ConfigError, parse_override
 
 if TYPE_CHECKING:
     from tailprompt.data.types import DatasetSplits

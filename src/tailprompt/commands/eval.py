@@ -12,7 +12,7 @@ from tailprompt.errors import UserError
 
 if TYPE_CHECKING:
     from tailprompt.data.types import DatasetSplits
-    from tailprompt.engine.config import RunConfig
+    from tailprompt.engine.run_config import RunConfig
     from tailprompt.prompts import PromptLearner
 
 
@@ -103,7 +103,7 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
 def _dataset(cfg: RunConfig, dataset: str, root: str | None, classes: str) -> DatasetSplits:
     from tailprompt.data.registry import load_dataset
     from tailprompt.data.sampling import select_classes
-    from tailprompt.engine.protocols import with_template
+    from tailprompt.protocols import with_template
 
     options = with_template(cfg.data, dataset, cfg.data.options if dataset == cfg.data.name else {})
     return select_classes(load_dataset(dataset, root if root is not None else cfg.data.root, options), classes)

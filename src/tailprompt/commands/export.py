@@ -45,10 +45,10 @@ def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     import tailprompt
-    from tailprompt.config import to_dict
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
     from tailprompt.files import check_writable
     from tailprompt.prompts.common import clean_classnames
+    from tailprompt.schema import to_dict
     from tailprompt.utils import atomic_path
 
     check_writable(out.parent if str(out.parent) else Path("."), "folder of --out")

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
 def inspect_run(run_dir: Path, top: int = 5) -> dict[str, Any]:
     import torch
 
+    from tailprompt.engine.loss import autocast_for
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
-    from tailprompt.engine.steps import autocast_for
 
     saved = open_run(run_dir)
     backbone = run_backbone(saved, "cpu")

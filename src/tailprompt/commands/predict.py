@@ -100,8 +100,8 @@ def predict(run_dir: Path, paths: list[Path], classes_file: str | None, top_k: i
     import torch
     from tqdm.auto import tqdm
 
+    from tailprompt.engine.loss import autocast_for
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
-    from tailprompt.engine.steps import autocast_for
     from tailprompt.utils import configure_threads
 
     saved = open_run(run_dir)
@@ -143,7 +143,7 @@ def predict(run_dir: Path, paths: list[Path], classes_file: str | None, top_k: i
 def _text(learner: Any) -> Tensor:
     import torch
 
-    from tailprompt.engine.steps import autocast_for
+    from tailprompt.engine.loss import autocast_for
 
     with torch.no_grad(), autocast_for(learner.backbone.device, learner.backbone.precision):
         return learner.text_features(None).float()

@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tailprompt.config import ConfigError, from_dict
+    from tailprompt.schema import ConfigError, from_dict
     from tailprompt.utils import configure_threads
     from tailprompt.world.pretrain import PretrainConfig, pretrain, rescore, save_embedded, summary
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from tailprompt.cli import UserError, user_errors
 
 if TYPE_CHECKING:
-    from tailprompt.engine.config import RunConfig
     from tailprompt.engine.launch import LaunchOptions
+    from tailprompt.engine.run_config import RunConfig
 
 LAUNCHERS = ("local", "local-parallel", "submitit", "submitit-local")  # = engine.launch.LAUNCHERS (lazy import)
 SUBMITIT_ONLY = ("partition", "account", "gpus_per_run", "cpus_per_run", "mem_gb", "timeout_min",

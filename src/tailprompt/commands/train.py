@@ -29,10 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tailprompt.config import dump_yaml
     from tailprompt.engine.distributed import finish, init_from_env, threads_per_rank
     from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import execute_run
+    from tailprompt.schema import dump_yaml
     from tailprompt.utils import configure_threads, free_cores
 
     with user_errors():

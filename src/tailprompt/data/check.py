@@ -9,10 +9,10 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from tailprompt.config import ConfigError
 from tailprompt.data.files import DatasetError
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.schema import ConfigError
 
 SPLITS = ("train", "val", "test")
 

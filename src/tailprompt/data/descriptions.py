@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tailprompt.config import ConfigError
+from tailprompt.schema import ConfigError
 
 # Classes listed in an error message before "... and N more".
 _SHOWN = 10

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tailprompt.config import from_dict
 from tailprompt.data.files import (
     DatasetError,
     FileImages,
@@ -53,6 +52,7 @@ from tailprompt.data.registry import DATASETS
 from tailprompt.data.seeding import derived_rng
 from tailprompt.data.templates import ENSEMBLE_TEMPLATES, TEMPLATES
 from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.schema import from_dict
 
 SPLITS = ("train", "val", "test")
 
@@ -639,7 +639,7 @@ EUROSAT_RENAMES = {
 CALTECH_RENAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
 
 
-def _coop(name: str, folder: str, image_dir: str, split_file: str, fallback: str, raw_files: str, **kw: Any):
+def _coop_layout(name: str, folder: str, image_dir: str, split_file: str, fallback: str, raw_files: str, **kw: Any):
     """A reader of CoOp's split json, with the raw-file reader CoOp falls back to."""
     return DatasetSpec(name, folder, image_dir, "split_json", TEMPLATES[name], split_file, fallback, raw_files, **kw)
 
@@ -663,22 +663,22 @@ _README = ("README.txt",)  # ImageNet-A/-R ship a README next to the class folde
 # fmt: off
 SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("imagenet", "imagenet", "images", "imagenet_folders", TEMPLATES["imagenet"]),
-    _coop("caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "class_folders",
+    _coop_layout("caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "class_folders",
           _FOLDERS, renames=CALTECH_RENAMES, ignored=("BACKGROUND_Google", "Faces_easy")),
-    _coop("oxford_pets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "pets_annotations",
+    _coop_layout("oxford_pets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "pets_annotations",
           "annotations/trainval.txt and test.txt"),
-    _coop("stanford_cars", "stanford_cars", "", "split_zhou_StanfordCars.json", "cars_mat",
+    _coop_layout("stanford_cars", "stanford_cars", "", "split_zhou_StanfordCars.json", "cars_mat",
           "the devkit .mat files"),
-    _coop("oxford_flowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "flowers_mat",
+    _coop_layout("oxford_flowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "flowers_mat",
           "imagelabels.mat and cat_to_name.json"),
-    _coop("food101", "food-101", "images", "split_zhou_Food101.json", "class_folders", _FOLDERS),
+    _coop_layout("food101", "food-101", "images", "split_zhou_Food101.json", "class_folders", _FOLDERS),
     DatasetSpec("fgvc_aircraft", "fgvc_aircraft", "images", "aircraft_lists", TEMPLATES["fgvc_aircraft"]),
-    _coop("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", "sun397_lists",
+    _coop_layout("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", "sun397_lists",
           "ClassName.txt, Training_01.txt and Testing_01.txt"),
-    _coop("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", "class_folders", _FOLDERS),
-    _coop("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json", "class_folders", _FOLDERS,
+    _coop_layout("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", "class_folders", _FOLDERS),
+    _coop_layout("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json", "class_folders", _FOLDERS,
           renames=EUROSAT_RENAMES),
-    _coop("ucf101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "ucf101_lists",
+    _coop_layout("ucf101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "ucf101_lists",
           "ucfTrainTestlist/trainlist01.txt and testlist01.txt"),
     _test_only("imagenetv2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "index_test_folders"),
     _test_only("imagenet_sketch", "imagenet-sketch", "images", "wnid_test_folders"),

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from tailprompt.config import ConfigError
+from tailprompt.schema import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.inputs import ImageInputs
-from tailprompt.engine.steps import autocast_for, scaled_logits
+from tailprompt.engine.loss import autocast_for, scaled_logits
 from tailprompt.prompts import PromptLearner
 from tailprompt.prompts.common import image_chunks
 from tailprompt.tensors import unit

@@ -19,10 +19,10 @@ from typing import Any, Literal, get_args
 import submitit
 import torch
 
-from tailprompt.config import ConfigError
-from tailprompt.engine.config import RunConfig
 from tailprompt.engine.run import BackboneCache, run_directory
+from tailprompt.engine.run_config import RunConfig
 from tailprompt.engine.sweep import JobReport, last_error_line, run_all, run_label, run_locked
+from tailprompt.schema import ConfigError
 from tailprompt.utils import configure_threads
 
 log = logging.getLogger(__name__)

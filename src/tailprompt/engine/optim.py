@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from tailprompt.config import ConfigError
-from tailprompt.engine.config import OptimConfig
+from tailprompt.engine.run_config import OptimConfig
+from tailprompt.schema import ConfigError
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -21,7 +21,7 @@ import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from tailprompt.config import ConfigError, set_path
+from tailprompt.schema import ConfigError, set_path
 
 TABLE_KEY = "per_dataset"
 Path = list[str]

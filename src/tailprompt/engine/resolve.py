@@ -8,9 +8,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tailprompt.config import ConfigError, from_dict, load_yaml, merge, parse_override, set_path, to_dict
-from tailprompt.engine.config import DataConfig, RunConfig, validate_ranges
 from tailprompt.engine.per_dataset import apply_dataset_table, leaf_paths
+from tailprompt.engine.run_config import DataConfig, RunConfig, validate_ranges
+from tailprompt.schema import ConfigError, from_dict, load_yaml, merge, parse_override, set_path, to_dict
 from tailprompt.utils import resolve_device, stable_hash
 
 PRESET_PACKAGE = "tailprompt.configs.methods"
@@ -129,7 +129,7 @@ def adopt_sampling_of_reused_ids(data: dict[str, Any]) -> None:
 
 
 def check_protocol(cfg: RunConfig) -> None:
-    from tailprompt.engine.protocols import PROTOCOLS
+    from tailprompt.protocols import PROTOCOLS
 
     if cfg.protocol.name not in PROTOCOLS:
         raise ConfigError(f"protocol.name: unknown protocol {cfg.protocol.name!r}; "

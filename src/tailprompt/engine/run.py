@@ -23,7 +23,6 @@ from torch import Tensor
 import tailprompt
 from tailprompt.backbone import FrozenVLM
 from tailprompt.clustering import ClusterResult, ClusterSettings
-from tailprompt.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from tailprompt.data.augment import resolve_augment
 from tailprompt.data.descriptions import class_descriptions, descriptions_file, read_descriptions
 from tailprompt.data.features import FeatureCache, default_cache_dir
@@ -31,14 +30,13 @@ from tailprompt.data.sampling import TrainingSet, sample_training_set
 from tailprompt.data.seeding import derived_rng
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.clusters import ClusterCache
-from tailprompt.engine.config import BackboneConfig, RunConfig
 from tailprompt.engine.distributed import DistContext, check_distributable
 from tailprompt.engine.evaluate import SplitOutputs, split_outputs
 from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
-from tailprompt.engine.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
+from tailprompt.engine.loss import BoundObjective
 from tailprompt.engine.resolve import resolve_config, run_id, trains_nothing
-from tailprompt.engine.steps import BoundObjective
+from tailprompt.engine.run_config import BackboneConfig, RunConfig
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.files import check_writable, read_json_object
 from tailprompt.hooks import HOOKS, TrainHook
@@ -58,7 +56,9 @@ from tailprompt.metrics import (
 from tailprompt.objectives import OBJECTIVES, OPTIONAL_FIELDS, ObjectiveContext
 from tailprompt.prompts import PromptLearner, build_learner
 from tailprompt.prompts.common import template_text_features
+from tailprompt.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
 from tailprompt.records import RunRecord
+from tailprompt.schema import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from tailprompt.utils import atomic_path, resolve_device, seed_everything, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)

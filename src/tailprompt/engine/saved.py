@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tailprompt.config import ConfigError, from_dict, load_yaml
-from tailprompt.engine.config import RunConfig
+from tailprompt.engine.run_config import RunConfig
 from tailprompt.files import FileReadError, read_json_object, read_safetensors
+from tailprompt.schema import ConfigError, from_dict, load_yaml
 
 if TYPE_CHECKING:
     from torch import Tensor

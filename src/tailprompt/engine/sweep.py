@@ -38,11 +38,11 @@ import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tailprompt.config import ConfigError, load_yaml
-from tailprompt.engine.config import RunConfig
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, is_finished, run_directory
+from tailprompt.engine.run_config import RunConfig
 from tailprompt.locks import FileLock, current_job_id, describe, read_lock, stale_reason, this_owner
+from tailprompt.schema import ConfigError, load_yaml
 from tailprompt.utils import write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from tqdm.auto import tqdm
 
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.checkpoint import TrainProgress, load_checkpoint, save_checkpoint
-from tailprompt.engine.config import OptimConfig
 from tailprompt.engine.distributed import DistContext
 from tailprompt.engine.finite import FiniteGuard
 from tailprompt.engine.inputs import ImageInputs
+from tailprompt.engine.loss import BoundObjective, autocast_for, objective_terms, scaled_logits
 from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
-from tailprompt.engine.steps import BoundObjective, autocast_for, objective_terms, scaled_logits
+from tailprompt.engine.run_config import OptimConfig
 from tailprompt.hooks import TrainHook
 from tailprompt.objectives import StepState
 from tailprompt.prompts import PromptLearner

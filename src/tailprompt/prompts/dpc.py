@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from tailprompt.engine.config import LearnerConfig
+from tailprompt.engine.run_config import LearnerConfig
 from tailprompt.prompts.common import LearnerError
 from tailprompt.prompts.learner import LEARNERS, PromptLearner
 

@@ -25,7 +25,7 @@ RUN_DIR_KEY = "_run_dir"
 # Marks the copies `spread_sampling_independent` makes (so spreading twice changes nothing).
 SPREAD_KEY = "_spread"
 # Records written before result.json carried `split_roles` / `protocol_label`: the roles and labels the
-# shipped protocols declare (engine/protocols.py), keyed by split and protocol name. Newer records
+# shipped protocols declare (protocols.py), keyed by split and protocol name. Newer records
 # carry their own, so a new protocol needs no entry here.
 LEGACY_SPLIT_ROLES: dict[str, dict[str, Any]] = {
     "base": {"label": "Base", "training": True, "harmonic_mean": True},

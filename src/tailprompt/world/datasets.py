@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from tailprompt.config import from_dict
 from tailprompt.data.augment import Augment
 from tailprompt.data.registry import DATASETS
 from tailprompt.data.types import DatasetSplits, Item
+from tailprompt.schema import from_dict
 from tailprompt.world.captions import class_descriptions
 from tailprompt.world.render import (
     RENDER_VERSION,

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tailprompt.config import ConfigError
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.sampling import select_classes
 from tailprompt.data.types import DatasetSplits
-from tailprompt.engine.config import DataConfig, ProtocolConfig
+from tailprompt.engine.run_config import DataConfig, ProtocolConfig
 from tailprompt.registry import Registry
+from tailprompt.schema import ConfigError
 from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
 

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tailprompt.config import ConfigError, from_dict, to_dict
 from tailprompt.data.augment import Augment
 from tailprompt.registry import Registry
+from tailprompt.schema import ConfigError, from_dict, to_dict
 
 
 @dataclass
@@ -251,7 +251,7 @@ _COUNT_SUFFIXES = ("_size", "_depth", "_per_call")
 def validate_ranges(cfg: RunConfig) -> None:
     """Check that every numeric config value makes sense; the first that does not is a `ConfigError`
     naming its key, the value and what was expected (raised at resolve time, before any work)."""
-    from tailprompt.config import ConfigError, to_dict
+    from tailprompt.schema import ConfigError, to_dict
 
     plain = to_dict(cfg)
     for key, accepts, expected in RANGE_RULES:

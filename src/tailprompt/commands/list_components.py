@@ -15,13 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import tailprompt.data  # noqa: F401  (registers datasets)
     import tailprompt.world  # noqa: F401  (registers the world datasets)
-    from tailprompt.config import load_yaml
     from tailprompt.data.registry import DATASETS
-    from tailprompt.engine.protocols import PROTOCOLS
     from tailprompt.engine.resolve import list_presets, preset_path
     from tailprompt.hooks import HOOKS
     from tailprompt.objectives import OBJECTIVES
     from tailprompt.prompts import LEARNERS
+    from tailprompt.protocols import PROTOCOLS
+    from tailprompt.schema import load_yaml
 
     sections = {
         "learners": LEARNERS.names(),

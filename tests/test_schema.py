@@ -2,8 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tailprompt.config import ConfigError, from_dict, parse_override, set_path, to_dict
 from tailprompt.registry import Registry
+from tailprompt.schema import ConfigError, from_dict, parse_override, set_path, to_dict
 
 
 @dataclass

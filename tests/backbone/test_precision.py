@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from tailprompt.backbone import load_backbone, precision
 from tailprompt.backbone.precision import autocast_context, cpu_flags, resolve_precision
 from tailprompt.data.features import FeatureCache, encode_batch, space_key
-from tailprompt.engine.loss import autocast_for
 from tailprompt.utils import stable_hash
 
 # bf16 keeps 8 bits of mantissa: on tiny-vit normalised features move by ~3e-3 (measured), cosines by ~4e-5.
@@ -50,7 +49,7 @@ def test_autocast_context_is_bf16_autocast_or_nothing():
     assert isinstance(autocast_context("cpu", "fp32"), contextlib.nullcontext)
     with autocast_context("cpu", "bf16"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    assert isinstance(autocast_for(torch.device("cpu"), "fp32"), contextlib.nullcontext)
+    assert isinstance(load_backbone("tiny-vit").autocast(), contextlib.nullcontext)  # fp32 here (conftest)
 
 
 def test_load_backbone_resolves_and_records_the_precision():
@@ -63,7 +62,7 @@ def test_load_backbone_resolves_and_records_the_precision():
 def test_fp32_is_bit_identical_to_the_plain_path(tiny, images, tokens):
     with torch.no_grad():
         plain_image, plain_text = tiny.encode_image(images), tiny.encode_text(tokens)
-        with autocast_for(tiny.device, "fp32"):
+        with tiny.autocast():
             assert torch.equal(tiny.encode_image(images), plain_image)
             assert torch.equal(tiny.encode_text(tokens), plain_text)
     assert torch.equal(encode_batch(tiny, images), plain_image)
@@ -74,9 +73,11 @@ def test_bf16_stays_within_the_stated_tolerance(tiny, images, tokens):
     with torch.no_grad():
         ref_image = F.normalize(tiny.encode_image(images), dim=-1)
         ref_text = F.normalize(tiny.encode_text(tokens), dim=-1)
-        with autocast_for(vlm.device, vlm.precision):
+        with vlm.autocast():
             image = F.normalize(vlm.encode_image(images).float(), dim=-1)
             text = F.normalize(vlm.encode_text(tokens).float(), dim=-1)
+    frozen = vlm.image_features(images)  # the frozen encoder runs under the backbone's own precision
+    assert torch.allclose(frozen, image, atol=1e-6) and not torch.equal(frozen, tiny.image_features(images))
     cached = F.normalize(encode_batch(vlm, images), dim=-1)
     assert cached.dtype == torch.float32  # stored features stay fp32
     for got, ref in ((image, ref_image), (text, ref_text), (cached, ref_image)):

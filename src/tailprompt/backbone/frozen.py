@@ -18,6 +18,7 @@ In both towers blocks beyond ``len(deep_prompts) + 1`` just propagate what the p
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tailprompt.backbone.checkpoints import BackboneError
-from tailprompt.backbone.precision import ResolvedPrecision
+from tailprompt.backbone.precision import ResolvedPrecision, autocast_context
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -381,9 +382,13 @@ class FrozenVLM(nn.Module):
             return self.encode_image_with_prompts(images)
         return self.model.encode_image(images)
 
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast the towers run under: this backbone's precision on its device."""
+        return autocast_context(self.device, self.precision)
+
     def image_features(self, images: Tensor) -> Tensor:
-        """L2-normalised fp32 ``[B, D]`` features of the frozen image tower, without a graph."""
-        with torch.no_grad():
+        """L2-normalised fp32 ``[B, D]`` features of the frozen image tower under its precision, no graph."""
+        with torch.no_grad(), self.autocast():
             return unit(self.encode_image(images))
 
     def encode_image_with_prompts(

@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
 def inspect_run(run_dir: Path, top: int = 5) -> dict[str, Any]:
     import torch
 
-    from tailprompt.engine.loss import autocast_for
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
 
     saved = open_run(run_dir)
@@ -64,7 +63,7 @@ def inspect_run(run_dir: Path, top: int = 5) -> dict[str, Any]:
                                    else float(torch.nn.functional.cosine_similarity(v, init[position], dim=0))),
                 "init_word": _init_word(init_text, position) if init is not None else None,
             })
-    with torch.no_grad(), autocast_for(backbone.device, backbone.precision):
+    with torch.no_grad(), backbone.autocast():
         learned = learner.text_features(None).float() if not learner.instance_conditioned else None
     frozen = frozen_class_features(backbone, saved.classnames, saved.template)
     classes = None

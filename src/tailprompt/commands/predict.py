@@ -100,7 +100,6 @@ def predict(run_dir: Path, paths: list[Path], classes_file: str | None, top_k: i
     import torch
     from tqdm.auto import tqdm
 
-    from tailprompt.engine.loss import autocast_for
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
     from tailprompt.utils import configure_threads
 
@@ -127,7 +126,7 @@ def predict(run_dir: Path, paths: list[Path], classes_file: str | None, top_k: i
         if not batch:
             continue
         images = torch.stack(batch).to(backbone.device)
-        with torch.no_grad(), autocast_for(backbone.device, backbone.precision):
+        with torch.no_grad(), backbone.autocast():
             feats = learner.image_features(images).float()
             txt = text if text is not None else learner.text_features(feats).float()
         probs = logits_of(feats, txt, backbone.logit_scale).softmax(-1)
@@ -143,9 +142,8 @@ def predict(run_dir: Path, paths: list[Path], classes_file: str | None, top_k: i
 def _text(learner: Any) -> Tensor:
     import torch
 
-    from tailprompt.engine.loss import autocast_for
 
-    with torch.no_grad(), autocast_for(learner.backbone.device, learner.backbone.precision):
+    with torch.no_grad(), learner.backbone.autocast():
         return learner.text_features(None).float()
 
 

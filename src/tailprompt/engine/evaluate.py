@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.engine.inputs import ImageInputs
-from tailprompt.engine.loss import autocast_for, scaled_logits
+from tailprompt.engine.loss import scaled_logits
 from tailprompt.prompts import PromptLearner
 from tailprompt.prompts.common import image_chunks
 from tailprompt.tensors import unit
@@ -37,7 +37,7 @@ def split_outputs(
     device = inputs.device
     scale = float(inputs.backbone.logit_scale)
     labels = torch.tensor([it.label for it in items], device=device, dtype=torch.long)
-    with autocast_for(device, inputs.backbone.precision):
+    with inputs.backbone.autocast():
         text = None if learner.instance_conditioned else learner.text_features(None).float()
     if learner.uses_image_tower:
         chunks = []
@@ -45,7 +45,7 @@ def split_outputs(
         # a visible bar (on a terminal only): a prompted image tower over a test split takes minutes on a CPU
         for images in tqdm(batches, desc=f"eval {dataset.name}", unit="batch", leave=False, disable=None,
                            total=-(-len(items) // inputs.batch_size)):
-            with autocast_for(device, inputs.backbone.precision):
+            with inputs.backbone.autocast():
                 chunks.append(learner.image_features(images).float())
         image_feats = torch.cat(chunks) if chunks else torch.zeros(0, inputs.backbone.embed_dim, device=device)
     else:
@@ -58,7 +58,7 @@ def split_outputs(
     chunks = list(image_chunks(len(items), k, EVAL_SEQUENCES_PER_CHUNK))
     for chunk in tqdm(chunks, desc=f"eval {dataset.name}", unit="chunk", leave=False, disable=None):
         img = image_feats[chunk]
-        with autocast_for(device, inputs.backbone.precision):
+        with inputs.backbone.autocast():
             txt = learner.text_features(img).float()  # [b, K, D]
         logits.append(scaled_logits(img, txt, scale))
         text_sum = text_sum + txt.sum(0)

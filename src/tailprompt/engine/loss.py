@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from tailprompt.backbone.precision import autocast_context
 from tailprompt.objectives import Objective, StepState
 
 
@@ -21,14 +18,6 @@ class BoundObjective:
     objective: Objective
     weights: dict[str, float]
     reads: frozenset[str] = frozenset()
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """The towers' autocast on `device` under the backbone's precision policy (design §8).
-
-    `precision` is `backbone.precision` (already resolved) or a config value (`auto` is resolved here).
-    """
-    return autocast_context(device, precision)
 
 
 def scaled_logits(image_feats: Tensor, text_feats: Tensor, scale: float) -> Tensor:

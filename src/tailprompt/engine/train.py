@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -17,13 +18,12 @@ from tailprompt.engine.checkpoint import TrainProgress, load_checkpoint, save_ch
 from tailprompt.engine.distributed import DistContext
 from tailprompt.engine.finite import FiniteGuard
 from tailprompt.engine.inputs import ImageInputs
-from tailprompt.engine.loss import BoundObjective, autocast_for, objective_terms, scaled_logits
+from tailprompt.engine.loss import BoundObjective, objective_terms, scaled_logits
 from tailprompt.engine.optim import build_optimizer, lr_at_epoch, set_lr
 from tailprompt.engine.run_config import OptimConfig
 from tailprompt.hooks import TrainHook
 from tailprompt.objectives import StepState
 from tailprompt.prompts import PromptLearner
-from tailprompt.tensors import unit
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class TrainSetup:
     extra_items: list[Item] = field(default_factory=list)  # addressed by encode_training_images after `items`
     group: DistContext | None = None  # torchrun's processes: each runs its share of every batch
 
-    @property
+    @cached_property
     def reads(self) -> frozenset[str]:
         """Every optional `StepState` field (and learner aux output) some objective reads."""
         return frozenset().union(*(o.reads for o in self.objectives))
@@ -56,12 +56,6 @@ class TrainSetup:
 def batches_per_epoch(n: int, batch_size: int) -> int:
     """Dassl drops the last partial batch only when there is at least one full batch."""
     return max(1, n // batch_size) if n >= batch_size else 1
-
-
-def frozen_image_features(inputs: ImageInputs, images: Tensor) -> Tensor:
-    """Normalised `[B, D]` features of the frozen image tower (no graph)."""
-    with torch.no_grad(), autocast_for(inputs.device, inputs.backbone.precision):
-        return unit(inputs.backbone.encode_image(images))
 
 
 @dataclass
@@ -127,7 +121,7 @@ class EpochInputs:
             items = [pool[i] for i in indices.tolist()]
             seed = (setup.seed, self.epoch, "extra", step)
             images = torch.cat(list(setup.inputs.image_batches(setup.dataset, items, len(items), train_seed=seed)))
-            with autocast_for(setup.inputs.device, setup.inputs.backbone.precision):
+            with setup.inputs.backbone.autocast():
                 return setup.learner.image_features(images).float()
 
         return encode
@@ -148,13 +142,13 @@ def step_state(run: EpochInputs, idx: Tensor, labels: Tensor, step: int) -> Step
         assert run.batches is not None
         images = next(run.batches)
         if not learner.uses_image_tower:  # the learner's image features are the frozen tower's
-            frozen_img = frozen_image_features(inputs, images)
+            frozen_img = inputs.backbone.image_features(images)
     else:
         view, frozen_img = run.cached_view(idx)
     mine = frozen_img
     if group is not None and not run.exact and frozen_img is not None:
         mine = frozen_img[slice(*group.share(n))]
-    with autocast_for(inputs.device, inputs.backbone.precision):  # the towers; objectives below in fp32
+    with inputs.backbone.autocast():  # the towers; objectives below in fp32
         img = learner.image_features(images) if learner.uses_image_tower else mine
         assert img is not None
         txt = learner.text_features(img if learner.instance_conditioned else None)
@@ -170,12 +164,12 @@ def step_state(run: EpochInputs, idx: Tensor, labels: Tensor, step: int) -> Step
         logit_scale=scale, clusters=setup.clusters, item_indices=idx, generator=run.generator,
     )
     if reads & {"frozen_image_feats", "zeroshot_logits"}:
-        frozen = frozen_img if frozen_img is not None else whole(frozen_image_features(inputs, images))
+        frozen = frozen_img if frozen_img is not None else whole(inputs.backbone.image_features(images))
         state.frozen_image_feats = frozen.float()
         state.zeroshot_logits = scaled_logits(state.frozen_image_feats, setup.frozen_text, scale)
     if "teacher_image_feats" in reads:
         if run.teacher_batches is not None:
-            state.teacher_image_feats = whole(frozen_image_features(inputs, next(run.teacher_batches))).float()
+            state.teacher_image_feats = whole(inputs.backbone.image_features(next(run.teacher_batches))).float()
         else:
             assert view is not None
             state.teacher_image_feats = run.teacher_view(idx, view).float()
@@ -185,8 +179,8 @@ def step_state(run: EpochInputs, idx: Tensor, labels: Tensor, step: int) -> Step
         state.description_text_feats = setup.descriptions[pick]
     if "encode_training_images" in reads:
         state.encode_training_images = run.encoder_of_training_images(step)
-    aux = learner.aux_outputs()
-    state.aux = {k: v for k, v in aux.items() if k in reads}
+    if reads & learner.provides:  # aux outputs can cost a tower pass (DPC's stage-1 features)
+        state.aux = {k: v for k, v in learner.aux_outputs().items() if k in reads}
     return state
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -37,8 +36,9 @@ from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.loss import BoundObjective
 from tailprompt.engine.resolve import resolve_config, run_id, trains_nothing
 from tailprompt.engine.run_config import BackboneConfig, RunConfig
+from tailprompt.engine.saved import open_run
 from tailprompt.engine.train import TrainSetup, train_prompts
-from tailprompt.files import check_writable, read_json_object
+from tailprompt.files import FileReadError, check_writable, read_json_object
 from tailprompt.hooks import HOOKS, TrainHook
 from tailprompt.metrics import (
     apply_dac_scaling,
@@ -58,7 +58,7 @@ from tailprompt.prompts import PromptLearner, build_learner
 from tailprompt.prompts.common import template_text_features
 from tailprompt.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
 from tailprompt.records import RunRecord
-from tailprompt.schema import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
+from tailprompt.schema import ConfigError, dump_yaml, to_dict
 from tailprompt.utils import atomic_path, resolve_device, seed_everything, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -277,27 +277,24 @@ def log_clusters(result: ClusterResult, classnames: list[str]) -> None:
 
 
 def initial_prompts(cfg: RunConfig, backbone: FrozenVLM, learner: PromptLearner) -> dict[str, Tensor]:
-    """The prompt state of the finished run `init.from_run`, checked to fit this run."""
+    """The prompt state of the finished run `init.from_run`, read as every command reads a run folder
+    (`open_run`) and checked to fit this run."""
     source = Path(str(cfg.init.from_run))
-    prompts_file, config_file = source / "prompts.safetensors", source / "config.yaml"
-    if not prompts_file.is_file() or not config_file.is_file():
-        raise ConfigError(f"init.from_run: {source} is not a finished run folder (expected prompts.safetensors "
-                          "and config.yaml in it)")
-    other = from_dict(RunConfig, load_yaml(config_file), str(config_file))
-    with safe_open(str(prompts_file), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    wanted = learner.base_name
+    try:
+        saved = open_run(source)
+    except FileReadError as e:
+        raise ConfigError(f"init.from_run: {source} is not a finished run folder ({e})") from None
+    wanted, other, trained_on = learner.base_name, saved.config, saved.meta.get("backbone_identity")
     problems = []
-    if meta.get("backbone_identity") != backbone.identity:
-        problems.append(f"backbone {meta.get('backbone_identity')} (this run: {backbone.identity})")
+    if trained_on != backbone.identity:
+        problems.append(f"backbone {trained_on} (this run: {backbone.identity})")
     if other.data.name != cfg.data.name:
         problems.append(f"dataset {other.data.name!r} (this run: {cfg.data.name!r})")
     if other.learner.name != wanted:
         problems.append(f"learner {other.learner.name!r} (this run starts from a {wanted!r} run)")
     if problems:
         raise ConfigError(f"init.from_run: {source} was trained with " + "; ".join(problems))
-    return state
+    return saved.prompts
 
 
 def description_features(backbone: FrozenVLM, ds: DatasetSplits, path: str | None) -> Tensor:

@@ -1,9 +1,11 @@
 """Architectures as data: open_clip's model configs plus the two the package ships.
 
 `tiny-vit` (``model_configs/tiny-vit.json``) is a small random ViT CLIP for tests: 32 px images, 8 px
-patches, 3 vision and 3 text blocks of width 64. `embedded` is the project's own small pretrained CLIP: its
-config lives next to its weights in ``backbone/embedded/`` (written by ``tailprompt pretrain-embedded``);
-until that exists the architecture in ``model_configs/embedded.json`` is used.
+patches, 3 vision and 3 text blocks of width 64. `embedded` is the project's own small pretrained CLIP (conv
+image tower): its config lives next to its weights in ``backbone/embedded/`` (written by ``tailprompt
+pretrain-embedded``); until that exists the architecture in ``model_configs/embedded.json`` is used.
+`embedded-vit` (``backbone/embedded_vit/``, written by ``tailprompt pretrain-embedded --vision vit``) is a
+small ViT image tower distilled from it, with the same text tower.
 
 Configs are read from our own folder and passed to open_clip's model classes directly; open_clip's global
 config registry is only read, never extended.
@@ -16,6 +18,7 @@ import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -25,7 +28,10 @@ from tailprompt.backbone.checkpoints import BackboneError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
-PACKAGE_ARCHITECTURES = ("tiny-vit", "embedded")
+EMBEDDED_VIT_DIR = Path(__file__).parent / "embedded_vit"
+PACKAGE_ARCHITECTURES = ("tiny-vit", "embedded", "embedded-vit")
+# Shipped pretrained models: name -> the folder holding weights.safetensors, config.json, vocabulary.txt.
+EMBEDDED_FOLDERS = MappingProxyType({"embedded": EMBEDDED_DIR, "embedded-vit": EMBEDDED_VIT_DIR})
 
 
 @dataclass(frozen=True)
@@ -41,16 +47,20 @@ class Architecture:
         return bool(self.config.get("quick_gelu", False))
 
 
-def embedded_config_path() -> Path:
-    return EMBEDDED_DIR / "config.json"
+def embedded_config_path(name: str = "embedded") -> Path:
+    return EMBEDDED_FOLDERS[name] / "config.json"
 
 
-def embedded_weights_path() -> Path:
-    return EMBEDDED_DIR / "weights.safetensors"
+def embedded_weights_path(name: str = "embedded") -> Path:
+    return EMBEDDED_FOLDERS[name] / "weights.safetensors"
 
 
-def embedded_vocabulary_path() -> Path:
-    return EMBEDDED_DIR / "vocabulary.txt"
+def embedded_vit_weights_path() -> Path:
+    return embedded_weights_path("embedded-vit")
+
+
+def embedded_vocabulary_path(name: str = "embedded") -> Path:
+    return EMBEDDED_FOLDERS[name] / "vocabulary.txt"
 
 
 def architecture(name: str) -> Architecture:
@@ -59,9 +69,9 @@ def architecture(name: str) -> Architecture:
     Raises:
         BackboneError: unknown name (the message lists close matches).
     """
-    if name == "embedded":
-        path = embedded_config_path()
-        return architecture_from_file(name, path if path.is_file() else MODEL_CONFIG_DIR / "embedded.json")
+    if name in EMBEDDED_FOLDERS:
+        path = embedded_config_path(name)
+        return architecture_from_file(name, path if path.is_file() else MODEL_CONFIG_DIR / f"{name}.json")
     if name in PACKAGE_ARCHITECTURES:
         return architecture_from_file(name, MODEL_CONFIG_DIR / f"{name}.json")
     import open_clip
@@ -73,7 +83,7 @@ def architecture(name: str) -> Architecture:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise BackboneError(
             f"unknown backbone architecture {name!r}: expected an open_clip model name "
-            f"(open_clip.list_models()), 'tiny-vit' or 'embedded'{hint}"
+            f"(open_clip.list_models()), 'tiny-vit', 'embedded' or 'embedded-vit'{hint}"
         )
     return Architecture(name, copy.deepcopy(cfg), "open_clip")
 

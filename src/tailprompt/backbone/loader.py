@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 
 from tailprompt.backbone.architectures import (
+    EMBEDDED_FOLDERS,
+    PACKAGE_ARCHITECTURES,
     Architecture,
     architecture,
     build_model,
@@ -49,11 +51,12 @@ def load_backbone(
 
     Args:
         name: an open_clip architecture (``ViT-B-16``, ``RN50``, ...), ``tiny-vit`` (small random ViT for
-            tests) or ``embedded`` (the package's own pretrained small CLIP).
+            tests), ``embedded`` (the package's own pretrained small CLIP, conv image tower) or
+            ``embedded-vit`` (its ViT image tower twin, distilled from it, same text tower).
         weights: a local file (OpenAI plain state dict, open_clip ``.pt``/``.bin``, ``.safetensors``; the
             format is detected), an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``: needs
             internet or a filled Hugging Face cache), or None for a random init (with a warning;
-            ``embedded`` then uses the shipped weights when present).
+            ``embedded`` and ``embedded-vit`` then use the shipped weights when present).
         device: where the model lives.
         quick_gelu: ``auto`` uses QuickGELU when the weights say so (OpenAI layout, convert-weights metadata,
             a ``quick_gelu`` tag) or the architecture config does; ``true``/``false`` force it.
@@ -71,14 +74,15 @@ def load_backbone(
     override = parse_quick_gelu(quick_gelu)
     resolved = resolve_precision(precision, device)
     arch = architecture(name)
-    vocabulary = _embedded_vocabulary() if name == "embedded" else None
-    if weights is None and name == "embedded":
-        if embedded_weights_path().is_file():
-            weights = embedded_weights_path()
+    vocabulary = _embedded_vocabulary(name) if name in EMBEDDED_FOLDERS else None
+    if weights is None and name in EMBEDDED_FOLDERS:
+        if embedded_weights_path(name).is_file():
+            weights = embedded_weights_path(name)
         else:
+            rebuild = "tailprompt pretrain-embedded" + (" --vision vit" if name == "embedded-vit" else "")
             warnings.warn(
-                f"embedded backbone weights not found at {embedded_weights_path()}: using random weights "
-                f"(rebuild them with `tailprompt pretrain-embedded`)",
+                f"{name} backbone weights not found at {embedded_weights_path(name)}: using random weights "
+                f"(rebuild them with `{rebuild}`)",
                 stacklevel=2,
             )
     mean, std = CLIP_MEAN, CLIP_STD
@@ -86,7 +90,7 @@ def load_backbone(
         qg = override if override is not None else arch.quick_gelu
         model = build_model(arch, qg, seed)
         identity = f"{name}@random:{seed}" + _activation_suffix(qg, arch.quick_gelu)
-        if name not in ("tiny-vit", "embedded"):
+        if name not in PACKAGE_ARCHITECTURES:
             warnings.warn(
                 f"backbone {name}: no weights given, using a random init (seed {seed}); its features carry "
                 f"no meaning (fine for tests and benchmarks)",
@@ -124,7 +128,7 @@ def _is_pretrained_tag(name: str, weights: str | os.PathLike[str]) -> bool:
     text = str(weights)
     if Path(text).expanduser().exists():
         return False
-    if name not in ("tiny-vit", "embedded"):
+    if name not in PACKAGE_ARCHITECTURES:
         import open_clip
 
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -202,8 +206,8 @@ def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _embedded_vocabulary() -> set[str] | None:
-    path = embedded_vocabulary_path()
+def _embedded_vocabulary(name: str) -> set[str] | None:
+    path = embedded_vocabulary_path(name)
     if not path.is_file():
         return None
     words = {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines()}

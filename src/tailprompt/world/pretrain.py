@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import open_clip
 import torch
@@ -61,10 +61,20 @@ def embedded_architecture() -> Architecture:
     return architecture_from_file("embedded", MODEL_CONFIG_DIR / "embedded.json")
 
 
+Vision = Literal["conv", "vit"]  # conv: contrastive CLIP (`embedded`); vit: distilled ViT (`embedded-vit`)
+
+
 @dataclass
 class PretrainConfig:
-    """Pretraining schedule: AdamW, linear warm-up then cosine decay to zero (open_clip's `cosine_lr`)."""
+    """Pretraining schedule: AdamW, linear warm-up then cosine decay to zero (open_clip's `cosine_lr`).
 
+    `vision` picks the model: ``conv`` trains the `embedded` CLIP contrastively (`pretrain`), ``vit`` distils
+    the `embedded-vit` image tower from it (`tailprompt.world.distill`), where `text_weight` weighs the
+    InfoNCE against the frozen text tower added to the distillation loss. `default_config` gives each
+    vision's defaults.
+    """
+
+    vision: Vision = "conv"
     steps: int = 1600
     batch_size: int = 256
     lr: float = 1e-3
@@ -73,14 +83,30 @@ class PretrainConfig:
     seed: int = 0
     probe_size: int = 512  # fixed held-aside batch whose loss is measured before and after training
     eval_per_class: int = 50  # test images per class in the zero-shot table (0: no table)
+    text_weight: float = 0.0  # vit only
 
     def __post_init__(self) -> None:
+        if self.vision == "conv" and self.text_weight:
+            raise ValueError("text_weight applies to vision 'vit' only (the conv CLIP trains its text tower)")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (contrastive pairs), got {self.batch_size}")
         if self.probe_size < 2:
             raise ValueError(f"probe_size must be >= 2, got {self.probe_size}")
+
+
+def backbone_name(vision: Vision) -> str:
+    """The `load_backbone` name of the model a vision builds."""
+    return "embedded-vit" if vision == "vit" else "embedded"
+
+
+def default_config(vision: Vision) -> PretrainConfig:
+    """Each vision's defaults: the conv CLIP's published schedule; the ViT's distillation schedule (a
+    student step costs ~10x a conv CLIP step on the CPU, so smaller batches and a 25-minute budget)."""
+    if vision == "vit":
+        return PretrainConfig(vision="vit", steps=1500, batch_size=128, lr=1e-3, warmup=100, text_weight=0.0)
+    return PretrainConfig()
 
 
 @dataclass
@@ -381,20 +407,22 @@ def zero_shot_section(table: dict[str, Any], per_class: int, note: str = "") -> 
     return lines
 
 
-def rescore(weights: str | Path, per_class: int) -> dict[str, Any]:
+def rescore(weights: str | Path, per_class: int, vision: Vision = "conv") -> dict[str, Any]:
     """Re-measure the zero-shot table of existing weights and rewrite that section of MANIFEST.md.
 
     For renderer changes that leave the pretraining data alone (an evaluation style's pixels): the
-    weights stay as they are and the table says which renderer scored it.
+    weights stay as they are and the table says which renderer scored it. `vision` names the backbone
+    (`embedded` or `embedded-vit`) the weights belong to.
     """
     from tailprompt.backbone import load_backbone
 
     weights = Path(weights)
-    table = zero_shot_table(load_backbone("embedded", weights=weights), per_class)
+    table = zero_shot_table(load_backbone(backbone_name(vision), weights=weights), per_class)
     manifest = weights.parent / "MANIFEST.md"
     head = manifest.read_text(encoding="utf-8").split(ZERO_SHOT_HEADING)[0] if manifest.is_file() else ""
+    flag = " --vision vit" if vision == "vit" else ""
     note = (
-        f"Re-scored by `tailprompt pretrain-embedded --rescore --eval-per-class {per_class}` with world"
+        f"Re-scored by `tailprompt pretrain-embedded{flag} --rescore --eval-per-class {per_class}` with world"
         f" renderer {world_render.RENDER_VERSION} (weights unchanged, sha256 `{sha256_file(weights)}`)."
     )
     write_text_atomic(manifest, head.rstrip() + "\n\n" + "\n".join(zero_shot_section(table, per_class, note)))

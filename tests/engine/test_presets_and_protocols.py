@@ -91,3 +91,16 @@ def test_world_alias_resolves_default_transfer_targets(protocol, expected, tmp_p
     assert set(r["splits"]) == {"source"} | expected
     for name in expected:  # every class of each target is evaluated
         assert len(r["splits"][name]["per_class_accuracy"]) == load_dataset(name, None, {}).num_classes
+
+
+def test_maple_trains_end_to_end_on_the_embedded_vit(tmp_path, backbones):
+    small = "{train_per_class: 16, val_per_class: 2, test_per_class: 2}"
+    cfg = resolve_config("maple", [
+        "backbone.name=embedded-vit", "data.name=world", f"data.options={small}", f"output_dir={tmp_path}",
+        f"data.cache_dir={tmp_path / 'c'}",
+    ] + SHORT)
+    r = execute_run(cfg, backbones).result
+    assert r["backbone"]["name"] == "embedded-vit" and r["dataset"] == "world"
+    curve = r["loss_curve"]["total"]
+    assert len(curve) == 1 and curve[0] == curve[0]  # one step, finite
+    assert len(r["splits"]["base"]["per_class_accuracy"]) == 36 and len(r["splits"]["new"]["per_class_accuracy"]) == 36

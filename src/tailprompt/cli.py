@@ -52,7 +52,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command("report", "tables and plots from a runs folder"),
     "pretrain-embedded": Command(
         "pretrain_embedded",
-        "pretrain the embedded tiny CLIP on the procedural world (rebuilds the shipped weights)",
+        "pretrain the embedded tiny CLIP (or, --vision vit, its distilled ViT twin) on the procedural world "
+        "(rebuilds the shipped weights)",
     ),
     "convert-weights": Command(
         "convert_weights", "convert a CLIP checkpoint (OpenAI TorchScript .pt, state dict) to .safetensors"

@@ -195,7 +195,7 @@ class FrozenVLM(nn.Module):
         if not self.has_vit:
             raise BackboneError(
                 f"backbone {self.arch!r} has a convolutional image tower; vision prompts need a ViT "
-                f"(e.g. tiny-vit or ViT-B-16)"
+                f"(e.g. embedded-vit, tiny-vit or ViT-B-16)"
             )
         return self.model.visual
 

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "features", help="precompute cached image features (eval view + augmented views)",
         description="Encode and cache image features. Under `torchrun --nproc_per_node N -m tailprompt features "
         "...` each process encodes a share of the missing images.")
-    parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit or embedded")
+    parser.add_argument("--backbone", required=True, help="open_clip architecture, tiny-vit, embedded or embedded-vit")
     parser.add_argument("--weights", help="checkpoint file or open_clip pretrained tag")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],

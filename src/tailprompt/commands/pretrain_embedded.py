@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "pretrain-embedded",
-        help="pretrain the embedded tiny CLIP (or, with --vision vit, its ViT twin) on the procedural world "
+        help="pretrain the embedded tiny CLIP (or, --vision vit, its distilled ViT twin) on the procedural world "
         "(rebuilds the shipped weights)",
         description="--vision conv (default): train the embedded CLIP contrastively on rendered world images and "
         "their captions. --vision vit: train the `embedded-vit` image tower (a small ViT, 32 px, patch 4) by "

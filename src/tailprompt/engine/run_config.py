@@ -18,7 +18,7 @@ from tailprompt.schema import ConfigError, from_dict, to_dict
 
 @dataclass
 class BackboneConfig:
-    name: str = "embedded"  # open_clip architecture, "tiny-vit" or "embedded"
+    name: str = "embedded"  # open_clip architecture, "tiny-vit", "embedded" or "embedded-vit"
     weights: str | None = None  # local file or open_clip pretrained tag; None = the name's default
     quick_gelu: Literal["auto"] | bool = "auto"  # true / false force QuickGELU; auto detects it
     device: str = "auto"  # auto | cpu | cuda | cuda:N

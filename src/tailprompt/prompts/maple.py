@@ -106,7 +106,7 @@ class MaPLe(PromptLearner):
             raise LearnerError(
                 f"{self.name} prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
                 "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
-                "backbone.name=tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"
+                "backbone.name=embedded-vit, tiny-vit or ViT-B-16) or a text-only learner (coop, cocoop, kgcoop)"
             )
         self.prompt_depth = effective_depth(backbone, prompt_depth, self.name)
         self.n_ctx = n_ctx

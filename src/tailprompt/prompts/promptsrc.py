@@ -162,7 +162,7 @@ class PromptSRC(PromptLearner):
             raise LearnerError(
                 f"promptsrc prompts the image transformer, but backbone {getattr(backbone, 'arch', '?')!r} "
                 "has a convolutional image tower (has_vit=False); use a ViT backbone (e.g. "
-                "backbone.name=tiny-vit or ViT-B-16) or learner.prompt_depth_vision=0"
+                "backbone.name=embedded-vit or ViT-B-16) or learner.prompt_depth_vision=0"
             )
         self.depth_text = clamped_depth(config.prompt_depth_text, backbone.text_layers, "prompt_depth_text")
         self.depth_vision = clamped_depth(

@@ -171,7 +171,6 @@ def distill(cfg: PretrainConfig, teacher: FrozenVLM, progress: bool = True) -> P
     wall = time.perf_counter() - t0
     model.eval()
     end_loss = probe_distillation_loss(student, teacher, cfg.seed, cfg.probe_size)
-    student.logit_scale = float(model.logit_scale.exp())
     result = PretrainResult(student, losses, start_loss, end_loss, wall)
     if cfg.eval_per_class > 0:
         result.zero_shot = zero_shot_table(student, cfg.eval_per_class)

@@ -105,7 +105,7 @@ def default_config(vision: Vision) -> PretrainConfig:
     """Each vision's defaults: the conv CLIP's published schedule; the ViT's distillation schedule (a
     student step costs ~10x a conv CLIP step on the CPU, so smaller batches and a 25-minute budget)."""
     if vision == "vit":
-        return PretrainConfig(vision="vit", steps=1500, batch_size=128, lr=2e-3, warmup=100, text_weight=0.5)
+        return PretrainConfig(vision="vit", steps=1200, batch_size=128, lr=2e-3, warmup=100, text_weight=0.5)
     return PretrainConfig()
 
 

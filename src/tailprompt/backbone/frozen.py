@@ -19,17 +19,18 @@ In both towers blocks beyond ``len(deep_prompts) + 1`` just propagate what the p
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tailprompt.backbone.checkpoints import BackboneError
-from tailprompt.backbone.precision import ResolvedPrecision, autocast_context
+from tailprompt.backbone.precision import ResolvedPrecision, autocast_context, store_matmul_weights
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -39,6 +40,24 @@ from tailprompt.backbone.transforms import (
     train_transform,
 )
 from tailprompt.tensors import unit
+
+_Method = TypeVar("_Method", bound=Callable[..., Tensor])
+
+
+def _in_own_precision(method: _Method) -> _Method:
+    """Run a tower method under the backbone's autocast (nested autocasts are no-ops) and return fp32.
+
+    In bf16 the matrix weights are stored in bf16, so a caller that forgot the autocast would otherwise hit
+    a dtype error; the fp32 result (exact: bf16 -> fp32 loses nothing) keeps the caller's arithmetic fp32.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: FrozenVLM, *args: Any, **kwargs: Any) -> Tensor:
+        with self.autocast():
+            out = method(self, *args, **kwargs)
+        return out if out.dtype == torch.float64 else out.float()
+
+    return wrapper  # type: ignore[return-value]
 
 
 class FrozenVLM(nn.Module):
@@ -54,8 +73,12 @@ class FrozenVLM(nn.Module):
         vocabulary: words the model was pretrained on (embedded model) or None (no check).
         preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both;
             `train_preprocess` gives another training augmentation.
-        precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`); the
-            weights stay fp32 either way.
+        precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`). In bf16 the
+            weights autocast would cast on every call (linear, convolution and attention projections, the
+            towers' output projections) are stored in bf16 once (`store_matmul_weights`); norms and
+            embeddings stay fp32. The outputs are bit-identical to autocast over fp32 weights, without the
+            per-call weight copies, and the frozen model takes half the memory. Every tower method below
+            enters this autocast itself and returns fp32.
     """
 
     def __init__(
@@ -95,6 +118,8 @@ class FrozenVLM(nn.Module):
         self._bpe: Any = None  # open_clip SimpleTokenizer, built on first use (reading BPE merges is slow)
         for p in self.parameters():
             p.requires_grad_(False)
+        if precision == "bf16":
+            store_matmul_weights(model, torch.bfloat16)  # a no-op where the loader stored them so
         super().train(False)
 
     def train(self, mode: bool = True) -> FrozenVLM:
@@ -253,6 +278,7 @@ class FrozenVLM(nn.Module):
         """Token embeddings ``[N, L, W]`` (no positional embedding)."""
         return self.token_embedding(tokens.to(self.device))
 
+    @_in_own_precision
     def encode_text(self, tokens: Tensor, *, truncate: bool = True) -> Tensor:
         """Text features ``[N, D]``, not normalised.
 
@@ -266,6 +292,7 @@ class FrozenVLM(nn.Module):
             return self.model.encode_text(tokens)
         return self.encode_text_from_embeddings(self.embed_tokens(tokens), self.eot_positions(tokens))
 
+    @_in_own_precision
     def encode_text_from_embeddings(
         self,
         x: Tensor,
@@ -371,6 +398,7 @@ class FrozenVLM(nn.Module):
         return x @ proj
 
     # ----- image -----
+    @_in_own_precision
     def encode_image(self, images: Tensor) -> Tensor:
         """Image features ``[B, D]`` of ``[B, 3, S, S]`` preprocessed images, not normalised (open_clip).
 
@@ -391,6 +419,7 @@ class FrozenVLM(nn.Module):
         with torch.no_grad(), self.autocast():
             return unit(self.encode_image(images))
 
+    @_in_own_precision
     def encode_image_with_prompts(
         self,
         images: Tensor,
@@ -426,14 +455,17 @@ class FrozenVLM(nn.Module):
         elif deep:
             raise ValueError("deep vision prompts replace the appended prompt tokens: pass `prompts` as well")
         x = v.ln_pre(x)
-        for i, block in enumerate(v.transformer.resblocks):
+        blocks = list(v.transformer.resblocks)
+        # The pooled output reads the class token alone: the last block need not compute the other rows.
+        cls_only = _pools_class_token(v) and torch.is_autocast_enabled(x.device.type) and _is_plain_block(blocks[-1])
+        for i, block in enumerate(blocks):
             if 1 <= i <= len(deep):
                 p = deep[i - 1]
                 if p.shape[-2] != n:
                     raise ValueError(f"deep_prompts[{i - 1}] has {p.shape[-2]} tokens, `prompts` has {n}")
                 x = torch.cat([x[:, : x.shape[1] - n], _expand_batch(p, x.shape[0]).to(x.dtype)], dim=1)
-            x = _run_block(block, x, None)
-        if n:
+            x = _class_token_block(block, x) if cls_only and i == len(blocks) - 1 else _run_block(block, x, None)
+        if n and not cls_only:
             x = x[:, : x.shape[1] - n]
         pooled, _ = v._pool(x)
         return pooled @ v.proj if v.proj is not None else pooled
@@ -502,10 +534,50 @@ def _flat_block(block: nn.Module, x: Tensor, causal: bool) -> Tensor:
     rows = x.reshape(-1, w)
     q, k, v = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias).split(w, dim=-1)
     q, k, v = (_split_heads(z.reshape(n, t, w), attn.num_heads) for z in (q, k, v))
-    mixed = _merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=causal)).reshape(-1, w)
+    mixed = _merge_heads(_attention(q, k, v, causal)).reshape(-1, w)
     rows = rows + block.ls_1(attn.out_proj(mixed))
     rows = rows + block.ls_2(block.mlp(block.ln_2(rows)))
     return rows.reshape(n, t, w)
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+    """Scaled dot-product attention ``[..., T, d]``; on the CPU, when a gradient flows back, as two matmuls.
+
+    The fused CPU kernel's backward in bf16 is 2-2.5x slower than the product form (ViT-B/16, 4 images x 12
+    heads x 199 tokens: 27 ms vs 12 ms forward + backward per block; benchmarks/README.md). Its forward is
+    as fast or faster, so passes without a graph (the cache fill, evaluation) keep it.
+    """
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not needs_grad or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [..., T, T]
+    if causal:
+        t = scores.shape[-1]
+        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return scores.softmax(dim=-1).to(v.dtype) @ v
+
+
+def _pools_class_token(visual: nn.Module) -> bool:
+    """Whether the ViT's output is its class token's row (open_clip ``pool_type='tok'``, no attention pool)."""
+    return getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
+
+
+def _class_token_block(block: nn.Module, x: Tensor) -> Tensor:
+    """`_flat_block` for the class token's row only: ``[N, T, W]`` -> ``[N, 1, W]``.
+
+    Keys and values still come from every row; the query, the output projection and the MLP run for row 0
+    alone (about 5/6 of the block's matrix products skipped; the pooled feature is the same up to bf16
+    summation order).
+    """
+    attn: nn.MultiheadAttention = block.attn
+    n, t, w = x.shape
+    normed = block.ln_1(x)  # [N, T, W]
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(normed[:, :1], weight[:w], None if bias is None else bias[:w])  # [N, 1, W]
+    k, v = F.linear(normed, weight[w:], None if bias is None else bias[w:]).split(w, dim=-1)  # [N, T, W] each
+    q, k, v = (_split_heads(z, attn.num_heads) for z in (q, k, v))
+    row = x[:, :1] + block.ls_1(attn.out_proj(_merge_heads(_attention(q, k, v, causal=False))))
+    return row + block.ls_2(block.mlp(block.ln_2(row)))
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -538,7 +610,7 @@ def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor) -> tuple[Tensor,
     n_head = g * p
     qh, kh, vh = (_split_heads(t[:n_head].reshape(g, p, w), heads) for t in (q, k, v))  # [G, h, P, d]
     qt, kt, vt = (_split_heads(t[n_head:].reshape(tail.shape), heads) for t in (q, k, v))  # [G, K, h, R, d]
-    out_head = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [G, h, P, d]
+    out_head = _attention(qh, kh, vh, causal=True)  # [G, h, P, d]
     scale = qt.shape[-1] ** -0.5
     r = tail.shape[2]
     scores_head = torch.einsum("gkhrd,ghpd->gkhrp", qt, kh) * scale  # every tail query sees the whole head

@@ -6,17 +6,20 @@ import os
 import warnings
 from pathlib import Path
 
+import torch
+
 from tailprompt.backbone.architectures import (
     Architecture,
     architecture,
     build_model,
+    build_model_to_load,
     embedded_vocabulary_path,
     embedded_weights_path,
     load_into,
 )
 from tailprompt.backbone.checkpoints import BackboneError, error_summary, read_checkpoint
 from tailprompt.backbone.frozen import FrozenVLM
-from tailprompt.backbone.precision import resolve_precision
+from tailprompt.backbone.precision import resolve_precision, store_matmul_weights
 from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
 from tailprompt.utils import sha256_file
 
@@ -99,7 +102,9 @@ def load_backbone(
         ckpt = read_checkpoint(path)
         auto = ckpt.quick_gelu if ckpt.quick_gelu is not None else arch.quick_gelu
         qg = override if override is not None else auto
-        model = build_model(arch, qg, seed)
+        model = build_model_to_load(arch, qg)
+        if resolved == "bf16":
+            store_matmul_weights(model, torch.bfloat16)  # on the meta model: the file's tensors land in bf16
         load_into(model, ckpt.state_dict, path, name)
         identity = f"{name}@sha256:{sha256_file(path)}" + _activation_suffix(qg, auto)
     model = model.to(device)

@@ -216,3 +216,15 @@ def test_the_class_token_block_is_the_last_blocks_class_row(tiny):
     row = _class_token_block(block, x)
     assert row.shape == (3, 1, 64)
     assert (row[:, 0] - _flat_block(block, x, causal=False)[:, 0]).abs().max() <= 1e-5
+
+
+def test_the_end_rows_block_is_the_causal_blocks_rows_at_the_ends(tiny):
+    from tailprompt.backbone.frozen import _end_rows_block, _flat_block
+
+    x = torch.randn(3, 9, 64, generator=torch.Generator().manual_seed(0))
+    ends = torch.tensor([8, 4, 6])
+    block = tiny.text_blocks[-1]
+    full = _flat_block(block, x, causal=True)[torch.arange(3), ends]
+    assert (_end_rows_block(block, x, ends) - full).abs().max() <= 1e-5
+    with_graph = _end_rows_block(block, x.clone().requires_grad_(), ends)  # the product-form attention
+    assert (with_graph - full).abs().max() <= 1e-5

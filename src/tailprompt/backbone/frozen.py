@@ -355,9 +355,14 @@ class FrozenVLM(nn.Module):
         eot = eot.to(x.device)
         x = x[:, :length] + self.positional_embedding[:length].to(x.dtype)
         mask = self.attn_mask[:length, :length]
-        for i, block in enumerate(self.text_blocks):
+        blocks = list(self.text_blocks)
+        # Under autocast the last block computes the end-of-text rows alone (the only ones pooled).
+        ends_only = torch.is_autocast_enabled(x.device.type) and _is_plain_block(blocks[-1])
+        for i, block in enumerate(blocks):
             if 1 <= i <= len(deep):
                 x = _replace_tokens(x, deep[i - 1], start=1)
+            if ends_only and i == len(blocks) - 1:
+                return self._project_text(self.ln_final(_end_rows_block(block, x, eot)))
             x = _run_block(block, x, mask)
         x = self.ln_final(x)
         x = x[torch.arange(k, device=x.device), eot]
@@ -381,13 +386,16 @@ class FrozenVLM(nn.Module):
         pos = self.positional_embedding[:length].to(x.dtype)
         head = x[:, 0, :prefix] + pos[:prefix]  # [G, P, W]: the first sequence stands for its group
         tail = x[:, :, prefix:length] + pos[prefix:]  # [G, K, R, W]
-        for i, block in enumerate(self.text_blocks):
+        blocks = list(self.text_blocks)
+        for i, block in enumerate(blocks[:-1]):
             if 1 <= i <= len(deep):
                 head = _replace_tokens(head, deep[i - 1], start=1)
             head, tail = _prefix_block(block, head, tail)
-        tail = self.ln_final(tail)
-        rows = tail[:, torch.arange(k, device=x.device), (eot - prefix).to(x.device)]  # [G, K, W]
-        return self._project_text(rows)
+        if 1 <= len(blocks) - 1 <= len(deep):
+            head = _replace_tokens(head, deep[len(blocks) - 2], start=1)
+        # the last block computes the end-of-text rows alone, the only ones pooled
+        rows = _prefix_end_rows(blocks[-1], head, tail, (eot - prefix).to(x.device))  # [G, K, W]
+        return self._project_text(self.ln_final(rows))
 
     def _project_text(self, x: Tensor) -> Tensor:
         proj = self.text_projection
@@ -540,17 +548,20 @@ def _flat_block(block: nn.Module, x: Tensor, causal: bool) -> Tensor:
     return rows.reshape(n, t, w)
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, allowed: Tensor | None = None) -> Tensor:
     """Scaled dot-product attention ``[..., T, d]``; on the CPU, when a gradient flows back, as two matmuls.
 
     The fused CPU kernel's backward in bf16 is 2-2.5x slower than the product form (ViT-B/16, 4 images x 12
     heads x 199 tokens: 27 ms vs 12 ms forward + backward per block; benchmarks/README.md). Its forward is
-    as fast or faster, so passes without a graph (the cache fill, evaluation) keep it.
+    as fast or faster, so passes without a graph (the cache fill, evaluation) keep it. `allowed` (boolean,
+    broadcast to the scores ``[..., Tq, Tk]``) marks the keys each query may see.
     """
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not needs_grad or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [..., T, T]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [..., Tq, Tk]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
     if causal:
         t = scores.shape[-1]
         scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
@@ -572,12 +583,63 @@ def _class_token_block(block: nn.Module, x: Tensor) -> Tensor:
     attn: nn.MultiheadAttention = block.attn
     n, t, w = x.shape
     normed = block.ln_1(x)  # [N, T, W]
-    weight, bias = attn.in_proj_weight, attn.in_proj_bias
-    q = F.linear(normed[:, :1], weight[:w], None if bias is None else bias[:w])  # [N, 1, W]
-    k, v = F.linear(normed, weight[w:], None if bias is None else bias[w:]).split(w, dim=-1)  # [N, T, W] each
+    q = _in_projection(attn, normed[:, :1], slice(0, w))  # [N, 1, W]
+    k, v = _in_projection(attn, normed, slice(w, 3 * w)).split(w, dim=-1)  # [N, T, W] each
     q, k, v = (_split_heads(z, attn.num_heads) for z in (q, k, v))
     row = x[:, :1] + block.ls_1(attn.out_proj(_merge_heads(_attention(q, k, v, causal=False))))
     return row + block.ls_2(block.mlp(block.ln_2(row)))
+
+
+def _in_projection(attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
+    """The rows `part` of the attention's packed q|k|v in-projection applied to ``x [..., W]``."""
+    bias = attn.in_proj_bias
+    return F.linear(x, attn.in_proj_weight[part], None if bias is None else bias[part])
+
+
+def _end_rows_block(block: nn.Module, x: Tensor, ends: Tensor) -> Tensor:
+    """The causal `_flat_block` for one row per sequence: ``x [N, T, W]``, ``ends [N]`` -> ``[N, W]``.
+
+    Keys and values come from every position; the query, output projection and MLP run for row ``ends[n]``
+    alone, which sees positions ``0 .. ends[n]`` (the causal mask's row).
+    """
+    attn: nn.MultiheadAttention = block.attn
+    n, t, w = x.shape
+    normed = block.ln_1(x)
+    picked = torch.arange(n, device=x.device)
+    q = _in_projection(attn, normed[picked, ends].unsqueeze(1), slice(0, w))  # [N, 1, W]
+    k, v = _in_projection(attn, normed, slice(w, 3 * w)).split(w, dim=-1)  # [N, T, W] each
+    q, k, v = (_split_heads(z, attn.num_heads) for z in (q, k, v))
+    allowed = (torch.arange(t, device=x.device) <= ends[:, None])[:, None, None, :]  # [N, 1, 1, T]
+    row = x[picked, ends] + block.ls_1(attn.out_proj(_merge_heads(_attention(q, k, v, False, allowed))[:, 0]))
+    return row + block.ls_2(block.mlp(block.ln_2(row)))
+
+
+def _prefix_end_rows(block: nn.Module, head: Tensor, tail: Tensor, ends: Tensor) -> Tensor:
+    """The last `_prefix_block` for the end-of-text rows only: ``[G, K, W]``; ``ends [K]`` index the tails.
+
+    Every tail's end row attends to the whole head and to its own tail up to itself.
+    """
+    attn: nn.MultiheadAttention = block.attn
+    heads = attn.num_heads
+    g, p, w = head.shape
+    k, r = tail.shape[1], tail.shape[2]
+    normed_head, normed_tail = block.ln_1(head), block.ln_1(tail)
+    kh, vh = (_split_heads(z, heads) for z in _in_projection(attn, normed_head, slice(w, 3 * w)).split(w, -1))
+    kt, vt = (_split_heads(z, heads) for z in _in_projection(attn, normed_tail, slice(w, 3 * w)).split(w, -1))
+    picked = torch.arange(k, device=tail.device)
+    end_x = tail[:, picked, ends]  # [G, K, W]
+    q = _split_heads(_in_projection(attn, normed_tail[:, picked, ends], slice(0, w)).unsqueeze(2), heads)
+    scale = q.shape[-1] ** -0.5  # q: [G, K, h, 1, d]
+    scores_head = torch.einsum("gkhrd,ghpd->gkhrp", q, kh) * scale
+    scores_tail = torch.einsum("gkhrd,gkhsd->gkhrs", q, kt) * scale
+    later = torch.arange(r, device=tail.device) > ends[:, None]  # [K, R]: keys past each end
+    scores_tail = scores_tail.masked_fill(later[None, :, None, None, :], float("-inf"))
+    weights = torch.softmax(torch.cat([scores_head, scores_tail], dim=-1), dim=-1).to(vt.dtype)
+    out = torch.einsum("gkhrp,ghpd->gkhrd", weights[..., :p], vh) + torch.einsum(
+        "gkhrs,gkhsd->gkhrd", weights[..., p:], vt
+    )
+    x = end_x + block.ls_1(attn.out_proj(_merge_heads(out)[:, :, 0]))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:

@@ -61,8 +61,9 @@ def load_backbone(
         quick_gelu: ``auto`` uses QuickGELU when the weights say so (OpenAI layout, convert-weights metadata,
             a ``quick_gelu`` tag) or the architecture config does; ``true``/``false`` force it.
         seed: random init seed (only matters without weights).
-        precision: ``auto`` | ``fp32`` | ``bf16``, resolved here for `device` (`resolve_precision`); the
-            weights stay fp32 and callers run the towers under `autocast_context(device, vlm.precision)`.
+        precision: ``auto`` | ``fp32`` | ``bf16``, resolved here for `device` (`resolve_precision`). In bf16
+            the matrix weights are stored in bf16 (`store_matmul_weights`; autocast's numbers) and the
+            towers' methods run under the backbone's autocast themselves.
 
     Returns:
         A `FrozenVLM` in eval mode with all parameters frozen.

@@ -100,6 +100,39 @@ def run_preset(preset: str, overrides: list[str], env: dict[str, str], logs: Pat
     }
 
 
+def matmul_rate(dtype: torch.dtype, device: str, rows: int = 800, width: int = 768, repeats: int = 20) -> float:
+    """Measured GFLOP/s of one ``[rows, W] @ [W, 4W]`` product (ViT-B/16's MLP shape) in `dtype`."""
+    a = torch.randn(rows, width, dtype=dtype, device=device)
+    b = torch.randn(width, 4 * width, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * rows * width * 4 * width * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def vit_step_gflop(vlm: Any, batch: int, prompts: int) -> float:
+    """Matrix-product GFLOP of one prompted ViT forward + input-gradient backward (MaPLe's image side).
+
+    Per block and token: q|k|v 3W^2, output W^2, MLP 8W^2 multiply-adds; the last block runs k|v for every
+    token and the rest for the class token alone (as `FrozenVLM` does); the backward to the inputs costs
+    the forward again (frozen weights: no weight gradients).
+    """
+    v = vlm.model.visual
+    w, layers = vlm.vision_width, vlm.vision_layers
+    grid = v.grid_size[0] * v.grid_size[1]
+    tokens = 1 + grid + prompts
+    block = 12 * w * w * tokens
+    last = 2 * w * w * tokens + 10 * w * w
+    forward = 2 * batch * ((layers - 1) * block + last)
+    return 2 * forward / 1e9
+
+
 def text_tower_row(vlm: Any, k: int, m: int, repeats: int) -> dict[str, Any]:
     """CoOp prompts `[SOS][ctx_1..ctx_M][name_k][.][EOS]`, forward + backward to the context, plain vs shared."""
     names = [f"synthetic class {i}" for i in range(k)]
@@ -192,8 +225,16 @@ def main() -> None:
         print(f"{preset}: {json.dumps(runs[preset])}", file=sys.stderr)
     report["runs"] = runs
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rates = {name: round(matmul_rate(dt, device), 1) for name, dt in dtypes.items()}
+    report["matmul_gflops"] = rates
+    if "maple" in args.presets:  # MaPLe's step cannot beat its image side's products at the measured rate
+        vlm = load_backbone(args.arch, weights=ckpt, device=device, precision=args.precision)
+        gflop = vit_step_gflop(vlm, batch=4, prompts=2)
+        rate = rates[vlm.precision]
+        report["maple_image_side"] = {"gflop_per_step": round(gflop, 1), "floor_s_per_step": round(gflop / rate, 3)}
     if args.text_k and args.text_m:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         vlm = load_backbone(args.arch, weights=ckpt, device=device, precision=args.precision)
         rows = []
         for m in args.text_m:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,22 @@ def test_pretrained_tag_without_network_is_a_clear_error(monkeypatch):
         BackboneError, match="ViT-B-16 / openai are not in the Hugging Face cache and the network is unreachable"
     ):
         load_backbone("ViT-B-16", weights="openai")
+
+
+@pytest.mark.parametrize("arch_name", ["tiny-vit", "embedded"])
+def test_a_model_built_to_load_equals_the_random_init_one_after_loading(arch_name):
+    """Skipping the random init is exact: after `load_into` every parameter and buffer, the causal mask
+    (which no file holds) included, equals the model built with a random init and loaded the same way."""
+    from tailprompt.backbone.architectures import build_model_to_load, load_into
+
+    arch = architecture(arch_name)
+    source = build_model(arch, quick_gelu=False, seed=3).state_dict()
+    built = build_model(arch, quick_gelu=False, seed=0)
+    empty = build_model_to_load(arch, quick_gelu=False)
+    for model in (built, empty):
+        load_into(model, dict(source), Path("weights.pt"), arch_name)
+    want = dict(built.named_buffers()) | dict(built.named_parameters())
+    got = dict(empty.named_buffers()) | dict(empty.named_parameters())
+    assert want.keys() == got.keys() and "attn_mask" in got
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name

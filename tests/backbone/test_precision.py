@@ -55,7 +55,7 @@ def test_autocast_context_is_bf16_autocast_or_nothing():
 def test_load_backbone_resolves_and_records_the_precision():
     assert load_backbone("tiny-vit").precision == "fp32"  # auto on a CPU without native bf16 (conftest)
     vlm = load_backbone("tiny-vit", precision="bf16")
-    assert vlm.precision == "bf16" and vlm.dtype == torch.float32  # weights stay fp32
+    assert vlm.precision == "bf16" and vlm.dtype == torch.float32  # embeddings (the input dtype) stay fp32
     assert "precision=bf16" in repr(vlm)
 
 
@@ -114,11 +114,117 @@ def test_bf16_image_tower_takes_the_flat_blocks(tiny, images, monkeypatch):
     from tailprompt.backbone import frozen
 
     calls = []
-    original = frozen._flat_block
-    monkeypatch.setattr(frozen, "_flat_block", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for name in ("_flat_block", "_class_token_block"):
+        original = getattr(frozen, name)
+        monkeypatch.setattr(frozen, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
     with torch.no_grad():
         tiny.encode_image(images)
         assert calls == []  # fp32: open_clip's own forward
         with autocast_context("cpu", "bf16"):
             tiny.encode_image(images)
-    assert len(calls) == tiny.vision_layers
+    # the last block computes the pooled class token's row alone
+    assert calls == ["_flat_block"] * (tiny.vision_layers - 1) + ["_class_token_block"]
+
+
+def _stored_dtypes(vlm) -> dict[str, torch.dtype]:
+    return {name: p.dtype for name, p in vlm.model.named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ["tiny-vit", "embedded"])
+def test_bf16_stores_only_the_matrix_weights_in_bf16(arch):
+    dtypes = _stored_dtypes(load_backbone(arch, precision="bf16"))
+    assert dtypes["text_projection"] == torch.bfloat16
+    assert dtypes["transformer.resblocks.0.attn.in_proj_weight"] == torch.bfloat16
+    assert dtypes["transformer.resblocks.0.mlp.c_fc.bias"] == torch.bfloat16
+    assert dtypes["visual.conv1.weight"] == torch.bfloat16
+    for kept in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "logit_scale",
+                 "transformer.resblocks.0.ln_1.weight"):
+        assert dtypes[kept] == torch.float32, kept
+    assert set(_stored_dtypes(load_backbone(arch, precision="fp32")).values()) == {torch.float32}
+
+
+def _prompted_text(vlm, ctx):
+    tokens = vlm.tokenize(["X X X X a cat.", "X X X X a small dog."])
+    x = vlm.embed_tokens(tokens)
+    x = torch.cat([x[:, :1], ctx.unsqueeze(0).expand(2, -1, -1), x[:, 5:]], dim=1)
+    return vlm.encode_text_from_embeddings(x, vlm.eot_positions(tokens), shared_prefix=5)
+
+
+@pytest.mark.filterwarnings("ignore:backbone 'embedded' was pretrained on a closed vocabulary")
+@pytest.mark.parametrize("arch", ["tiny-vit", "embedded"])
+def test_bf16_stored_weights_give_exactly_the_autocast_numbers(arch, images):
+    """Storing the weights cast is a memory/time change only: same features and gradients as autocast over
+    the fp32 weights (the path before the weights were stored in bf16)."""
+    stored, ref = load_backbone(arch, precision="bf16"), load_backbone(arch, precision="fp32")
+    images = torch.randn(2, 3, ref.image_size, ref.image_size, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for name, vlm, context in (("stored", stored, contextlib.nullcontext()),
+                               ("ref", ref, autocast_context("cpu", "bf16"))):
+        ctx = torch.randn(4, vlm.text_width, generator=torch.Generator().manual_seed(2)).mul(0.02).requires_grad_()
+        with context:
+            text = _prompted_text(vlm, ctx)
+            image = vlm.encode_image(images)
+            text.float().square().sum().backward()
+            outputs[name] = [text.float(), image.float(), ctx.grad]
+            if vlm.has_vit:
+                prompts = torch.zeros(2, vlm.vision_width).requires_grad_()
+                prompted = vlm.encode_image_with_prompts(images, prompts)
+                prompted.float().square().sum().backward()
+                outputs[name] += [prompted.float(), prompts.grad]
+    for got, want in zip(outputs["stored"], outputs["ref"], strict=True):
+        assert torch.equal(got, want)
+
+
+def test_tower_methods_enter_the_backbone_precision_themselves(images, tokens):
+    vlm = load_backbone("tiny-vit", precision="bf16")
+    with torch.no_grad():
+        outside = vlm.encode_text(tokens), vlm.encode_image(images)
+        with vlm.autocast():
+            inside = vlm.encode_text(tokens), vlm.encode_image(images)
+    for a, b in zip(outside, inside, strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_a_graph_is_the_fused_kernel(causal):
+    from tailprompt.backbone.frozen import _attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    grads = []
+    for fused in (True, False):
+        qkv = [t.clone().requires_grad_(not fused) for t in (q, k, v)]
+        out = (F.scaled_dot_product_attention(*qkv, is_causal=causal) if fused
+               else _attention(*qkv, causal=causal))
+        if fused:
+            expected = out
+        else:
+            assert (out - expected).abs().max() <= 1e-6
+            out.sum().backward()
+            grads = [t.grad for t in qkv]
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*ref, is_causal=causal).sum().backward()
+    for got, want in zip(grads, (t.grad for t in ref), strict=True):
+        assert (got - want).abs().max() <= 1e-5
+
+
+def test_the_class_token_block_is_the_last_blocks_class_row(tiny):
+    from tailprompt.backbone.frozen import _class_token_block, _flat_block
+
+    x = torch.randn(3, 9, 64, generator=torch.Generator().manual_seed(0))
+    block = tiny.vision_blocks[-1]
+    row = _class_token_block(block, x)
+    assert row.shape == (3, 1, 64)
+    assert (row[:, 0] - _flat_block(block, x, causal=False)[:, 0]).abs().max() <= 1e-5
+
+
+def test_the_end_rows_block_is_the_causal_blocks_rows_at_the_ends(tiny):
+    from tailprompt.backbone.frozen import _end_rows_block, _flat_block
+
+    x = torch.randn(3, 9, 64, generator=torch.Generator().manual_seed(0))
+    ends = torch.tensor([8, 4, 6])
+    block = tiny.text_blocks[-1]
+    full = _flat_block(block, x, causal=True)[torch.arange(3), ends]
+    assert (_end_rows_block(block, x, ends) - full).abs().max() <= 1e-5
+    with_graph = _end_rows_block(block, x.clone().requires_grad_(), ends)  # the product-form attention
+    assert (with_graph - full).abs().max() <= 1e-5

@@ -54,3 +54,21 @@ def test_demo_help_and_readme_agree_on_quick():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     claim = "smoke version, under a minute: 4 methods, 2 imbalance ratios, 1 seed, 2 epochs"
     assert claim in quick.help and claim in readme
+
+
+def test_demo_seeds_replace_only_the_seed_list():
+    from tailprompt.commands.demo import demo_spec
+
+    base, five = demo_spec(quick=False), demo_spec(quick=False, seeds=5)
+    assert five.grid == {**base.grid, "seed": [1, 2, 3, 4, 5]}
+    assert (five.methods, five.fixed) == (base.methods, base.fixed)
+
+
+def test_demo_seeds_must_be_a_positive_count(capsys):
+    import pytest
+
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as exc:
+            main(["demo", "--seeds", bad])
+        assert exc.value.code == 2
+        assert f"expected a whole number >= 1, got {bad!r}" in capsys.readouterr().err

@@ -102,6 +102,33 @@ def architecture_from_file(name: str, path: Path) -> Architecture:
 
 def build_model(arch: Architecture, quick_gelu: bool, seed: int) -> nn.Module:
     """A random-init fp32 open_clip model of `arch`; `seed` fixes the init, the caller's RNG is untouched."""
+    model_cls, cfg = _model_class_and_config(arch, quick_gelu)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(**cfg)
+    return model
+
+
+def build_model_to_load(arch: Architecture, quick_gelu: bool) -> nn.Module:
+    """An open_clip model of `arch` on the meta device (no memory, no init), for `load_into` to fill.
+
+    A random init that the weights then overwrite costs seconds on ViT-B/16 (every matrix drawn twice:
+    PyTorch's default init, then open_clip's) and a second copy of the model in memory. `load_into` puts
+    the file's tensors in place instead, cast to the dtypes the meta parameters carry (fp32, or bf16 where
+    `store_matmul_weights` ran on the meta model).
+    """
+    model_cls, cfg = _model_class_and_config(arch, quick_gelu)
+    with torch.device("meta"):
+        return model_cls(**cfg)
+
+
+def _causal_mask(like: torch.Tensor) -> torch.Tensor:
+    """open_clip's additive causal mask (``TextTransformer.build_causal_mask``): -inf above the diagonal."""
+    n = like.shape[-1]
+    return torch.full((n, n), float("-inf")).triu_(1)
+
+
+def _model_class_and_config(arch: Architecture, quick_gelu: bool) -> tuple[type[nn.Module], dict[str, Any]]:
     from open_clip.model import CLIP, CustomTextCLIP
 
     cfg = copy.deepcopy(arch.config)
@@ -113,15 +140,14 @@ def build_model(arch: Architecture, quick_gelu: bool, seed: int) -> nn.Module:
             f"architecture {arch.name!r} has a Hugging Face text tower; tailprompt needs CLIP's own"
         )
     cfg["quick_gelu"] = quick_gelu
-    model_cls = CustomTextCLIP if custom_text else CLIP
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(**cfg)
-    return model
+    return (CustomTextCLIP if custom_text else CLIP), cfg
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, arch_name: str) -> None:
-    """Copy `state_dict` into `model` (cast to the model's fp32), checking names and shapes first.
+    """Copy `state_dict` into `model` (cast to the model's dtypes), checking names and shapes first.
+
+    A model on the meta device (`build_model_to_load`) takes the tensors in place (``assign``) in the
+    dtypes its parameters carry; its causal mask, which no file holds, is rebuilt.
 
     Raises:
         BackboneError: naming the file, the first mismatching key and both shapes, or the missing/extra keys.
@@ -153,4 +179,13 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path,
             f"weights file {path} does not fit architecture {arch_name!r}: keys {'; '.join(parts)} "
             f"(a checkpoint of another architecture?)"
         )
-    model.load_state_dict(state_dict, strict=True)
+    if not any(t.is_meta for t in expected.values()):
+        model.load_state_dict(state_dict, strict=True)
+        return
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True, assign=True)
+    for name in rebuilt:  # still on the meta device: no file holds them
+        owner = model.get_submodule(name.rpartition(".")[0])
+        leaf = name.rpartition(".")[2]
+        if leaf != "attn_mask":
+            raise BackboneError(f"architecture {arch_name!r}: cannot rebuild the non-persistent buffer {name!r}")
+        owner.register_buffer(leaf, _causal_mask(getattr(owner, leaf)), persistent=False)

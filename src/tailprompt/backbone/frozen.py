@@ -19,17 +19,18 @@ In both towers blocks beyond ``len(deep_prompts) + 1`` just propagate what the p
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tailprompt.backbone.checkpoints import BackboneError
-from tailprompt.backbone.precision import ResolvedPrecision, autocast_context
+from tailprompt.backbone.precision import ResolvedPrecision, autocast_context, store_matmul_weights
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -39,6 +40,24 @@ from tailprompt.backbone.transforms import (
     train_transform,
 )
 from tailprompt.tensors import unit
+
+_Method = TypeVar("_Method", bound=Callable[..., Tensor])
+
+
+def _in_own_precision(method: _Method) -> _Method:
+    """Run a tower method under the backbone's autocast (nested autocasts are no-ops) and return fp32.
+
+    In bf16 the matrix weights are stored in bf16, so a caller that forgot the autocast would otherwise hit
+    a dtype error; the fp32 result (exact: bf16 -> fp32 loses nothing) keeps the caller's arithmetic fp32.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: FrozenVLM, *args: Any, **kwargs: Any) -> Tensor:
+        with self.autocast():
+            out = method(self, *args, **kwargs)
+        return out if out.dtype == torch.float64 else out.float()
+
+    return wrapper  # type: ignore[return-value]
 
 
 class FrozenVLM(nn.Module):
@@ -54,8 +73,12 @@ class FrozenVLM(nn.Module):
         vocabulary: words the model was pretrained on (embedded model) or None (no check).
         preprocess_train / preprocess_eval: PIL -> FloatTensor[3, S, S]; preprocess_id names both;
             `train_preprocess` gives another training augmentation.
-        precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`); the
-            weights stay fp32 either way.
+        precision: ``fp32`` or ``bf16``, the autocast the towers run under (`autocast_context`). In bf16 the
+            weights autocast would cast on every call (linear, convolution and attention projections, the
+            towers' output projections) are stored in bf16 once (`store_matmul_weights`); norms and
+            embeddings stay fp32. The outputs are bit-identical to autocast over fp32 weights, without the
+            per-call weight copies, and the frozen model takes half the memory. Every tower method below
+            enters this autocast itself and returns fp32.
     """
 
     def __init__(
@@ -95,6 +118,8 @@ class FrozenVLM(nn.Module):
         self._bpe: Any = None  # open_clip SimpleTokenizer, built on first use (reading BPE merges is slow)
         for p in self.parameters():
             p.requires_grad_(False)
+        if precision == "bf16":
+            store_matmul_weights(model, torch.bfloat16)  # a no-op where the loader stored them so
         super().train(False)
 
     def train(self, mode: bool = True) -> FrozenVLM:
@@ -253,6 +278,7 @@ class FrozenVLM(nn.Module):
         """Token embeddings ``[N, L, W]`` (no positional embedding)."""
         return self.token_embedding(tokens.to(self.device))
 
+    @_in_own_precision
     def encode_text(self, tokens: Tensor, *, truncate: bool = True) -> Tensor:
         """Text features ``[N, D]``, not normalised.
 
@@ -266,6 +292,7 @@ class FrozenVLM(nn.Module):
             return self.model.encode_text(tokens)
         return self.encode_text_from_embeddings(self.embed_tokens(tokens), self.eot_positions(tokens))
 
+    @_in_own_precision
     def encode_text_from_embeddings(
         self,
         x: Tensor,
@@ -328,9 +355,14 @@ class FrozenVLM(nn.Module):
         eot = eot.to(x.device)
         x = x[:, :length] + self.positional_embedding[:length].to(x.dtype)
         mask = self.attn_mask[:length, :length]
-        for i, block in enumerate(self.text_blocks):
+        blocks = list(self.text_blocks)
+        # Under autocast the last block computes the end-of-text rows alone (the only ones pooled).
+        ends_only = torch.is_autocast_enabled(x.device.type) and _is_plain_block(blocks[-1])
+        for i, block in enumerate(blocks):
             if 1 <= i <= len(deep):
                 x = _replace_tokens(x, deep[i - 1], start=1)
+            if ends_only and i == len(blocks) - 1:
+                return self._project_text(self.ln_final(_end_rows_block(block, x, eot)))
             x = _run_block(block, x, mask)
         x = self.ln_final(x)
         x = x[torch.arange(k, device=x.device), eot]
@@ -354,13 +386,16 @@ class FrozenVLM(nn.Module):
         pos = self.positional_embedding[:length].to(x.dtype)
         head = x[:, 0, :prefix] + pos[:prefix]  # [G, P, W]: the first sequence stands for its group
         tail = x[:, :, prefix:length] + pos[prefix:]  # [G, K, R, W]
-        for i, block in enumerate(self.text_blocks):
+        blocks = list(self.text_blocks)
+        for i, block in enumerate(blocks[:-1]):
             if 1 <= i <= len(deep):
                 head = _replace_tokens(head, deep[i - 1], start=1)
             head, tail = _prefix_block(block, head, tail)
-        tail = self.ln_final(tail)
-        rows = tail[:, torch.arange(k, device=x.device), (eot - prefix).to(x.device)]  # [G, K, W]
-        return self._project_text(rows)
+        if 1 <= len(blocks) - 1 <= len(deep):
+            head = _replace_tokens(head, deep[len(blocks) - 2], start=1)
+        # the last block computes the end-of-text rows alone, the only ones pooled
+        rows = _prefix_end_rows(blocks[-1], head, tail, (eot - prefix).to(x.device))  # [G, K, W]
+        return self._project_text(self.ln_final(rows))
 
     def _project_text(self, x: Tensor) -> Tensor:
         proj = self.text_projection
@@ -371,6 +406,7 @@ class FrozenVLM(nn.Module):
         return x @ proj
 
     # ----- image -----
+    @_in_own_precision
     def encode_image(self, images: Tensor) -> Tensor:
         """Image features ``[B, D]`` of ``[B, 3, S, S]`` preprocessed images, not normalised (open_clip).
 
@@ -391,6 +427,7 @@ class FrozenVLM(nn.Module):
         with torch.no_grad(), self.autocast():
             return unit(self.encode_image(images))
 
+    @_in_own_precision
     def encode_image_with_prompts(
         self,
         images: Tensor,
@@ -426,14 +463,17 @@ class FrozenVLM(nn.Module):
         elif deep:
             raise ValueError("deep vision prompts replace the appended prompt tokens: pass `prompts` as well")
         x = v.ln_pre(x)
-        for i, block in enumerate(v.transformer.resblocks):
+        blocks = list(v.transformer.resblocks)
+        # The pooled output reads the class token alone: the last block need not compute the other rows.
+        cls_only = _pools_class_token(v) and torch.is_autocast_enabled(x.device.type) and _is_plain_block(blocks[-1])
+        for i, block in enumerate(blocks):
             if 1 <= i <= len(deep):
                 p = deep[i - 1]
                 if p.shape[-2] != n:
                     raise ValueError(f"deep_prompts[{i - 1}] has {p.shape[-2]} tokens, `prompts` has {n}")
                 x = torch.cat([x[:, : x.shape[1] - n], _expand_batch(p, x.shape[0]).to(x.dtype)], dim=1)
-            x = _run_block(block, x, None)
-        if n:
+            x = _class_token_block(block, x) if cls_only and i == len(blocks) - 1 else _run_block(block, x, None)
+        if n and not cls_only:
             x = x[:, : x.shape[1] - n]
         pooled, _ = v._pool(x)
         return pooled @ v.proj if v.proj is not None else pooled
@@ -502,10 +542,104 @@ def _flat_block(block: nn.Module, x: Tensor, causal: bool) -> Tensor:
     rows = x.reshape(-1, w)
     q, k, v = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias).split(w, dim=-1)
     q, k, v = (_split_heads(z.reshape(n, t, w), attn.num_heads) for z in (q, k, v))
-    mixed = _merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=causal)).reshape(-1, w)
+    mixed = _merge_heads(_attention(q, k, v, causal)).reshape(-1, w)
     rows = rows + block.ls_1(attn.out_proj(mixed))
     rows = rows + block.ls_2(block.mlp(block.ln_2(rows)))
     return rows.reshape(n, t, w)
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, allowed: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention ``[..., T, d]``; on the CPU, when a gradient flows back, as two matmuls.
+
+    The fused CPU kernel's backward in bf16 is 2-2.5x slower than the product form (ViT-B/16, 4 images x 12
+    heads x 199 tokens: 27 ms vs 12 ms forward + backward per block; benchmarks/README.md). Its forward is
+    as fast or faster, so passes without a graph (the cache fill, evaluation) keep it. `allowed` (boolean,
+    broadcast to the scores ``[..., Tq, Tk]``) marks the keys each query may see.
+    """
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not needs_grad or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [..., Tq, Tk]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if causal:
+        t = scores.shape[-1]
+        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return scores.softmax(dim=-1).to(v.dtype) @ v
+
+
+def _pools_class_token(visual: nn.Module) -> bool:
+    """Whether the ViT's output is its class token's row (open_clip ``pool_type='tok'``, no attention pool)."""
+    return getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
+
+
+def _class_token_block(block: nn.Module, x: Tensor) -> Tensor:
+    """`_flat_block` for the class token's row only: ``[N, T, W]`` -> ``[N, 1, W]``.
+
+    Keys and values still come from every row; the query, the output projection and the MLP run for row 0
+    alone (about 5/6 of the block's matrix products skipped; the pooled feature is the same up to bf16
+    summation order).
+    """
+    attn: nn.MultiheadAttention = block.attn
+    n, t, w = x.shape
+    normed = block.ln_1(x)  # [N, T, W]
+    q = _in_projection(attn, normed[:, :1], slice(0, w))  # [N, 1, W]
+    k, v = _in_projection(attn, normed, slice(w, 3 * w)).split(w, dim=-1)  # [N, T, W] each
+    q, k, v = (_split_heads(z, attn.num_heads) for z in (q, k, v))
+    row = x[:, :1] + block.ls_1(attn.out_proj(_merge_heads(_attention(q, k, v, causal=False))))
+    return row + block.ls_2(block.mlp(block.ln_2(row)))
+
+
+def _in_projection(attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
+    """The rows `part` of the attention's packed q|k|v in-projection applied to ``x [..., W]``."""
+    bias = attn.in_proj_bias
+    return F.linear(x, attn.in_proj_weight[part], None if bias is None else bias[part])
+
+
+def _end_rows_block(block: nn.Module, x: Tensor, ends: Tensor) -> Tensor:
+    """The causal `_flat_block` for one row per sequence: ``x [N, T, W]``, ``ends [N]`` -> ``[N, W]``.
+
+    Keys and values come from every position; the query, output projection and MLP run for row ``ends[n]``
+    alone, which sees positions ``0 .. ends[n]`` (the causal mask's row).
+    """
+    attn: nn.MultiheadAttention = block.attn
+    n, t, w = x.shape
+    normed = block.ln_1(x)
+    picked = torch.arange(n, device=x.device)
+    q = _in_projection(attn, normed[picked, ends].unsqueeze(1), slice(0, w))  # [N, 1, W]
+    k, v = _in_projection(attn, normed, slice(w, 3 * w)).split(w, dim=-1)  # [N, T, W] each
+    q, k, v = (_split_heads(z, attn.num_heads) for z in (q, k, v))
+    allowed = (torch.arange(t, device=x.device) <= ends[:, None])[:, None, None, :]  # [N, 1, 1, T]
+    row = x[picked, ends] + block.ls_1(attn.out_proj(_merge_heads(_attention(q, k, v, False, allowed))[:, 0]))
+    return row + block.ls_2(block.mlp(block.ln_2(row)))
+
+
+def _prefix_end_rows(block: nn.Module, head: Tensor, tail: Tensor, ends: Tensor) -> Tensor:
+    """The last `_prefix_block` for the end-of-text rows only: ``[G, K, W]``; ``ends [K]`` index the tails.
+
+    Every tail's end row attends to the whole head and to its own tail up to itself.
+    """
+    attn: nn.MultiheadAttention = block.attn
+    heads = attn.num_heads
+    g, p, w = head.shape
+    k, r = tail.shape[1], tail.shape[2]
+    normed_head, normed_tail = block.ln_1(head), block.ln_1(tail)
+    kh, vh = (_split_heads(z, heads) for z in _in_projection(attn, normed_head, slice(w, 3 * w)).split(w, -1))
+    kt, vt = (_split_heads(z, heads) for z in _in_projection(attn, normed_tail, slice(w, 3 * w)).split(w, -1))
+    picked = torch.arange(k, device=tail.device)
+    end_x = tail[:, picked, ends]  # [G, K, W]
+    q = _split_heads(_in_projection(attn, normed_tail[:, picked, ends], slice(0, w)).unsqueeze(2), heads)
+    scale = q.shape[-1] ** -0.5  # q: [G, K, h, 1, d]
+    scores_head = torch.einsum("gkhrd,ghpd->gkhrp", q, kh) * scale
+    scores_tail = torch.einsum("gkhrd,gkhsd->gkhrs", q, kt) * scale
+    later = torch.arange(r, device=tail.device) > ends[:, None]  # [K, R]: keys past each end
+    scores_tail = scores_tail.masked_fill(later[None, :, None, None, :], float("-inf"))
+    weights = torch.softmax(torch.cat([scores_head, scores_tail], dim=-1), dim=-1).to(vt.dtype)
+    out = torch.einsum("gkhrp,ghpd->gkhrd", weights[..., :p], vh) + torch.einsum(
+        "gkhrs,gkhsd->gkhrd", weights[..., p:], vt
+    )
+    x = end_x + block.ls_1(attn.out_proj(_merge_heads(out)[:, :, 0]))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -538,7 +672,7 @@ def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor) -> tuple[Tensor,
     n_head = g * p
     qh, kh, vh = (_split_heads(t[:n_head].reshape(g, p, w), heads) for t in (q, k, v))  # [G, h, P, d]
     qt, kt, vt = (_split_heads(t[n_head:].reshape(tail.shape), heads) for t in (q, k, v))  # [G, K, h, R, d]
-    out_head = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [G, h, P, d]
+    out_head = _attention(qh, kh, vh, causal=True)  # [G, h, P, d]
     scale = qt.shape[-1] ** -0.5
     r = tail.shape[2]
     scores_head = torch.einsum("gkhrd,ghpd->gkhrp", qt, kh) * scale  # every tail query sees the whole head

@@ -6,19 +6,22 @@ import os
 import warnings
 from pathlib import Path
 
+import torch
+
 from tailprompt.backbone.architectures import (
     EMBEDDED_FOLDERS,
     PACKAGE_ARCHITECTURES,
     Architecture,
     architecture,
     build_model,
+    build_model_to_load,
     embedded_vocabulary_path,
     embedded_weights_path,
     load_into,
 )
 from tailprompt.backbone.checkpoints import BackboneError, error_summary, read_checkpoint
 from tailprompt.backbone.frozen import FrozenVLM
-from tailprompt.backbone.precision import resolve_precision
+from tailprompt.backbone.precision import resolve_precision, store_matmul_weights
 from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
 from tailprompt.utils import sha256_file
 
@@ -61,8 +64,9 @@ def load_backbone(
         quick_gelu: ``auto`` uses QuickGELU when the weights say so (OpenAI layout, convert-weights metadata,
             a ``quick_gelu`` tag) or the architecture config does; ``true``/``false`` force it.
         seed: random init seed (only matters without weights).
-        precision: ``auto`` | ``fp32`` | ``bf16``, resolved here for `device` (`resolve_precision`); the
-            weights stay fp32 and callers run the towers under `autocast_context(device, vlm.precision)`.
+        precision: ``auto`` | ``fp32`` | ``bf16``, resolved here for `device` (`resolve_precision`). In bf16
+            the matrix weights are stored in bf16 (`store_matmul_weights`; autocast's numbers) and the
+            towers' methods run under the backbone's autocast themselves.
 
     Returns:
         A `FrozenVLM` in eval mode with all parameters frozen.
@@ -103,7 +107,9 @@ def load_backbone(
         ckpt = read_checkpoint(path)
         auto = ckpt.quick_gelu if ckpt.quick_gelu is not None else arch.quick_gelu
         qg = override if override is not None else auto
-        model = build_model(arch, qg, seed)
+        model = build_model_to_load(arch, qg)
+        if resolved == "bf16":
+            store_matmul_weights(model, torch.bfloat16)  # on the meta model: the file's tensors land in bf16
         load_into(model, ckpt.state_dict, path, name)
         identity = f"{name}@sha256:{sha256_file(path)}" + _activation_suffix(qg, auto)
     model = model.to(device)

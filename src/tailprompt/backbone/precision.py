@@ -2,6 +2,8 @@
 
 Only the towers' matrix products run in bf16 (under `torch.autocast`); prompt parameters, optimiser state,
 objectives, metrics and the cached features stay fp32. `fp32` is the reference path that parity tests use.
+In bf16 the frozen matrix weights are stored in bf16 (`store_matmul_weights`), which gives autocast's numbers
+without its per-call weight copies.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 Precision = Literal["auto", "fp32", "bf16"]
 ResolvedPrecision = Literal["fp32", "bf16"]
@@ -65,6 +68,32 @@ def autocast_context(device: torch.device | str, precision: str) -> contextlib.A
     return contextlib.nullcontext()
 
 
+def store_matmul_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """Store in `dtype` the frozen weights that autocast would cast to it on every call.
+
+    Linear and convolution weights and biases, attention in-projections and the towers' projection
+    matrices: autocast feeds exactly these to its low-precision kernels, so storing them cast gives the same
+    numbers. Norms, embeddings, class tokens and the logit scale are not autocast inputs and stay fp32.
+    """
+    def cast(owner: nn.Module, name: str) -> None:
+        p = getattr(owner, name, None)
+        if isinstance(p, nn.Parameter):
+            p.data = p.data.to(dtype)
+
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            names: tuple[str, ...] = ("weight", "bias")
+        elif isinstance(module, nn.MultiheadAttention):
+            names = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+        else:
+            continue
+        for name in names:
+            cast(module, name)
+    text = model.text if hasattr(model, "text") else model
+    cast(text, "text_projection")
+    cast(model.visual, "proj")
+
+
 __all__ = [
     "PRECISIONS",
     "Precision",
@@ -73,4 +102,5 @@ __all__ = [
     "cpu_flags",
     "cpu_has_native_bf16",
     "resolve_precision",
+    "store_matmul_weights",
 ]

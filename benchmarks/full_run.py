@@ -229,13 +229,12 @@ def main() -> None:
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     rates = {name: round(matmul_rate(dt, device), 1) for name, dt in dtypes.items()}
     report["matmul_gflops"] = rates
+    vlm = load_backbone(args.arch, weights=ckpt, device=device, precision=args.precision)
     if "maple" in args.presets:  # MaPLe's step cannot beat its image side's products at the measured rate
-        vlm = load_backbone(args.arch, weights=ckpt, device=device, precision=args.precision)
         gflop = vit_step_gflop(vlm, batch=4, prompts=2)
         rate = rates[vlm.precision]
         report["maple_image_side"] = {"gflop_per_step": round(gflop, 1), "floor_s_per_step": round(gflop / rate, 3)}
     if args.text_k and args.text_m:
-        vlm = load_backbone(args.arch, weights=ckpt, device=device, precision=args.precision)
         rows = []
         for m in args.text_m:
             for k in args.text_k:

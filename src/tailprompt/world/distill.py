@@ -47,6 +47,7 @@ from tailprompt.world.pretrain import (
     PretrainResult,
     _param_groups,
     contrastive_loss,
+    log_progress,
     lr_at,
     normalize_images,
     pretraining_batch,
@@ -163,10 +164,7 @@ def distill(cfg: PretrainConfig, teacher: FrozenVLM, progress: bool = True) -> P
         optimizer.step()
         losses.append(loss.detach().item())
         bar.set_postfix(kd=f"{kd.item():.4f}", nce=f"{nce.item():.3f}", refresh=False)
-        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            window = losses[-100:]
-            log.info("step %d/%d loss %.4f (mean of last %d)", step + 1, cfg.steps, sum(window) / len(window),
-                     len(window))
+        log_progress(losses, cfg.steps)
     bar.close()
     wall = time.perf_counter() - t0
     model.eval()

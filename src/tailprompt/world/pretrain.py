@@ -250,10 +250,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.detach().item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            window = losses[-100:]
-            log.info("step %d/%d loss %.4f (mean of last %d)", step + 1, cfg.steps, sum(window) / len(window),
-                     len(window))
+        log_progress(losses, cfg.steps)
     bar.close()
     wall = time.perf_counter() - t0
     model.eval()
@@ -262,6 +259,14 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     if cfg.eval_per_class > 0:
         result.zero_shot = zero_shot_table(vlm, cfg.eval_per_class)
     return result
+
+
+def log_progress(losses: list[float], steps: int, every: int = 100) -> None:
+    """Every `every` steps and at the last, log the mean loss of the last `every` steps."""
+    step = len(losses)
+    if step % every == 0 or step == steps:
+        window = losses[-every:]
+        log.info("step %d/%d loss %.4f (mean of last %d)", step, steps, sum(window) / len(window), len(window))
 
 
 # ------------------------------------------------------------------------------------------------

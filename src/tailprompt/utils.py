@@ -6,14 +6,15 @@ import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch and numpy load where they are used: `tailprompt list presets` needs neither
+    import torch
 
 
 def free_cores() -> int:
@@ -37,6 +38,8 @@ def free_cores() -> int:
 
 def configure_threads(n: int | None = None) -> int:
     """Set torch intra-op threads to `n` (default: the free cores) and return the value used."""
+    import torch
+
     n = n or free_cores()
     torch.set_num_threads(n)
     return n
@@ -48,6 +51,8 @@ def resolve_device(name: str) -> torch.device:
     A name torch does not know, or a device this machine does not have, is a `ConfigError` naming
     `backbone.device` (a user's typo, not a crash deep inside the first tensor transfer).
     """
+    import torch
+
     from tailprompt.schema import ConfigError
 
     if name == "auto":
@@ -73,6 +78,9 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (the reference's set_random_seed)."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -118,13 +126,13 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
+    # An object can only be a numpy or torch value if its library is already loaded.
+    np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    if np is not None and isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if np is not None and isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, torch.Tensor):
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)

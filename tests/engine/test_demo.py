@@ -72,3 +72,19 @@ def test_demo_seeds_must_be_a_positive_count(capsys):
             main(["demo", "--seeds", bad])
         assert exc.value.code == 2
         assert f"expected a whole number >= 1, got {bad!r}" in capsys.readouterr().err
+
+
+def test_deep_rows_are_the_maple_family_on_the_embedded_vit_with_the_demo_grid():
+    from tailprompt.commands.demo import demo_spec, demo_specs
+
+    demo, deep = demo_specs(quick=False, seeds=5, deep=True)
+    assert demo == demo_spec(quick=False, seeds=5)
+    assert deep.fixed["backbone.name"] == "embedded-vit" and deep.fixed["data.name"] == demo.fixed["data.name"]
+    assert deep.grid == demo.grid and "optim.epochs" not in deep.fixed  # each preset keeps its schedule
+    assert deep.methods[0] == "zeroshot" and all(m.endswith("maple") for m in deep.methods[1:])
+    assert demo_specs(quick=False, seeds=None, deep=False) == [demo_spec(quick=False)]
+
+
+def test_deep_has_no_quick_version(capsys):
+    assert main(["demo", "--quick", "--deep", "--out", "unused"]) == 2
+    assert "--deep has no quick version" in capsys.readouterr().err

@@ -50,3 +50,18 @@ def test_geometry_rows_and_markdown_show_flattened_clusters_for_global_etf():
     text = render_markdown(runs)
     assert "| CPT's HM lead over CoOp grows as tau falls | yes |" in text
     assert "| global_etf_coop | 6.50 | 0.10 | 6.50 | 0.10 |" in text
+
+
+def _on(runs: list[dict], backbone: str, base: str) -> list[dict]:
+    return [{**r, "method": r["method"].replace("coop", base), "backbone": {"name": backbone}} for r in runs]
+
+
+def test_each_base_learners_family_is_answered_within_its_own_backbone():
+    conv = _on(_runs({1.0: 0.5, 0.06: 3.0}, 0.2, 1.0), "embedded", "coop")
+    vit = _on(_runs({1.0: 3.0, 0.06: 0.5}, 1.0, 0.2), "embedded-vit", "maple")
+    assert [c["holds"] for c in claims(vit, "maple")[:2]] == [False, False]
+    assert all(c["holds"] is None for c in claims(vit, "coop"))
+    text = render_markdown(conv + vit)
+    conv_part, vit_part = text.split("#### The seeds' claims on these runs (embedded-vit)")
+    assert "| CPT's HM lead over CoOp grows as tau falls | yes |" in conv_part and "MaPLe" not in conv_part
+    assert "| CPT's HM lead over MaPLe grows as tau falls | no |" in vit_part and "| coop |" not in vit_part

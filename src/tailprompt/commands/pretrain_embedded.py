@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-weight", type=float, default=None,
                    help="vit only: weight of the contrastive loss against the frozen text tower added to the "
                    f"distillation loss (default {vit.text_weight})")
+    p.add_argument("--augment-fraction", type=float, default=None,
+                   help="vit only: share of each batch distilled on the world's training view (crop + flip) "
+                   f"instead of the whole scene (default {vit.augment_fraction})")
     p.add_argument("--teacher", type=Path, default=None,
                    help="vit only: the embedded CLIP weights to distil from and copy the text tower of "
                    "(default: the packaged ones)")
@@ -72,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: expected a .safetensors file path")
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out}: is a folder, expected a .safetensors file path")
-    if vision == "conv" and (args.text_weight is not None or args.teacher is not None):
-        raise UserError("--text-weight and --teacher apply to --vision vit only")
+    if vision == "conv" and any(v is not None for v in (args.text_weight, args.teacher, args.augment_fraction)):
+        raise UserError("--text-weight, --augment-fraction and --teacher apply to --vision vit only")
     if args.rescore:
         if not out.is_file():
             raise UserError(f"--rescore: no weights at {out} (train them first)")
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     given = {
         "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
         "warmup": args.warmup, "eval_per_class": args.eval_per_class, "text_weight": args.text_weight,
+        "augment_fraction": args.augment_fraction,
     }
     try:
         cfg = from_dict(type(default_config(vision)), {
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     flags = ["--steps", str(cfg.steps), "--seed", str(cfg.seed), "--batch-size", str(cfg.batch_size),
              "--lr", str(cfg.lr), "--warmup", str(cfg.warmup)]
     if vision == "vit":
-        flags = ["--vision", "vit", *flags, "--text-weight", str(cfg.text_weight)]
+        flags = ["--vision", "vit", *flags, "--text-weight", str(cfg.text_weight),
+                 "--augment-fraction", str(cfg.augment_fraction)]
     flags += ["--eval-per-class", str(cfg.eval_per_class), "--threads", str(threads)]
     command = "tailprompt pretrain-embedded " + " ".join(shlex.quote(a) for a in flags)
     if vision == "vit":

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 
 from tailprompt.data.augment import Augment
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: listing datasets and presets needs no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -57,4 +60,6 @@ class DatasetSplits:
 
     def load_batch(self, items: Sequence[Item], transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
         """Stack `transform(load_image(item))` over items -> [B, 3, H, W]."""
+        import torch
+
         return torch.stack([transform(self.load_image(it)) for it in items])

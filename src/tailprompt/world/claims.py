@@ -1,13 +1,14 @@
 """The seeds' claims, checked on a set of run records (the demo's), plus the geometry the papers argue with.
 
 Each claim is a yes/no question with its numbers, over the methods' mean (and seed spread) per imbalance
-ratio tau. Nothing is tuned here: the records are read as they are.
+ratio tau, within one family of presets on one base learner (`coop`: cpt_coop, npt_coop, ...; `maple`:
+cpt_maple, ...). Nothing is tuned here: the records are read as they are.
 
-- CPT's HM lead (over CoOp) grows as tau falls: lead(min tau) > lead(tau 1).
+- CPT's HM lead (over the base learner) grows as tau falls: lead(min tau) > lead(tau 1).
 - CPT's seed spread is below NPT's: the HM standard deviation over seeds, averaged over the taus.
-- TCPT lowers new-class ECE against CoOp at equal accuracy: at every tau, ECE new is lower and new-class
-  accuracy within `EQUAL_ACCURACY` points.
-- CPT+TCPT gets both: at every tau, HM above CoOp's and new-class ECE below CoOp's.
+- TCPT lowers new-class ECE against the base learner at equal accuracy: at every tau, ECE new is lower and
+  new-class accuracy within `EQUAL_ACCURACY` points.
+- CPT+TCPT gets both: at every tau, HM above the base learner's and new-class ECE below it.
 
 Geometry, per method and tau, from the learned class features of the training label set: the effective
 rank of the class-similarity matrix and the cluster structure (mean cosine within CPT's frozen clusters
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 EQUAL_ACCURACY = 2.0  # points of new-class accuracy within which two methods count as equally accurate
-CPT, NPT, TCPT, CPT_TCPT, COOP = "cpt_coop", "npt_coop", "tcpt_coop", "cpt_tcpt_coop", "coop"
+BASE_NAMES = {"coop": "CoOp", "maple": "MaPLe"}  # base learners whose preset families the claims compare
 
 Record = dict[str, Any]
 
@@ -63,8 +64,16 @@ def _effective_rank(r: Record) -> float | None:
     return ((r.get("geometry") or {}).get("learned") or {}).get("effective_rank")
 
 
-def claims(results: Sequence[Record]) -> list[dict[str, Any]]:
-    """The four claims with their numbers; a claim whose methods did not run says so (`holds` None)."""
+def backbone_of(r: Record) -> str:
+    backbone = r.get("backbone") or {}
+    return str(backbone.get("name", "?") if isinstance(backbone, dict) else backbone)
+
+
+def claims(results: Sequence[Record], base: str = "coop") -> list[dict[str, Any]]:
+    """The four claims for the presets on `base` (`cpt_<base>`, ...) with their numbers; a claim whose
+    methods did not run says so (`holds` None)."""
+    COOP, CPT, NPT, TCPT, CPT_TCPT = base, f"cpt_{base}", f"npt_{base}", f"tcpt_{base}", f"cpt_tcpt_{base}"
+    name = BASE_NAMES.get(base, base)
     cells = _cells(results)
     taus = sorted({tau for _, tau in cells}, reverse=True)
 
@@ -79,7 +88,7 @@ def claims(results: Sequence[Record]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     leads = {tau: _diff(mean(CPT, tau, _hm), mean(COOP, tau, _hm)) for tau in taus}
     have = len(taus) > 1 and all(v is not None for v in leads.values())
-    out.append({"claim": "CPT's HM lead over CoOp grows as tau falls", "lead_by_tau": leads,
+    out.append({"claim": f"CPT's HM lead over {name} grows as tau falls", "lead_by_tau": leads,
                 "holds": (leads[taus[-1]] > leads[taus[0]]) if have else None})
     cpt_std, npt_std = spread(CPT), spread(NPT)
     out.append({"claim": "CPT's seed spread (HM std) is below NPT's", "cpt": cpt_std, "npt": npt_std,
@@ -91,7 +100,7 @@ def claims(results: Sequence[Record]) -> list[dict[str, Any]]:
         rows[tau] = {"ece_new_change": d_ece, "acc_new_change": d_acc}
         if d_ece is not None and d_acc is not None:
             ok.append(d_ece < 0 and abs(d_acc) <= EQUAL_ACCURACY)
-    out.append({"claim": f"TCPT lowers new-class ECE against CoOp at equal accuracy (within {EQUAL_ACCURACY:g})",
+    out.append({"claim": f"TCPT lowers new-class ECE against {name} at equal accuracy (within {EQUAL_ACCURACY:g})",
                 "by_tau": rows, "holds": all(ok) if ok and len(ok) == len(taus) else None})
     rows, ok = {}, []
     for tau in taus:
@@ -100,7 +109,7 @@ def claims(results: Sequence[Record]) -> list[dict[str, Any]]:
         rows[tau] = {"hm_change": d_hm, "ece_new_change": d_ece}
         if d_hm is not None and d_ece is not None:
             ok.append(d_hm > 0 and d_ece < 0)
-    out.append({"claim": "CPT+TCPT gets both: HM above CoOp's and new-class ECE below it", "by_tau": rows,
+    out.append({"claim": f"CPT+TCPT gets both: HM above {name}'s and new-class ECE below it", "by_tau": rows,
                 "holds": all(ok) if ok and len(ok) == len(taus) else None})
     return out
 
@@ -128,15 +137,31 @@ def _fmt(v: Any) -> str:
 
 
 def render_markdown(results: Sequence[Record]) -> str:
-    """The claims and the geometry as markdown (what `tailprompt demo` prints after the tables)."""
-    lines = ["#### The seeds' claims on these runs", "", "| claim | holds | numbers |", "|:--|:--|:--|"]
-    for c in claims(results):
-        numbers = {k: v for k, v in c.items() if k not in ("claim", "holds")}
-        text = "; ".join(f"{k}: {_numbers(v)}" for k, v in numbers.items())
-        lines.append(f"| {c['claim']} | {_fmt(c['holds'])} | {text} |")
+    """The claims and the geometry as markdown (what `tailprompt demo` prints after the tables): one section
+    per backbone, with the claims of each base learner whose presets ran on it."""
+    backbones = sorted({backbone_of(r) for r in results})
+    sections = []
+    for backbone in backbones:
+        records = [r for r in results if backbone_of(r) == backbone]
+        title = f" ({backbone})" if len(backbones) > 1 else ""
+        sections.append(_backbone_markdown(records, title))
+    return "\n\n".join(sections)
+
+
+def _backbone_markdown(results: Sequence[Record], title: str) -> str:
+    lines: list[str] = []
+    methods = {r["method"] for r in results}
+    for base in [b for b in BASE_NAMES if b in methods] or ["coop"]:
+        if lines:
+            lines.append("")
+        lines += [f"#### The seeds' claims on these runs{title}", "", "| claim | holds | numbers |", "|:--|:--|:--|"]
+        for c in claims(results, base):
+            numbers = {k: v for k, v in c.items() if k not in ("claim", "holds")}
+            text = "; ".join(f"{k}: {_numbers(v)}" for k, v in numbers.items())
+            lines.append(f"| {c['claim']} | {_fmt(c['holds'])} | {text} |")
     taus = sorted({float(r["tau"]) for r in results}, reverse=True)
     geo = geometry_rows(results)
-    lines += ["", "#### Geometry of the learned class features (mean over seeds)", "",
+    lines += ["", f"#### Geometry of the learned class features (mean over seeds){title}", "",
               "Effective rank of the class-similarity matrix / cluster structure (mean cosine within CPT's "
               "frozen clusters minus across them).", "",
               "| Method | " + " | ".join(f"τ={t:g} rank | τ={t:g} clusters" for t in taus) + " |",

@@ -10,7 +10,11 @@ side. Only the image tower trains: on freshly rendered pretraining batches (`pre
 clean style, every attribute random, the held-out colour+shape pairs never rendered) it minimises
 ``1 - cos(student, teacher)`` against the frozen conv tower's image features, plus, with weight
 `text_weight`, the multi-positive InfoNCE (`pretrain.contrastive_loss`) against the frozen text features of
-the batch's captions. The learning-rate schedule is `pretrain.lr_at`.
+the batch's captions. With `augment_fraction` > 0 that share of every batch is replaced by the world's
+training view of the same images (`training_views`: the crop + flip `world.datasets.AUGMENT` gives the
+learners) before student and teacher see it: a student distilled on whole scenes only has features that move
+under that crop, and prompt learners that train through the image tower (MaPLe) then fit the crop rather
+than the classes. The learning-rate schedule is `pretrain.lr_at`.
 
 `distill(cfg)` returns a `PretrainResult`; `save_embedded_vit(...)` writes the folder
 `tailprompt.backbone.load_backbone("embedded-vit")` reads.
@@ -19,6 +23,7 @@ the batch's captions. The learning-rate schedule is `pretrain.lr_at`.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 from tailprompt import __version__
@@ -41,6 +47,7 @@ from tailprompt.utils import sha256_file, write_json_atomic, write_text_atomic
 from tailprompt.world import captions as world_captions
 from tailprompt.world import render as world_render
 from tailprompt.world import vocab as world_vocab
+from tailprompt.world.datasets import AUGMENT as WORLD_AUGMENT
 from tailprompt.world.pretrain import (
     PRETRAIN_STYLE,
     PretrainConfig,
@@ -111,6 +118,43 @@ class FrozenTextFeatures:
         return torch.stack([self.memo[t] for t in texts])
 
 
+def crop_box(
+    height: int, width: int, scale: tuple[float, float], gen: torch.Generator
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random resized crop: torchvision's `RandomResizedCrop.get_params` (area share in
+    `scale`, aspect ratio log-uniform in 3/4-4/3, 10 tries, then the centre crop), drawn from `gen`."""
+    area = height * width
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=gen)))
+        aspect = math.exp(log_lo + (log_hi - log_lo) * float(torch.rand((), generator=gen)))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (), generator=gen))
+            return top, left, h, w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def training_views(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """uint8 [B, H, W, 3] with the first ``round(fraction * B)`` images replaced by a world training view
+    (random resized crop, bicubic back to H x W, then a coin-flip horizontal flip: `WORLD_AUGMENT`)."""
+    n = round(fraction * images.shape[0])
+    if n == 0:
+        return images
+    out = images.clone()
+    height, width = images.shape[1:3]
+    for i in range(n):
+        top, left, h, w = crop_box(height, width, WORLD_AUGMENT.crop_scale, gen)
+        view = TF.resized_crop(images[i].permute(2, 0, 1).float(), top, left, h, w, [height, width],
+                               interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        if WORLD_AUGMENT.flip and float(torch.rand((), generator=gen)) < 0.5:
+            view = view.flip(-1)
+        out[i] = view.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+    return out
+
+
 def _step_losses(
     student: FrozenVLM, teacher: FrozenVLM, text: FrozenTextFeatures, images: torch.Tensor, texts: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +201,9 @@ def distill(cfg: PretrainConfig, teacher: FrozenVLM, progress: bool = True) -> P
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         images, texts = pretraining_batch(cfg.seed, step, cfg.batch_size)
+        if cfg.augment_fraction:
+            gen = world_render.seeded_generator("distill-views", cfg.seed, step)
+            images = training_views(images, cfg.augment_fraction, gen)
         kd, nce = _step_losses(student, teacher, text, images, texts)
         loss = kd + cfg.text_weight * nce if cfg.text_weight else kd
         optimizer.zero_grad(set_to_none=True)
@@ -208,7 +255,11 @@ def manifest_text(
         f" {sum(window) / len(window):.4f}",
         "",
         f"Distillation data: `{PRETRAIN_STYLE}` style scenes with every attribute random, as the embedded CLIP's"
-        " pretraining; colour+shape pairs never rendered: "
+        " pretraining"
+        + (f", {cfg.augment_fraction:.0%} of each batch as the world's training view (random resized crop"
+           f" keeping {WORLD_AUGMENT.crop_scale[0]:.0%}-{WORLD_AUGMENT.crop_scale[1]:.0%} of the area, flip)"
+           " for student and teacher alike" if cfg.augment_fraction else "")
+        + "; colour+shape pairs never rendered: "
         + ", ".join(f"{world_render.COLOURS[c]} {world_render.SHAPES[s]}" for c, s in held)
         + ".",
         "",

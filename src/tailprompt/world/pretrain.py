@@ -70,8 +70,9 @@ class PretrainConfig:
 
     `vision` picks the model: ``conv`` trains the `embedded` CLIP contrastively (`pretrain`), ``vit`` distils
     the `embedded-vit` image tower from it (`tailprompt.world.distill`), where `text_weight` weighs the
-    InfoNCE against the frozen text tower added to the distillation loss. `default_config` gives each
-    vision's defaults.
+    InfoNCE against the frozen text tower added to the distillation loss and `augment_fraction` the share of
+    each batch that student and teacher see as a world training view (`distill.training_views`).
+    `default_config` gives each vision's defaults.
     """
 
     vision: Vision = "conv"
@@ -84,10 +85,15 @@ class PretrainConfig:
     probe_size: int = 512  # fixed held-aside batch whose loss is measured before and after training
     eval_per_class: int = 50  # test images per class in the zero-shot table (0: no table)
     text_weight: float = 0.0  # vit only
+    augment_fraction: float = 0.0  # vit only: share of each batch seen as a training view (crop + flip)
 
     def __post_init__(self) -> None:
         if self.vision == "conv" and self.text_weight:
             raise ValueError("text_weight applies to vision 'vit' only (the conv CLIP trains its text tower)")
+        if self.vision == "conv" and self.augment_fraction:
+            raise ValueError("augment_fraction applies to vision 'vit' only")
+        if not 0.0 <= self.augment_fraction <= 1.0:
+            raise ValueError(f"augment_fraction must be in [0, 1], got {self.augment_fraction}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 2:
@@ -105,7 +111,8 @@ def default_config(vision: Vision) -> PretrainConfig:
     """Each vision's defaults: the conv CLIP's published schedule; the ViT's distillation schedule (a
     student step costs ~10x a conv CLIP step on the CPU, so smaller batches and a 25-minute budget)."""
     if vision == "vit":
-        return PretrainConfig(vision="vit", steps=1200, batch_size=128, lr=2e-3, warmup=100, text_weight=0.5)
+        return PretrainConfig(vision="vit", steps=1200, batch_size=128, lr=2e-3, warmup=100, text_weight=0.5,
+                              augment_fraction=0.5)
     return PretrainConfig()
 
 

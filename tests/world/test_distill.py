@@ -107,3 +107,28 @@ def test_shipped_vit_shares_the_embedded_text_tower_and_classifies_zero_shot_far
     # (MANIFEST.md, size_colour_shape_by_shape noisy), the conv tower 60.7%; 0.35 leaves ~5 sampling std.
     acc = _zero_shot_accuracy(vlm, "world", per_class=3)
     assert acc > 0.35, f"zero-shot accuracy {acc:.3f} vs chance {1 / 72:.3f}"
+
+
+def test_training_views_replace_the_first_share_of_a_batch_deterministically():
+    from tailprompt.world.pretrain import pretraining_batch
+    from tailprompt.world.render import seeded_generator
+
+    images, _ = pretraining_batch(0, 0, 8)
+    views = D.training_views(images, 0.5, seeded_generator("t", 1))
+    assert views.shape == images.shape and views.dtype == torch.uint8
+    assert torch.equal(views[4:], images[4:]) and not torch.equal(views[:4], images[:4])
+    assert torch.equal(views, D.training_views(images, 0.5, seeded_generator("t", 1)))
+    assert torch.equal(D.training_views(images, 0.0, seeded_generator("t", 1)), images)
+    gen = seeded_generator("boxes")
+    for _ in range(200):
+        top, left, h, w = D.crop_box(32, 32, (0.6, 1.0), gen)
+        assert 0 <= top <= 32 - h and 0 <= left <= 32 - w and 0.6 * 1024 * 0.9 <= h * w <= 1024
+
+
+def test_augment_fraction_is_for_the_vit_and_a_share(tmp_path, capsys):
+    out = str(tmp_path / "w.safetensors")
+    assert main(["pretrain-embedded", "--steps", "1", "--augment-fraction", "0.5", "--out", out]) == 2
+    assert "--augment-fraction" in capsys.readouterr().err
+    assert main(["pretrain-embedded", "--vision", "vit", "--steps", "1", "--augment-fraction", "1.5",
+                 "--out", out]) == 2
+    assert "augment_fraction must be in [0, 1]" in capsys.readouterr().err

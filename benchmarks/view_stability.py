@@ -30,28 +30,36 @@ def mean_view_cosine(name: str, weights: Path | None, dataset: str, images: int,
     """Mean cosine between eval and training-view features of `images` evenly spaced test images."""
     vlm = load_backbone(name, weights=weights, precision="fp32")
     ds = load_dataset(dataset)
-    items = ds.test[:: max(1, len(ds.test) // images)][:images]
+    pictures = [ds.load_image(i) for i in ds.test[:: max(1, len(ds.test) // images)][:images]]
     train = vlm.train_preprocess(AUGMENT.crop_scale, AUGMENT.flip)
     torch.manual_seed(0)
     with torch.no_grad():
-        eval_batch = torch.stack([vlm.preprocess_eval(ds.load_image(i)) for i in items])
-        whole = F.normalize(vlm.encode_image(eval_batch), dim=-1)
+        whole = F.normalize(vlm.encode_image(torch.stack([vlm.preprocess_eval(p) for p in pictures])), dim=-1)
         cosines = []
         for _ in range(views):
-            view = vlm.encode_image(torch.stack([train(ds.load_image(i)) for i in items]))
+            view = vlm.encode_image(torch.stack([train(p) for p in pictures]))
             cosines.append(float((whole * F.normalize(view, dim=-1)).sum(-1).mean()))
     return sum(cosines) / len(cosines)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="world")
-    p.add_argument("--images", type=int, default=256)
-    p.add_argument("--views", type=int, default=2)
+    p.add_argument("--images", type=positive_int, default=256)
+    p.add_argument("--views", type=positive_int, default=2)
     p.add_argument("--vit-weights", type=Path, action="append", default=[],
                    help="another embedded-vit weights file to compare (repeatable)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    missing = [str(w) for w in args.vit_weights if not w.is_file()]
+    if missing:
+        p.error(f"--vit-weights {missing[0]}: no such weights file")
     torch.set_num_threads(args.threads)
     backbones = [("embedded", "embedded", None), ("embedded-vit", "embedded-vit", None)]
     backbones += [(f"embedded-vit:{w}", "embedded-vit", w) for w in args.vit_weights]

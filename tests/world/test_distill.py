@@ -133,3 +133,16 @@ def test_augment_fraction_is_for_the_vit_and_a_share(tmp_path, capsys):
     assert main(["pretrain-embedded", "--vision", "vit", "--steps", "1", "--augment-fraction", "1.5",
                  "--out", out]) == 2
     assert "augment_fraction must be in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, culprit", [(["--images", "0"], "--images"),
+                                           (["--vit-weights", "missing.safetensors"], "--vit-weights")])
+def test_view_stability_benchmark_refuses_bad_input_in_one_line(args, culprit, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "view_stability.py"
+    done = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert culprit in done.stderr and "Traceback" not in done.stderr

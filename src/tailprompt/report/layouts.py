@@ -31,6 +31,7 @@ from tailprompt.report.aggregate import Cell, Metric, base_new_hm, dataset_avera
 from tailprompt.report.results import (
     LEGACY_PROTOCOL_LABELS,
     ReportError,
+    backbone_name,
     deduplicated,
     experiment_layout,
     load_results,
@@ -95,11 +96,9 @@ class Setting:
 
 
 def setting_of(record: dict[str, Any]) -> Setting:
-    backbone = record.get("backbone") or {}
-    name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
     label = record.get("protocol_label")
     shots = int(record.get("shots") or 0)
-    return Setting(record["protocol"], str(name), shots, label if isinstance(label, str) else "")
+    return Setting(record["protocol"], backbone_name(record), shots, label if isinstance(label, str) else "")
 
 
 def target_mean_accuracy(record: dict[str, Any]) -> float | None:

@@ -120,13 +120,17 @@ class ExperimentKey:
         return f"{self.dataset} · {protocol}{setting}"
 
 
-def experiment_key(record: dict[str, Any]) -> ExperimentKey:
+def backbone_name(record: dict[str, Any]) -> str:
+    """The backbone a run record names (result.json's `backbone.name`; older records hold a bare string)."""
     backbone = record.get("backbone") or {}
-    name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
+    return str(backbone.get("name", "?") if isinstance(backbone, dict) else backbone)
+
+
+def experiment_key(record: dict[str, Any]) -> ExperimentKey:
     shots = int(record.get("shots") or 0)
     counts = [c for c in ((record.get("sampling") or {}).get("counts") or {}).values() if isinstance(c, int)]
     label = record.get("protocol_label")
-    return ExperimentKey(record["dataset"], record["protocol"], str(name), shots,
+    return ExperimentKey(record["dataset"], record["protocol"], backbone_name(record), shots,
                          label=label if isinstance(label, str) else "",
                          full_data=bool(counts) and max(counts) < shots)
 

@@ -21,6 +21,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tailprompt.report.results import backbone_name
+
 EQUAL_ACCURACY = 2.0  # points of new-class accuracy within which two methods count as equally accurate
 BASE_NAMES = {"coop": "CoOp", "maple": "MaPLe"}  # base learners whose preset families the claims compare
 
@@ -62,11 +64,6 @@ def _cluster_structure(r: Record) -> float | None:
 
 def _effective_rank(r: Record) -> float | None:
     return ((r.get("geometry") or {}).get("learned") or {}).get("effective_rank")
-
-
-def backbone_of(r: Record) -> str:
-    backbone = r.get("backbone") or {}
-    return str(backbone.get("name", "?") if isinstance(backbone, dict) else backbone)
 
 
 def claims(results: Sequence[Record], base: str = "coop") -> list[dict[str, Any]]:
@@ -139,10 +136,10 @@ def _fmt(v: Any) -> str:
 def render_markdown(results: Sequence[Record]) -> str:
     """The claims and the geometry as markdown (what `tailprompt demo` prints after the tables): one section
     per backbone, with the claims of each base learner whose presets ran on it."""
-    backbones = sorted({backbone_of(r) for r in results})
+    backbones = sorted({backbone_name(r) for r in results})
     sections = []
     for backbone in backbones:
-        records = [r for r in results if backbone_of(r) == backbone]
+        records = [r for r in results if backbone_name(r) == backbone]
         title = f" ({backbone})" if len(backbones) > 1 else ""
         sections.append(_backbone_markdown(records, title))
     return "\n\n".join(sections)

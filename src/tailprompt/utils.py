@@ -139,6 +139,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def default_cache_dir() -> Path:
+    """`$TAILPROMPT_CACHE`, else `~/.cache/tailprompt`: feature caches, cluster choices, the `list` catalogue."""
+    env = os.environ.get("TAILPROMPT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tailprompt"
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

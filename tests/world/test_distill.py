@@ -126,13 +126,30 @@ def test_training_views_replace_the_first_share_of_a_batch_deterministically():
         assert 0 <= top <= 32 - h and 0 <= left <= 32 - w and 0.6 * 1024 * 0.9 <= h * w <= 1024
 
 
-def test_augment_fraction_is_for_the_vit_and_a_share(tmp_path, capsys):
+def test_noisy_rows_add_the_noisy_styles_noise_to_a_drawn_share_of_a_batch():
+    from tailprompt.world.pretrain import pretraining_batch
+    from tailprompt.world.render import NOISE_SIGMA, seeded_generator
+
+    images, _ = pretraining_batch(0, 0, 64)
+    noisy = D.noisy_rows(images, 0.25, seeded_generator("n", 1))
+    assert noisy.shape == images.shape and noisy.dtype == torch.uint8
+    changed = (noisy != images).flatten(1).any(1)
+    assert int(changed.sum()) == 16 and not torch.equal(changed[:16], torch.ones(16, dtype=torch.bool))
+    diff = (noisy.float() - images.float())[changed] / 255
+    inside = (images[changed] > 12) & (images[changed] < 243)  # away from the clamp at 0 and 255
+    assert abs(float(diff[inside].std()) - NOISE_SIGMA) < 0.004 and abs(float(diff[inside].mean())) < 0.002
+    assert torch.equal(noisy, D.noisy_rows(images, 0.25, seeded_generator("n", 1)))
+    assert torch.equal(D.noisy_rows(images, 0.0, seeded_generator("n", 1)), images)
+
+
+@pytest.mark.parametrize("flag, field", [("--augment-fraction", "augment_fraction"),
+                                         ("--noisy-fraction", "noisy_fraction")])
+def test_the_batch_shares_are_for_the_vit_and_a_share(flag, field, tmp_path, capsys):
     out = str(tmp_path / "w.safetensors")
-    assert main(["pretrain-embedded", "--steps", "1", "--augment-fraction", "0.5", "--out", out]) == 2
-    assert "--augment-fraction" in capsys.readouterr().err
-    assert main(["pretrain-embedded", "--vision", "vit", "--steps", "1", "--augment-fraction", "1.5",
-                 "--out", out]) == 2
-    assert "augment_fraction must be in [0, 1]" in capsys.readouterr().err
+    assert main(["pretrain-embedded", "--steps", "1", flag, "0.5", "--out", out]) == 2
+    assert flag in capsys.readouterr().err
+    assert main(["pretrain-embedded", "--vision", "vit", "--steps", "1", flag, "1.5", "--out", out]) == 2
+    assert f"{field} must be in [0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, culprit", [(["--images", "0"], "--images"),

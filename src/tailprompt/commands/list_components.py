@@ -1,10 +1,22 @@
-"""`tailprompt list`: presets, learners, objectives, training hooks, datasets, protocols."""
+"""`tailprompt list`: presets, learners, objectives, training hooks, datasets, protocols.
+
+Presets are YAML files and list without torch. The other sections are registries filled by importing torch
+modules (~2 s), so their names are kept in a catalogue file in the cache folder, keyed by the package's
+source files (path, size, modification time) and version: any edit or upgrade of the installed package
+makes the next `list` read the registries again and rewrite it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
 
 SECTIONS = ("learners", "objectives", "hooks", "datasets", "protocols")
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +51,58 @@ def registry_names(section: str) -> list[str]:
     return PROTOCOLS.names()
 
 
+def source_key() -> str:
+    """Hash of the installed package's version and its source files' paths, sizes and modification times."""
+    import tailprompt
+
+    root = Path(tailprompt.__file__).parent
+    digest = hashlib.sha256(tailprompt.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        st = path.stat()
+        digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def catalogue_path(key: str) -> Path:
+    from tailprompt.utils import default_cache_dir
+
+    return default_cache_dir() / "catalogue" / f"{key}.json"
+
+
+def cached_catalogue(path: Path) -> dict[str, list[str]] | None:
+    """The registries' names stored for this source tree, or None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or sorted(data) != sorted(SECTIONS):
+        return None
+    if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in data.values()):
+        return None
+    return data
+
+
+def catalogue() -> dict[str, list[str]]:
+    """Names of every registry section: from the catalogue file when it matches the source, else read live
+    (and stored; a cache folder that cannot be written only costs the next call the same ~2 s)."""
+    path = catalogue_path(source_key())
+    found = cached_catalogue(path)
+    if found is not None:
+        return found
+    names = {section: registry_names(section) for section in SECTIONS}
+    from tailprompt.utils import write_json_atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, names)
+        for old in path.parent.glob("*.json"):  # catalogues of earlier source trees
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as e:
+        log.debug("list: catalogue not stored at %s (%s)", path, e)
+    return names
+
+
 def print_presets() -> None:
     from tailprompt.engine.resolve import list_presets, preset_path
     from tailprompt.schema import load_yaml
@@ -54,7 +118,10 @@ def print_presets() -> None:
 def run(args: argparse.Namespace) -> int:
     if args.what in ("all", "presets"):
         print_presets()
+    if args.what == "presets":
+        return 0
+    names = catalogue()
     for section in SECTIONS:
         if args.what in ("all", section):
-            print(f"{section}: {', '.join(registry_names(section))}")
+            print(f"{section}: {', '.join(names[section])}")
     return 0

@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-fraction", type=float, default=None,
                    help="vit only: share of each batch distilled on the world's training view (crop + flip) "
                    f"instead of the whole scene (default {vit.augment_fraction})")
+    p.add_argument("--noisy-fraction", type=float, default=None,
+                   help="vit only: share of each batch given the world's noisy style's pixel noise "
+                   f"(default {vit.noisy_fraction})")
     p.add_argument("--teacher", type=Path, default=None,
                    help="vit only: the embedded CLIP weights to distil from and copy the text tower of "
                    "(default: the packaged ones)")
@@ -75,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: expected a .safetensors file path")
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out}: is a folder, expected a .safetensors file path")
-    if vision == "conv" and any(v is not None for v in (args.text_weight, args.teacher, args.augment_fraction)):
-        raise UserError("--text-weight, --augment-fraction and --teacher apply to --vision vit only")
+    if vision == "conv" and any(v is not None for v in (args.text_weight, args.teacher, args.augment_fraction,
+                                               args.noisy_fraction)):
+        raise UserError("--text-weight, --augment-fraction, --noisy-fraction and --teacher apply to --vision vit only")
     if args.rescore:
         if not out.is_file():
             raise UserError(f"--rescore: no weights at {out} (train them first)")
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     given = {
         "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
         "warmup": args.warmup, "eval_per_class": args.eval_per_class, "text_weight": args.text_weight,
-        "augment_fraction": args.augment_fraction,
+        "augment_fraction": args.augment_fraction, "noisy_fraction": args.noisy_fraction,
     }
     try:
         cfg = from_dict(type(default_config(vision)), {
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
              "--lr", str(cfg.lr), "--warmup", str(cfg.warmup)]
     if vision == "vit":
         flags = ["--vision", "vit", *flags, "--text-weight", str(cfg.text_weight),
-                 "--augment-fraction", str(cfg.augment_fraction)]
+                 "--augment-fraction", str(cfg.augment_fraction), "--noisy-fraction", str(cfg.noisy_fraction)]
     flags += ["--eval-per-class", str(cfg.eval_per_class), "--threads", str(threads)]
     command = "tailprompt pretrain-embedded " + " ".join(shlex.quote(a) for a in flags)
     if vision == "vit":

@@ -42,17 +42,11 @@ from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.locks import exclusive
-from tailprompt.utils import atomic_path, stable_hash, write_json_atomic
+from tailprompt.utils import atomic_path, default_cache_dir, stable_hash, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the meaning of a cached entry changes
-
-
-def default_cache_dir() -> Path:
-    """`$TAILPROMPT_CACHE`, else `~/.cache/tailprompt`."""
-    env = os.environ.get("TAILPROMPT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tailprompt"
 
 
 def augmentation_seed(view: int, key: str) -> int:

@@ -10,11 +10,13 @@ side. Only the image tower trains: on freshly rendered pretraining batches (`pre
 clean style, every attribute random, the held-out colour+shape pairs never rendered) it minimises
 ``1 - cos(student, teacher)`` against the frozen conv tower's image features, plus, with weight
 `text_weight`, the multi-positive InfoNCE (`pretrain.contrastive_loss`) against the frozen text features of
-the batch's captions. With `augment_fraction` > 0 that share of every batch is replaced by the world's
-training view of the same images (`training_views`: the crop + flip `world.datasets.AUGMENT` gives the
-learners) before student and teacher see it: a student distilled on whole scenes only has features that move
-under that crop, and prompt learners that train through the image tower (MaPLe) then fit the crop rather
-than the classes. The learning-rate schedule is `pretrain.lr_at`.
+the batch's captions. With `noisy_fraction` > 0 that share of every batch gets the `noisy` style's pixel
+noise (`noisy_rows`: the benchmark renders its images in that style, which a student distilled on clean
+scenes alone classified far worse than clean ones). With `augment_fraction` > 0 that share of every batch
+is replaced by the world's training view of the same images (`training_views`: the crop + flip
+`world.datasets.AUGMENT` gives the learners) before student and teacher see it: a student distilled on whole
+scenes only has features that move under that crop, and prompt learners that train through the image tower
+(MaPLe) then fit the crop rather than the classes. The learning-rate schedule is `pretrain.lr_at`.
 
 `distill(cfg)` returns a `PretrainResult`; `save_embedded_vit(...)` writes the folder
 `tailprompt.backbone.load_backbone("embedded-vit")` reads.
@@ -137,6 +139,20 @@ def crop_box(
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def noisy_rows(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """uint8 [B, H, W, 3] with ``round(fraction * B)`` rows drawn by `gen` given the `noisy` style's pixel noise
+    (Gaussian, sigma `render.NOISE_SIGMA` of the [0, 1] range, then clamped and re-quantised as rendering does)."""
+    n = round(fraction * images.shape[0])
+    if n == 0:
+        return images
+    rows = torch.randperm(images.shape[0], generator=gen)[:n]
+    picked = images[rows].float() / 255
+    noisy = picked + world_render.NOISE_SIGMA * torch.randn(picked.shape, generator=gen)
+    out = images.clone()
+    out[rows] = (noisy.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+    return out
+
+
 def training_views(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
     """uint8 [B, H, W, 3] with the first ``round(fraction * B)`` images replaced by a world training view
     (random resized crop, bicubic back to H x W, then a coin-flip horizontal flip: `WORLD_AUGMENT`)."""
@@ -201,6 +217,9 @@ def distill(cfg: PretrainConfig, teacher: FrozenVLM, progress: bool = True) -> P
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         images, texts = pretraining_batch(cfg.seed, step, cfg.batch_size)
+        if cfg.noisy_fraction:  # before the crop, as a noisy world image is cropped by the learners' augmentation
+            noise_gen = world_render.seeded_generator("distill-noise", cfg.seed, step)
+            images = noisy_rows(images, cfg.noisy_fraction, noise_gen)
         if cfg.augment_fraction:
             gen = world_render.seeded_generator("distill-views", cfg.seed, step)
             images = training_views(images, cfg.augment_fraction, gen)
@@ -259,6 +278,8 @@ def manifest_text(
         + (f", {cfg.augment_fraction:.0%} of each batch as the world's training view (random resized crop"
            f" keeping {WORLD_AUGMENT.crop_scale[0]:.0%}-{WORLD_AUGMENT.crop_scale[1]:.0%} of the area, flip)"
            " for student and teacher alike" if cfg.augment_fraction else "")
+        + (f", {cfg.noisy_fraction:.0%} of each batch (drawn at random, before any crop) with the `noisy` style's"
+           f" pixel noise (sigma {world_render.NOISE_SIGMA})" if cfg.noisy_fraction else "")
         + "; colour+shape pairs never rendered: "
         + ", ".join(f"{world_render.COLOURS[c]} {world_render.SHAPES[s]}" for c, s in held)
         + ".",

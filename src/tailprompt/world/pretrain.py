@@ -70,8 +70,9 @@ class PretrainConfig:
 
     `vision` picks the model: ``conv`` trains the `embedded` CLIP contrastively (`pretrain`), ``vit`` distils
     the `embedded-vit` image tower from it (`tailprompt.world.distill`), where `text_weight` weighs the
-    InfoNCE against the frozen text tower added to the distillation loss and `augment_fraction` the share of
-    each batch that student and teacher see as a world training view (`distill.training_views`).
+    InfoNCE against the frozen text tower added to the distillation loss, `noisy_fraction` the share of each
+    batch rendered in the world's `noisy` style (`distill.noisy_rows`) and `augment_fraction` the share that
+    student and teacher see as a world training view (`distill.training_views`).
     `default_config` gives each vision's defaults.
     """
 
@@ -86,14 +87,17 @@ class PretrainConfig:
     eval_per_class: int = 50  # test images per class in the zero-shot table (0: no table)
     text_weight: float = 0.0  # vit only
     augment_fraction: float = 0.0  # vit only: share of each batch seen as a training view (crop + flip)
+    noisy_fraction: float = 0.0  # vit only: share of each batch with the noisy style's pixel noise
 
     def __post_init__(self) -> None:
         if self.vision == "conv" and self.text_weight:
             raise ValueError("text_weight applies to vision 'vit' only (the conv CLIP trains its text tower)")
-        if self.vision == "conv" and self.augment_fraction:
-            raise ValueError("augment_fraction applies to vision 'vit' only")
-        if not 0.0 <= self.augment_fraction <= 1.0:
-            raise ValueError(f"augment_fraction must be in [0, 1], got {self.augment_fraction}")
+        for name in ("augment_fraction", "noisy_fraction"):
+            share = getattr(self, name)
+            if self.vision == "conv" and share:
+                raise ValueError(f"{name} applies to vision 'vit' only")
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {share}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 2:

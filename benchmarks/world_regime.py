@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,17 @@ def run_rows(dataset: str, seeds: list[int], out: str, extra: list[str]) -> dict
     results: dict[str, list[dict[str, Any]]] = {}
     for row, (method, tau) in rows.items():
         spec = SweepSpec([method], {"seed": seeds[:1] if method == "zeroshot" else seeds}, {**fixed, "data.tau": tau})
-        results[row] = [o.result for o in run_all(expand(spec, extra), progress=False)]
+        results[row] = [finished_result(report) for report in run_all(expand(spec, extra), progress=False)]
     return results
+
+
+def finished_result(report: Any) -> dict[str, Any]:
+    """The result.json of a run the sweep trained or found complete; a failed or busy run stops the script."""
+    from tailprompt.files import read_json_object
+
+    if report.status not in ("ran", "done"):
+        raise SystemExit(f"world_regime: run {report.run_dir} {report.status}: {report.detail}")
+    return read_json_object(Path(report.run_dir) / "result.json", "run result")
 
 
 def prototype_clusters(dataset: str, extra: list[str]) -> dict[str, Any]:

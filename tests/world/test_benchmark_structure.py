@@ -64,3 +64,46 @@ def test_world_datasets_default_to_a_gentle_crop_and_the_demo_keeps_it():
     spec = read_sweep(sweep_file(quick=False))
     assert not any(key.startswith("data.augment") for key in {*spec.fixed, *spec.grid})
     assert spec.fixed["data.name"] in ("world", *world_datasets.BENCHMARK_DATASETS)
+
+
+def _regime_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "world_regime.py"
+    spec = importlib.util.spec_from_file_location("world_regime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regime_script_reads_each_runs_result_and_stops_on_a_failed_run(tmp_path, monkeypatch):
+    import json
+
+    from tailprompt.engine import sweep
+
+    regime = _regime_script()
+    seen = []
+
+    def fake_run_all(configs, progress=True, on_result=None, log_path=None):
+        reports = []
+        for cfg in configs:
+            run_dir = tmp_path / f"{cfg.method}-{cfg.data.tau}-{cfg.seed}"
+            run_dir.mkdir(exist_ok=True)
+            (run_dir / "result.json").write_text(json.dumps({"method": cfg.method, "seed": cfg.seed}))
+            seen.append(cfg.backbone.name)
+            reports.append(sweep.JobReport(str(run_dir), "ran" if cfg.seed == 1 else "done"))
+        return reports
+
+    monkeypatch.setattr(sweep, "run_all", fake_run_all)
+    results = regime.run_rows("world", [1, 2], str(tmp_path / "runs"), ["backbone.name=embedded-vit"])
+    assert sorted(results) == ["coop", "coop_tau0.06", "kgcoop", "zeroshot"]
+    assert [r["seed"] for r in results["coop"]] == [1, 2] and len(results["zeroshot"]) == 1
+    assert set(seen) == {"embedded-vit"}  # the overrides reach every run
+
+    def failing(configs, progress=True, on_result=None, log_path=None):
+        return [sweep.JobReport(str(tmp_path / "x"), "failed", "ValueError: boom") for _ in configs]
+
+    monkeypatch.setattr(sweep, "run_all", failing)
+    with pytest.raises(SystemExit, match="failed: ValueError: boom"):
+        regime.run_rows("world", [1], str(tmp_path / "runs"), [])

@@ -103,11 +103,11 @@ def test_shipped_vit_shares_the_embedded_text_tower_and_classifies_zero_shot_far
     assert vlm.logit_scale == teacher.logit_scale
     with torch.no_grad():
         assert torch.equal(vlm.encode_text(tokens), teacher.encode_text(tokens))
-    # `world`'s 72 classes, 3 images each: chance is 1.4%; the shipped ViT scores 38.8% on 50 per class
-    # (MANIFEST.md, size_colour_shape_by_shape noisy; 38.9% on these 216 images), the conv tower 60.7%;
-    # 0.25 is ~4 sampling std below and 18x chance.
+    # `world`'s 72 classes, 3 images each: chance is 1.4%; the shipped ViT scores 59.1% on 50 per class
+    # (MANIFEST.md, size_colour_shape_by_shape noisy; 58.8% on these 216 images, the conv tower 56.5%);
+    # 0.45 is ~4 sampling std below and 32x chance.
     acc = _zero_shot_accuracy(vlm, "world", per_class=3)
-    assert acc > 0.25, f"zero-shot accuracy {acc:.3f} vs chance {1 / 72:.3f}"
+    assert acc > 0.45, f"zero-shot accuracy {acc:.3f} vs chance {1 / 72:.3f}"
 
 
 def test_training_views_replace_the_first_share_of_a_batch_deterministically():

@@ -113,10 +113,10 @@ def backbone_name(vision: Vision) -> str:
 
 def default_config(vision: Vision) -> PretrainConfig:
     """Each vision's defaults: the conv CLIP's published schedule; the ViT's distillation schedule (a
-    student step costs ~10x a conv CLIP step on the CPU, so smaller batches and a 25-minute budget)."""
+    student step costs ~10x a conv CLIP step on the CPU, so smaller batches and a 30-minute budget)."""
     if vision == "vit":
-        return PretrainConfig(vision="vit", steps=1200, batch_size=128, lr=2e-3, warmup=100, text_weight=0.5,
-                              augment_fraction=0.5)
+        return PretrainConfig(vision="vit", steps=2000, batch_size=128, lr=2e-3, warmup=100, text_weight=0.5,
+                              augment_fraction=0.5, noisy_fraction=0.5)
     return PretrainConfig()
 
 

@@ -14,6 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[plot,dev]"
+	$(BIN)/tailprompt list > /dev/null  # writes the registries' catalogue, so the first `tailprompt list` is quick
 	touch $(STAMP)
 
 demo: $(STAMP)

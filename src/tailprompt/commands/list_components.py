@@ -14,6 +14,8 @@ import json
 import logging
 from pathlib import Path
 
+from tailprompt.utils import default_cache_dir, write_json_atomic
+
 SECTIONS = ("learners", "objectives", "hooks", "datasets", "protocols")
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,6 @@ def source_key() -> str:
 
 
 def catalogue_path(key: str) -> Path:
-    from tailprompt.utils import default_cache_dir
-
     return default_cache_dir() / "catalogue" / f"{key}.json"
 
 
@@ -90,8 +90,6 @@ def catalogue() -> dict[str, list[str]]:
     if found is not None:
         return found
     names = {section: registry_names(section) for section in SECTIONS}
-    from tailprompt.utils import write_json_atomic
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, names)

@@ -146,10 +146,10 @@ def noisy_rows(images: torch.Tensor, fraction: float, gen: torch.Generator) -> t
     if n == 0:
         return images
     rows = torch.randperm(images.shape[0], generator=gen)[:n]
-    picked = images[rows].float() / 255
+    picked = images[rows].float() / 255  # [n, H, W, 3]
     noisy = picked + world_render.NOISE_SIGMA * torch.randn(picked.shape, generator=gen)
     out = images.clone()
-    out[rows] = (noisy.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+    out[rows] = world_render.quantize(noisy.clamp(0.0, 1.0).permute(0, 3, 1, 2))
     return out
 
 

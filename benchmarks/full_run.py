@@ -12,8 +12,9 @@ layout, then runs each preset through `tailprompt train` in its own process with
 For each: wall time of the process and of its phases (features, train, eval, from result.json), seconds per
 training step, peak RSS of the process, precision and threads. Then the text tower alone, forward + backward
 of CoOp prompts (M context vectors + K class names) per step, plain vs shared prefix, with the token
-positions each must run (K * L vs P + K * (L - P)): the positions ratio is the speed-up a cost linear in
-positions would give.
+positions each must run (K * L vs P + the sum of the K tails up to their end-of-text tokens): the positions
+ratio is the speed-up a cost linear in positions would give. The text rows use ImageNet's class names by
+default (`--text-names synthetic` for names of one length).
 
     python benchmarks/full_run.py                                       # everything, real size
     python benchmarks/full_run.py --presets coop_fewshot --text-k 10 100
@@ -133,16 +134,26 @@ def vit_step_gflop(vlm: Any, batch: int, prompts: int) -> float:
     return 2 * forward / 1e9
 
 
-def text_tower_row(vlm: Any, k: int, m: int, repeats: int) -> dict[str, Any]:
+def class_names(kind: str, k: int) -> list[str]:
+    """K class names: ImageNet's (open_clip's list, cycled past 1,000), whose token lengths vary as real
+    names do, or `synthetic class i` (all about the same length)."""
+    if kind == "synthetic":
+        return [f"synthetic class {i}" for i in range(k)]
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return [IMAGENET_CLASSNAMES[i % len(IMAGENET_CLASSNAMES)] for i in range(k)]
+
+
+def text_tower_row(vlm: Any, k: int, m: int, repeats: int, names_kind: str = "imagenet") -> dict[str, Any]:
     """CoOp prompts `[SOS][ctx_1..ctx_M][name_k][.][EOS]`, forward + backward to the context, plain vs shared."""
-    names = [f"synthetic class {i}" for i in range(k)]
+    names = class_names(names_kind, k)
     tokens = vlm.tokenize([" ".join(["X"] * m) + f" {n}." for n in names])
     eot = vlm.eot_positions(tokens)
     length = int(eot.max()) + 1
     base = vlm.embed_tokens(tokens)[:, :length].detach()
     ctx = (0.02 * torch.randn(m, vlm.text_width, device=vlm.device)).requires_grad_(True)
     prefix = 1 + m
-    row: dict[str, Any] = {"K": k, "M": m, "L": length}
+    row: dict[str, Any] = {"K": k, "M": m, "L": length, "names": names_kind}
     feats = {}
     for label, shared in (("plain", 0), ("shared", prefix)):
         times = []
@@ -162,7 +173,7 @@ def text_tower_row(vlm: Any, k: int, m: int, repeats: int) -> dict[str, Any]:
         feats[label] = (out.detach(), ctx.grad.detach().clone())
         row[f"{label}_s"] = round(min(times[1:]), 4)
     row["positions_plain"] = k * length
-    row["positions_shared"] = prefix + k * (length - prefix)
+    row["positions_shared"] = prefix + int((eot - prefix + 1).sum())  # each tail up to its end-of-text token
     row["speedup"] = round(row["plain_s"] / row["shared_s"], 2)
     row["positions_ratio"] = round(row["positions_plain"] / row["positions_shared"], 2)
     # relative to the plain path's largest entry (features are not normalised; bf16 rounds at ~4e-3)
@@ -186,6 +197,8 @@ def main() -> None:
     parser.add_argument("--text-k", type=int, nargs="*", default=[10, 100, 1000], help="classes K of the text rows")
     parser.add_argument("--text-m", type=int, nargs="*", default=[4, 16], help="context lengths M of the text rows")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per text row (min is reported)")
+    parser.add_argument("--text-names", choices=["imagenet", "synthetic"], default="imagenet",
+                        help="class names of the text rows: ImageNet's (real, varied lengths) or synthetic")
     parser.add_argument("--out", type=Path, default=None, help="keep checkpoint, data, caches and runs here")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -238,7 +251,7 @@ def main() -> None:
         rows = []
         for m in args.text_m:
             for k in args.text_k:
-                rows.append(text_tower_row(vlm, k, m, args.repeats))
+                rows.append(text_tower_row(vlm, k, m, args.repeats, args.text_names))
                 print(f"text: {json.dumps(rows[-1])}", file=sys.stderr)
         report["text_tower"] = {"precision": vlm.precision, "device": device, "rows": rows}
     print(json.dumps(report, indent=2))

@@ -8,12 +8,13 @@ import torch
 from spies import shared_prefix_calls
 
 TOL = 1e-5
-NAMES = ["cat", "golden retriever on the grass", "sea or lake", "x"]
+NAMES = ["cat", "golden retriever on the grass", "sea or lake", "x"]  # tails of 3, 7, 5 and 3 positions
+EQUAL_NAMES = ["cat", "dog", "sea", "car"]  # no tail padded
 
 
-def _inputs(vlm, n_ctx: int = 4, groups: int | None = None, seed: int = 0):
+def _inputs(vlm, n_ctx: int = 4, groups: int | None = None, seed: int = 0, names: list[str] = NAMES):
     """Token embeddings `[K, L, W]` (or `[G, K, L, W]`) whose positions 1..n_ctx hold one shared context."""
-    tokens = vlm.tokenize([" ".join(["X"] * n_ctx) + f" {n}." for n in NAMES])
+    tokens = vlm.tokenize([" ".join(["X"] * n_ctx) + f" {n}." for n in names])
     eot = vlm.eot_positions(tokens)
     base = vlm.embed_tokens(tokens)
     g = torch.Generator().manual_seed(seed)
@@ -36,9 +37,11 @@ def _features_and_grads(vlm, base, eot, ctx, deep, prefix, grouped, n_ctx=4):
     return unit.detach(), grads
 
 
+@pytest.mark.parametrize("names", [NAMES, EQUAL_NAMES], ids=["ragged_tails", "equal_tails"])
 @pytest.mark.parametrize("truncate", [True, False])
-def test_shared_prefix_features_and_gradients_equal_the_plain_pass(tiny, monkeypatch, truncate):
-    base, eot, ctx = _inputs(tiny)
+def test_shared_prefix_features_and_gradients_equal_the_plain_pass(tiny, monkeypatch, truncate, names):
+    base, eot, ctx = _inputs(tiny, names=names)
+    assert len(set(eot.tolist())) == (1 if names is EQUAL_NAMES else 3)  # the case the parameter names
     plain, plain_grads = _features_and_grads(tiny, base, eot, ctx, [], 0, grouped=False)
     calls = shared_prefix_calls(monkeypatch)
     shared, shared_grads = _features_and_grads(tiny, base, eot, ctx, [], 5, grouped=False)
@@ -101,3 +104,29 @@ def test_groups_with_different_end_positions_take_the_plain_pass(tiny, monkeypat
     assert calls == [] and torch.equal(got, expected)
     tiny.encode_text_from_embeddings(x, eot.repeat(2), shared_prefix=5)  # the same positions, repeated
     assert calls == [5]
+
+
+def _full_run_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "full_run.py"
+    spec = importlib.util.spec_from_file_location("full_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_text_row_counts_each_tail_up_to_its_end():
+    from tailprompt.backbone import load_backbone
+
+    tiny = load_backbone("tiny-vit", precision="fp32")
+    full_run = _full_run_module()
+    names = full_run.class_names("imagenet", 6)
+    row = full_run.text_tower_row(tiny, k=6, m=4, repeats=1, names_kind="imagenet")
+    tokens = tiny.tokenize([" ".join(["X"] * 4) + f" {n}." for n in names])
+    eot = tiny.eot_positions(tokens)
+    assert row["positions_plain"] == 6 * (int(eot.max()) + 1)
+    assert row["positions_shared"] == 5 + int((eot - 4).sum())  # prefix 5; tail k runs positions 5 .. eot_k
+    assert row["positions_shared"] < 5 + 6 * (int(eot.max()) + 1 - 5)  # ImageNet's names differ in length
+    assert row["max_rel_feature_diff"] <= 1e-5 and row["max_rel_grad_diff"] <= 1e-5

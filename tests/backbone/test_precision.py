@@ -228,3 +228,51 @@ def test_the_end_rows_block_is_the_causal_blocks_rows_at_the_ends(tiny):
     assert (_end_rows_block(block, x, ends) - full).abs().max() <= 1e-5
     with_graph = _end_rows_block(block, x.clone().requires_grad_(), ends)  # the product-form attention
     assert (with_graph - full).abs().max() <= 1e-5
+
+
+def test_folding_quick_gelu_into_silu_is_the_same_function():
+    """The fold is exact in real arithmetic: on fp32 weights it changes features only by float rounding."""
+    from open_clip.transformer import QuickGELU
+
+    from tailprompt.backbone.precision import fold_quick_gelu
+
+    vlm = load_backbone("tiny-vit", quick_gelu=True, precision="fp32")
+    assert not vlm.quick_gelu_folded and any(isinstance(m, QuickGELU) for m in vlm.modules())
+    images = torch.randn(2, 3, vlm.image_size, vlm.image_size, generator=torch.Generator().manual_seed(3))
+    tokens = vlm.tokenize(["a cat.", "a small dog on the grass."])
+    before = vlm.image_features(images), vlm.encode_text(tokens)
+    assert fold_quick_gelu(vlm.model) == vlm.vision_layers + vlm.text_layers
+    assert not any(isinstance(m, QuickGELU) for m in vlm.modules())
+    after = vlm.image_features(images), vlm.encode_text(tokens)
+    for a, b in zip(after, before):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    assert fold_quick_gelu(vlm.model) == 0  # nothing left to fold
+
+
+def test_bf16_folds_quick_gelu_within_bf16_rounding_and_fp32_does_not():
+    """Against fp32, the folded bf16 path errs no more than autocast over the unfolded weights does."""
+    folded, ref = (load_backbone("tiny-vit", quick_gelu=True, precision=p) for p in ("bf16", "fp32"))
+    assert folded.quick_gelu_folded and not ref.quick_gelu_folded
+    images = torch.randn(2, 3, ref.image_size, ref.image_size, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for name, vlm, context in (("folded", folded, contextlib.nullcontext()),
+                               ("autocast", ref, autocast_context("cpu", "bf16")),
+                               ("fp32", ref, contextlib.nullcontext())):
+        ctx = torch.randn(4, vlm.text_width, generator=torch.Generator().manual_seed(2)).mul(0.02).requires_grad_()
+        with context:
+            text = _prompted_text(vlm, ctx)
+            prompts = torch.zeros(2, vlm.vision_width).requires_grad_()
+            image = vlm.encode_image_with_prompts(images, prompts)
+            (text.float().square().sum() + image.float().square().sum()).backward()
+        outputs[name] = [text.float().detach(), image.float().detach(), ctx.grad, prompts.grad]
+    for got, autocast, exact in zip(outputs["folded"], outputs["autocast"], outputs["fp32"], strict=True):
+        assert not torch.equal(got, autocast)  # the folded weights round differently
+        scale = exact.abs().max()
+        assert (got - exact).abs().max() / scale <= 1.5 * (autocast - exact).abs().max() / scale + 1e-3
+
+
+def test_folded_bf16_features_get_their_own_cache_space():
+    from tailprompt.data.features import space_key
+
+    keys = [space_key(load_backbone("tiny-vit", quick_gelu=qg, precision="bf16")) for qg in (True, False)]
+    assert keys[0]["activation"] == "silu-folded" and "activation" not in keys[1]

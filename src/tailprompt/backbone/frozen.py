@@ -31,7 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tailprompt.backbone.checkpoints import BackboneError
-from tailprompt.backbone.precision import ResolvedPrecision, autocast_context, store_matmul_weights
+from tailprompt.backbone.precision import (
+    ResolvedPrecision,
+    autocast_context,
+    fold_quick_gelu,
+    store_matmul_weights,
+)
 from tailprompt.backbone.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -78,8 +83,10 @@ class FrozenVLM(nn.Module):
             weights autocast would cast on every call (linear, convolution and attention projections, the
             towers' output projections) are stored in bf16 once (`store_matmul_weights`); norms and
             embeddings stay fp32. The outputs are bit-identical to autocast over fp32 weights, without the
-            per-call weight copies, and the frozen model takes half the memory. Every tower method below
-            enters this autocast itself and returns fp32.
+            per-call weight copies, and the frozen model takes half the memory, except where QuickGELU MLPs
+            are folded into SiLU ones (`fold_quick_gelu`, OpenAI CLIP): the same function, within bf16's
+            rounding. Every tower method below enters this autocast itself and returns fp32.
+        quick_gelu_folded: whether `fold_quick_gelu` rewrote the MLPs (bf16 only; part of the cache key).
     """
 
     def __init__(
@@ -119,8 +126,10 @@ class FrozenVLM(nn.Module):
         self._bpe: Any = None  # open_clip SimpleTokenizer, built on first use (reading BPE merges is slow)
         for p in self.parameters():
             p.requires_grad_(False)
+        self.quick_gelu_folded = False  # whether QuickGELU MLPs run as SiLU with folded weights (bf16 only)
         if precision == "bf16":
             store_matmul_weights(model, torch.bfloat16)  # a no-op where the loader stored them so
+            self.quick_gelu_folded = fold_quick_gelu(model) > 0
         super().train(False)
 
     def train(self, mode: bool = True) -> FrozenVLM:
@@ -561,7 +570,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, allowed: Tensor | 
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not needs_grad or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [..., Tq, Tk]
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [..., Tq, Tk]; scaling q is the smaller pass
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     if causal:

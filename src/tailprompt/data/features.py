@@ -148,6 +148,8 @@ def space_key(backbone: Any, augment: Augment = COOP_AUGMENT) -> dict[str, Any]:
     }
     if backbone_precision(backbone) != "fp32":
         key["precision"] = backbone_precision(backbone)
+    if getattr(backbone, "quick_gelu_folded", False):  # bf16 numbers of the folded MLPs (fold_quick_gelu)
+        key["activation"] = "silu-folded"
     if augment != COOP_AUGMENT:
         key["augment"] = augment_id(augment)
     return key

@@ -130,3 +130,53 @@ def test_the_benchmark_text_row_counts_each_tail_up_to_its_end():
     assert row["positions_shared"] == 5 + int((eot - 4).sum())  # prefix 5; tail k runs positions 5 .. eot_k
     assert row["positions_shared"] < 5 + 6 * (int(eot.max()) + 1 - 5)  # ImageNet's names differ in length
     assert row["max_rel_feature_diff"] <= 1e-5 and row["max_rel_grad_diff"] <= 1e-5
+
+
+def _prompt_tokens(vlm, names):
+    return vlm.tokenize([f"a photo of a {n}." for n in names])
+
+
+def test_the_packed_plain_pass_equals_the_padded_one_in_fp32():
+    """Without a shared prefix each sequence runs only to its own end (bf16 only); in fp32 the same function
+    equals the module's own padded forward, features and gradients."""
+    from tailprompt.backbone import load_backbone
+    from tailprompt.backbone.frozen import _packed_causal_pass, _PackedRows
+
+    vlm = load_backbone("tiny-vit", precision="fp32")
+    tokens = _prompt_tokens(vlm, NAMES)
+    eot = vlm.eot_positions(tokens)
+    length = int(eot.max()) + 1
+    results = []
+    for packed in (False, True):
+        emb = vlm.embed_tokens(tokens)[:, :length].detach().requires_grad_()
+        if packed:
+            rows = _PackedRows.of(eot, length, emb.device)
+            assert rows.slots is not None and len(rows.slots) == int((eot + 1).sum())
+            x = emb + vlm.positional_embedding[:length]
+            feats = vlm._project_text(vlm.ln_final(_packed_causal_pass(list(vlm.text_blocks), x, rows)))
+        else:
+            feats = vlm.encode_text_from_embeddings(emb, eot)
+        unit = feats / feats.norm(dim=-1, keepdim=True)
+        weights = torch.linspace(-1, 1, unit.numel()).reshape(unit.shape)
+        (grad,) = torch.autograd.grad((unit * weights).sum(), [emb])
+        results.append((unit.detach(), grad))
+    (plain, plain_grad), (packed, packed_grad) = results
+    assert (packed - plain).abs().max() <= TOL
+    assert (packed_grad - plain_grad).abs().max() <= TOL * plain_grad.abs().max()
+    real = torch.arange(length) <= eot[:, None]
+    assert plain_grad[~real].abs().max() == 0  # positions past an end-of-text token get no gradient
+
+
+@pytest.mark.parametrize("names", [NAMES, EQUAL_NAMES], ids=["ragged", "equal"])
+def test_bf16_text_encoding_packs_only_padded_prompts(monkeypatch, names):
+    import tailprompt.backbone.frozen as frozen
+    from tailprompt.backbone import load_backbone
+
+    calls = []
+    original = frozen._packed_causal_pass
+    monkeypatch.setattr(frozen, "_packed_causal_pass", lambda *a: calls.append(1) or original(*a))
+    bf16, fp32 = (load_backbone("tiny-vit", precision=p) for p in ("bf16", "fp32"))
+    tokens = _prompt_tokens(bf16, names)
+    got, exact = bf16.encode_text(tokens), fp32.encode_text(tokens)
+    assert calls == ([1] if names is NAMES else [])
+    assert (got - exact).abs().max() <= 3e-2 * exact.abs().max()  # bf16's rounding

@@ -368,6 +368,10 @@ class FrozenVLM(nn.Module):
         blocks = list(self.text_blocks)
         # Under autocast the last block computes the end-of-text rows alone (the only ones pooled).
         ends_only = torch.is_autocast_enabled(x.device.type) and _is_plain_block(blocks[-1])
+        if ends_only and not deep and all(_is_plain_block(b) for b in blocks):
+            rows = _PackedRows.of(eot, length, x.device)
+            if rows.slots is not None:  # some sequences end early: run each only up to its end
+                return self._project_text(self.ln_final(_packed_causal_pass(blocks, x, rows)))
         for i, block in enumerate(blocks):
             if 1 <= i <= len(deep):
                 x = _replace_tokens(x, deep[i - 1], start=1)
@@ -394,7 +398,7 @@ class FrozenVLM(nn.Module):
         if truncate:
             length = int(eot.max()) + 1
         pos = self.positional_embedding[:length].to(x.dtype)
-        tails = _TailRows.of(eot - prefix, length - prefix, x.device)
+        tails = _PackedRows.of(eot - prefix, length - prefix, x.device)
         head = x[:, 0, :prefix] + pos[:prefix]  # [G, P, W]: the first sequence stands for its group
         tail = tails.pack(x[:, :, prefix:length] + pos[prefix:])  # [G, N, W]
         blocks = list(self.text_blocks)
@@ -625,7 +629,7 @@ def _end_rows_block(block: nn.Module, x: Tensor, ends: Tensor) -> Tensor:
     return row + block.ls_2(block.mlp(block.ln_2(row)))
 
 
-def _prefix_end_rows(block: nn.Module, head: Tensor, tail: Tensor, tails: _TailRows) -> Tensor:
+def _prefix_end_rows(block: nn.Module, head: Tensor, tail: Tensor, tails: _PackedRows) -> Tensor:
     """The last `_prefix_block` for the end-of-text rows only: ``[G, K, W]``; `tail` holds the packed rows.
 
     Every tail's end row attends to the whole head and to its own tail up to itself.
@@ -666,22 +670,23 @@ def _merge_heads(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class _TailRows:
-    """The K class tails' positions up to their end-of-text tokens, packed into N <= K * R rows.
+class _PackedRows:
+    """K sequences' positions up to their end-of-text tokens, packed into N <= K * R rows.
 
-    Tails are padded to the longest, R positions. A position past its sequence's end-of-text token never
-    reaches that token (the tower is causal), so the projections and MLPs run on the N real rows alone
-    (ImageNet's 1,000 CoOp prompts: 4,165 of 13,000 padded tail rows) and only attention sees the padded
-    ``[K, R]`` grid, whose filler rows no real row attends to.
+    The sequences (whole prompts, or the class tails after a shared prefix) are padded to the longest, R
+    positions. A position past its sequence's end-of-text token never reaches that token (the tower is
+    causal), so the projections and MLPs run on the N real rows alone (ImageNet's 1,000 CoOp prompts after
+    the context: 4,165 of 13,000 padded rows) and only attention sees the padded ``[K, R]`` grid, whose
+    filler rows no real row attends to.
     """
 
-    r: int  # R, the padded tail length
-    ends: Tensor  # [K] each tail's end-of-text position within its tail, 0 .. R-1
+    r: int  # R, the padded length
+    ends: Tensor  # [K] each sequence's end-of-text position, 0 .. R-1
     end_rows: Tensor  # [K] the packed row of each tail's end-of-text token
     slots: Tensor | None  # [N] grid index k * R + j of each real row; None when no tail is padded
 
     @classmethod
-    def of(cls, ends: Tensor, r: int, device: torch.device) -> _TailRows:
+    def of(cls, ends: Tensor, r: int, device: torch.device) -> _PackedRows:
         ends = ends.long()
         end_rows = (ends + 1).cumsum(0) - 1
         slots = None
@@ -703,7 +708,28 @@ class _TailRows:
         return rows.reshape(g, k, self.r, c)
 
 
-def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor, tails: _TailRows) -> tuple[Tensor, Tensor]:
+def _packed_causal_pass(blocks: list[nn.Module], x: Tensor, rows: _PackedRows) -> Tensor:
+    """The causal tower on ``x [K, R, W]`` with each sequence run only up to its end -> end rows ``[K, W]``."""
+    h = rows.pack(x.unsqueeze(0))  # [1, N, W]
+    for block in blocks[:-1]:
+        h = _packed_causal_block(block, h, rows)
+    return _end_rows_block(blocks[-1], rows.grid(h)[0], rows.ends)
+
+
+def _packed_causal_block(block: nn.Module, h: Tensor, rows: _PackedRows) -> Tensor:
+    """`_flat_block` (causal) on packed rows ``[1, N, W]``; attention runs on the padded grid."""
+    attn: nn.MultiheadAttention = block.attn
+    w = h.shape[-1]
+    flat = h.reshape(-1, w)
+    qkv = rows.grid(F.linear(block.ln_1(flat), attn.in_proj_weight, attn.in_proj_bias).unsqueeze(0))[0]
+    q, k, v = (_split_heads(z, attn.num_heads) for z in qkv.split(w, dim=-1))  # [K, h, R, d]
+    mixed = rows.pack(_merge_heads(_attention(q, k, v, causal=True)).unsqueeze(0)).reshape(-1, w)
+    flat = flat + block.ls_1(attn.out_proj(mixed))
+    flat = flat + block.ls_2(block.mlp(block.ln_2(flat)))
+    return flat.reshape(h.shape)
+
+
+def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor, tails: _PackedRows) -> tuple[Tensor, Tensor]:
     """One causal ``ResidualAttentionBlock`` over a shared head ``[G, P, W]`` and K packed tails ``[G, N, W]``.
 
     The head attends causally to itself (it cannot see the tails). Each tail position attends to the whole

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmark_scripts import benchmark_script
 from spies import shared_prefix_calls
 
 TOL = 1e-5
@@ -106,22 +107,11 @@ def test_groups_with_different_end_positions_take_the_plain_pass(tiny, monkeypat
     assert calls == [5]
 
 
-def _full_run_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "full_run.py"
-    spec = importlib.util.spec_from_file_location("full_run", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_benchmark_text_row_counts_each_tail_up_to_its_end():
     from tailprompt.backbone import load_backbone
 
     tiny = load_backbone("tiny-vit", precision="fp32")
-    full_run = _full_run_module()
+    full_run = benchmark_script("full_run")
     names = full_run.class_names("imagenet", 6)
     row = full_run.text_tower_row(tiny, k=6, m=4, repeats=1, names_kind="imagenet")
     tokens = tiny.tokenize([" ".join(["X"] * 4) + f" {n}." for n in names])

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmark_scripts import benchmark_script
 from tailprompt.commands.demo import sweep_file
 from tailprompt.data.augment import COOP_AUGMENT, resolve_augment
 from tailprompt.data.registry import load_dataset
@@ -66,23 +67,12 @@ def test_world_datasets_default_to_a_gentle_crop_and_the_demo_keeps_it():
     assert spec.fixed["data.name"] in ("world", *world_datasets.BENCHMARK_DATASETS)
 
 
-def _regime_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "world_regime.py"
-    spec = importlib.util.spec_from_file_location("world_regime", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_regime_script_reads_each_runs_result_and_stops_on_a_failed_run(tmp_path, monkeypatch):
     import json
 
     from tailprompt.engine import sweep
 
-    regime = _regime_script()
+    regime = benchmark_script("world_regime")
     seen = []
 
     def fake_run_all(configs, progress=True, on_result=None, log_path=None):

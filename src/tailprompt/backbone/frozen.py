@@ -574,7 +574,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, allowed: Tensor | 
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not needs_grad or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [..., Tq, Tk]; scaling q is the smaller pass
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [..., Tq, Tk]
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     if causal:

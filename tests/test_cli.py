@@ -68,3 +68,67 @@ def test_choices_spelled_out_in_the_commands_match_the_library():
     from tailprompt.report.layouts import LAYOUTS as REPORT_LAYOUTS
 
     assert PROFILES == SAMPLING_PROFILES and FORMATS == REPORT_FORMATS and LAYOUTS == tuple(REPORT_LAYOUTS)
+
+
+def _stderr_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict"], "the following arguments are required"),
+    (["predict", "--run", "r", "img", "--top-k", "x"], "argument --top-k: invalid int value: 'x'"),
+    (["report", "runs", "--format", "docx"], "argument --format: invalid choice: 'docx'"),
+    (["data", "sample", "--root", "r"], "the following arguments are required: --dataset"),
+    (["list", "nosuch"], "invalid choice: 'nosuch'"),
+])
+def test_usage_errors_are_one_line_naming_the_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as done:
+        cli.main(argv)
+    assert done.value.code == 2
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith(f"tailprompt {argv[0]}") and message in line and "--help" in line
+
+
+def _failing_list(monkeypatch, error: BaseException) -> None:
+    import tailprompt.commands.list_components as module
+
+    def run(args):
+        raise error
+
+    monkeypatch.setattr(module, "run", run)
+
+
+def test_an_unexpected_error_is_still_one_line_and_v_shows_the_traceback(monkeypatch, capsys):
+    _failing_list(monkeypatch, RuntimeError("boom\n  at some depth"))
+    assert cli.main(["list"]) == 1
+    (line,) = _stderr_lines(capsys)
+    assert "tailprompt list: error: RuntimeError: boom at some depth" in line and "-v" in line
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["-v", "list"])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    _failing_list(monkeypatch, KeyboardInterrupt())
+    assert cli.main(["list"]) == 130
+    assert _stderr_lines(capsys) == ["tailprompt list: interrupted"]
+
+
+def test_library_warnings_print_as_one_line_during_a_command():
+    # A fresh interpreter: pytest records warnings instead of printing them.
+    code = (
+        "import sys, warnings\n"
+        "import tailprompt.commands.list_components as module\n"
+        "def run(args):\n"
+        "    warnings.warn(\"prompt_depth=9 exceeds\\nthe backbone's 3 blocks\", UserWarning)\n"
+        "    return 0\n"
+        "module.run = run\n"
+        "from tailprompt.cli import main\n"
+        "before = warnings.formatwarning\n"
+        "code = main(['list'])\n"
+        "assert warnings.formatwarning is before\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0
+    assert out.stderr.splitlines() == ["warning: prompt_depth=9 exceeds the backbone's 3 blocks"]

@@ -6,8 +6,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tailprompt.errors import UserError
-from tailprompt.files import FileReadError, check_writable, read_json, read_json_object, read_safetensors, read_text
+from tailprompt.errors import FileWriteError, UserError
+from tailprompt.files import (
+    FileReadError,
+    check_output_file,
+    check_writable,
+    read_json,
+    read_json_object,
+    read_safetensors,
+    read_text,
+)
+from tailprompt.utils import atomic_path, write_json_atomic
 
 
 def _truncated_safetensors(path):
@@ -43,3 +52,44 @@ def test_check_writable_names_the_folder(tmp_path):
     (tmp_path / "blocker").write_text("x")
     with pytest.raises(UserError, match="blocker/runs: output folder is not writable"):
         check_writable(tmp_path / "blocker" / "runs")
+
+
+@pytest.mark.parametrize("target, reason", [
+    ("blocker/out.json", "blocker is a file, not a folder"),
+    ("blocker/deeper/out.json", "blocker is a file, not a folder"),
+    ("folder", "is a folder, expected a file path"),
+])
+def test_a_write_that_cannot_happen_is_one_error_naming_the_target_and_leaves_nothing(tmp_path, target, reason):
+    (tmp_path / "blocker").write_text("x")
+    (tmp_path / "folder").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(FileWriteError, match=reason) as info:
+        write_json_atomic(tmp_path / target, {"a": 1})
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / target)) and "\n" not in message and "[Errno" not in message
+    assert isinstance(info.value, UserError) and isinstance(info.value, OSError) and info.value.errno
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no temporary file, no half-made folder
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(tmp_path):
+    path = tmp_path / "result.json"
+    write_json_atomic(path, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text('{"v": 2, "trunc')
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == '{\n  "v": 1\n}\n' and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+@pytest.mark.parametrize("target, suffixes, message", [
+    ("dir", (), "--out {p}: is a folder, expected a file path"),
+    ("p.txt", (".csv", ".json"), "--out {p}: expected a file name ending in .csv or .json"),
+    ("blocker/p.csv", (), "{tmp}/blocker: folder of --out is not writable ({tmp}/blocker is a file, not a folder)"),
+])
+def test_output_files_are_checked_before_any_work(tmp_path, target, suffixes, message):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "blocker").write_text("x")
+    path = tmp_path / target
+    with pytest.raises(UserError) as info:
+        check_output_file(path, "--out", suffixes)
+    assert str(info.value).startswith(message.format(p=path, tmp=tmp_path))
+    assert check_output_file(tmp_path / "new" / "p.csv", "--out", (".csv",)) == tmp_path / "new" / "p.csv"

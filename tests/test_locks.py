@@ -125,3 +125,13 @@ def test_exclusive_waits_for_the_holder(tmp_path):
     holder.release()
     t.join(timeout=10)
     assert order == ["holder done", "waiter"]
+
+
+def test_a_damaged_lock_file_reads_as_ownerless_not_as_an_error(tmp_path):
+    path = tmp_path / "run.lock"
+    for content in (b"\xff\xfe\x00", b"[1]", b"{", b'{"owner": 5}', b"",
+                    b'{"host": "h", "pid": "12", "job_id": null, "started": 1.0}',
+                    b'{"host": 3, "pid": 12, "job_id": [1], "started": "x"}'):
+        path.write_bytes(content)
+        state = read_lock(path)
+        assert state is not None and state.owner is None, content

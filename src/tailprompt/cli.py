@@ -11,9 +11,11 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
 from tailprompt import __version__
 from tailprompt.errors import UserError
@@ -75,15 +77,24 @@ def user_errors() -> Iterator[None]:
         raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the option (exit code 2), like every other
+    bad input; the usage itself stays one `--help` away. Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `tailprompt` parser with `command`'s full sub-parser; every other command is listed by name and
     help line only, so building it imports nothing heavy."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tailprompt",
         description="Prompt tuning of CLIP-style models on long-tailed few-shot data.",
     )
     parser.add_argument("--version", action="version", version=f"tailprompt {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in COMMANDS.items():
         if name == command:
@@ -109,11 +120,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    format_warning = warnings.formatwarning
+    warnings.formatwarning = one_line_warning  # a library's warning is one line too, not its source line
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"tailprompt {args.command}: error: {e}", file=sys.stderr)
+        print(f"tailprompt {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # every output is written atomically (utils.atomic_path), so an interrupted command leaves no half file
+        print(f"tailprompt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.verbose:
+            raise  # the traceback, for a bug report
+        # Input no check above recognised, or a bug: still one line, and the way to the traceback.
+        print(f"tailprompt {args.command}: error: {type(e).__name__}: {one_line(str(e))[:500]} (unexpected; rerun "
+              f"with -v for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.formatwarning = format_warning
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks and runs of spaces folded into single spaces (error messages are one line)."""
+    return " ".join(text.split())
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+    return f"warning: {one_line(str(message))}\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,18 +1,22 @@
 """The one place where reading a user's file fails: every error names the file and what was expected.
 
 Commands read JSON, YAML text and safetensors through these functions, so a truncated, undecodable or
-missing file becomes one line (`FileReadError`, a `UserError`) instead of a library's traceback.
+missing file becomes one line (`FileReadError`, a `UserError`) instead of a library's traceback. Output paths
+are checked up front (`check_writable`, `check_output_file`) and written through `utils.atomic_path`, whose
+failures are a `FileWriteError` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tailprompt.errors import UserError
+from tailprompt.errors import FileWriteError, UserError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -56,6 +60,14 @@ def reading(path: str | Path, what: str) -> Iterator[None]:
         raise
 
 
+def require_file(path: Path) -> None:
+    """Raise what `reading` turns into "not found" / "is a folder" unless `path` is a file."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "not found", str(path))
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     with reading(path, what):
         return Path(path).read_text(encoding="utf-8")
@@ -79,26 +91,58 @@ def read_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[
     from safetensors import safe_open
 
     with reading(path, what):
-        if not Path(path).is_file():
-            raise FileNotFoundError(path)
+        require_file(Path(path))
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, metadata
 
 
-def check_writable(folder: str | Path, what: str = "output folder") -> None:
+def write_failure(path: str | Path, error: OSError) -> str:
+    """Why writing under `path` failed, in words: a file standing where a folder is needed is named."""
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):
+        for parent in Path(path).parents:
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+    return error.strerror or " ".join(str(error).split()) or type(error).__name__
+
+
+def check_writable(folder: str | Path, what: str = "output folder", setting: str = "output_dir",
+                   hint: str | None = None) -> None:
     """Create `folder` if needed and prove a file can be written in it, before any work is spent.
 
-    Raises a `UserError` naming the folder.
+    Raises a `FileWriteError` (a `UserError`) naming the folder and `setting`, the option that chose it
+    (`hint` replaces the advice to set it).
     """
-    import tempfile
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UserError(f"{folder}: {what} is not writable ({e.strerror or e}); set output_dir to a folder "
-                        f"you can write") from None
+        why = write_failure(folder / "x", e)
+        hint = hint or f"set {setting} to a folder you can write"
+        raise FileWriteError(f"{folder}: {what} is not writable ({why}); {hint}", e.errno) from None
+
+
+def check_output_file(path: str | Path, option: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """`path` checked as a file a command is about to write (`option`, e.g. "--out"), before any work is spent:
+    not a folder, one of `suffixes` when given, and its folder writable. Raises a `UserError` naming it."""
+    path = Path(path)
+    if not path.name or path.is_dir():
+        raise FileWriteError(f"{option} {path}: is a folder, expected a file path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise FileWriteError(f"{option} {path}: expected a file name ending in {' or '.join(suffixes)}")
+    # The nearest folder that exists must take a file; the missing ones are made when the file is written, so a
+    # command that fails on its input later leaves no empty folder behind.
+    folder = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    check = folder if folder.is_dir() else folder / "x"
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise FileWriteError(f"{path.parent}: folder of {option} is not writable ({write_failure(check, e)}); give "
+                             f"{option} a path in a folder you can write", e.errno) from None
+    return path

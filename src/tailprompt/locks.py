@@ -66,14 +66,23 @@ def read_lock(path: Path) -> LockState | None:
     """The lock at `path`, or None when there is none."""
     try:
         mtime = path.stat().st_mtime
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8", "replace")
     except FileNotFoundError:
         return None
     try:
         owner: LockOwner | None = LockOwner(**json.loads(text))
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError):  # being written, or damaged: no owner to name
+        owner = None
+    if owner is not None and not _well_typed(owner):
         owner = None
     return LockState(owner, max(0.0, time.time() - mtime))
+
+
+def _well_typed(owner: LockOwner) -> bool:
+    """The fields a lock's JSON must hold for `stale_reason` and `describe` to read them."""
+    return (isinstance(owner.host, str) and isinstance(owner.pid, int) and not isinstance(owner.pid, bool)
+            and (owner.job_id is None or isinstance(owner.job_id, str))
+            and isinstance(owner.started, (int, float)) and not isinstance(owner.started, bool))
 
 
 def pid_alive(pid: int) -> bool:

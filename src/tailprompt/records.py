@@ -51,8 +51,19 @@ class RunRecord:
     def report_field_types(cls) -> dict[str, tuple[type, ...]]:
         """`REPORT_FIELDS` -> the JSON types that fit them (an int fits a float field)."""
         hints = typing.get_type_hints(cls)
-        out: dict[str, tuple[type, ...]] = {}
-        for name in cls.REPORT_FIELDS:
-            origin = typing.get_origin(hints[name]) or hints[name]
-            out[name] = (int, float) if origin is float else (origin,)
-        return out
+        return {name: _json_types(hints[name]) for name in cls.REPORT_FIELDS}
+
+    @classmethod
+    def optional_field_types(cls) -> dict[str, tuple[type, ...]]:
+        """Every other field -> the JSON types that fit it when a record has it (`None` where it is optional)."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: _json_types(hints[f.name]) for f in dataclasses.fields(cls) if f.name not in cls.REPORT_FIELDS}
+
+
+def _json_types(tp: Any) -> tuple[type, ...]:
+    """The JSON value types of a field annotation: `float` -> int or float, `X | None` -> X's or None."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        return tuple(t for a in args if a is not type(None) for t in _json_types(a)) + (type(None),)
+    origin = typing.get_origin(tp) or tp
+    return (int, float) if origin is float else (origin,)

@@ -9,6 +9,7 @@ name) defines `from_data(data, where)` and `to_data()`; both functions defer to 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -17,11 +18,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tailprompt.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file or override does not fit the schema; the message names the field."""
+class ConfigError(UserError, ValueError):
+    """A config file or override does not fit the schema; the message names the field (a `UserError`: one line
+    from the CLI)."""
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -44,8 +48,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             try:
                 return _coerce(arg, value, where)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+                errors.append(e)
+        if len(errors) == 1:  # an optional value: the one type's own message (it may name a nested key)
+            raise errors[0]
+        raise ConfigError(f"{where}: expected {_alternatives(errors, where, type(None) in args)}, got {value!r}")
     if typing.get_origin(tp) is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
@@ -76,11 +82,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {value!r}{_number_hint(value, int)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {value!r}{_number_hint(value, float)}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -88,6 +94,41 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+def _alternatives(errors: list[ConfigError], where: str, optional: bool) -> str:
+    """"an integer or null" from the members' messages (`<where>: expected X, got ...`)."""
+    wanted = []
+    for e in errors:
+        text = str(e)
+        head = f"{where}: expected "
+        wanted.append(text[len(head):].rsplit(", got ", 1)[0] if text.startswith(head) else text)
+    return " or ".join(wanted + (["null"] if optional else []))
+
+
+def _number_hint(value: Any, tp: type) -> str:
+    """Why a number written as text did not parse (YAML 1.1 reads `1e-5`, without a dot, as a string)."""
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return " (text, and beyond the range of a number)" if text.lower().lstrip("+-") not in ("inf", "nan") else \
+            " (text; write .inf or .nan for YAML's infinity and not-a-number)"
+    mantissa, e, exponent = text.lower().partition("e")
+    if tp is int:
+        if not e:
+            return " (text: write the number without quotes)" if number.is_integer() else ""
+        return f" (text; write the integer in digits, e.g. {int(number)})" if number.is_integer() else ""
+    if e:
+        sign = "" if exponent[:1] in ("+", "-") else "+"
+        fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign}{exponent}"
+        return f" (text: YAML reads exponent notation as a number only with a dot and a signed exponent, " \
+               f"e.g. {fixed})"
+    return " (text: write the number without quotes)"
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
@@ -138,7 +179,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    check_tree(data, str(path))
     return data
+
+
+MAX_CONFIG_VALUES = 1_000_000  # a config expands to far fewer values; YAML aliases can expand exponentially
+
+
+def check_tree(data: Any, where: str) -> None:
+    """Reject a YAML tree that refers to itself (`a: &x [*x]`) or whose aliases expand beyond
+    `MAX_CONFIG_VALUES` values (a "billion laughs" file): both would exhaust memory or the stack later."""
+    seen = 0
+    stack: list[tuple[Any, tuple[int, ...]]] = [(data, ())]
+    while stack:
+        node, ancestors = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases?)")
+        if isinstance(node, (dict, list)):
+            if id(node) in ancestors:
+                raise ConfigError(f"{where}: a YAML alias refers to a value that contains it (a cycle)")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, (*ancestors, id(node))) for child in children)
 
 
 def dump_yaml(data: Any) -> str:
@@ -165,7 +227,9 @@ def set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node: Any = data
     for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
-            node = node[int(part)]
+            node = node[_list_index(node, path, i)]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
             continue
         if part not in node or node[part] is None:
             node[part] = {}
@@ -173,9 +237,21 @@ def set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
             raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
         node = node[part]
     if isinstance(node, list):
-        node[int(path[-1])] = value
+        node[_list_index(node, path, len(path) - 1)] = value
     else:
         node[path[-1]] = value
+
+
+def _list_index(items: list[Any], path: list[str], i: int) -> int:
+    """`path[i]` as an index into `items` (the list at `path[:i]`), or a `ConfigError` naming the override."""
+    part = path[i]
+    if not part.isdigit() or int(part) >= len(items):
+        where = ".".join(path[:i])
+        raise ConfigError(f"override {'.'.join(path)}: expected an index 0..{len(items) - 1} into {where} "
+                          f"(a list of {len(items)}), got {part!r}" if items else
+                          f"override {'.'.join(path)}: {where} is an empty list; set the whole list instead, "
+                          f"e.g. {where}=[...]")
+    return int(part)
 
 
 def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -88,25 +89,36 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], what: str = "file") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto `path` only if the block succeeds.
 
     A crash leaves no half-written file, and concurrent writers of the same path each rename a
-    complete file (last one wins).
+    complete file (last one wins). A write that fails for a file-system reason (the folder is a file, is
+    not writable, the target is a folder, the disk is full) is a `FileWriteError` naming `path` (a `what`).
     """
+    from tailprompt.errors import FileWriteError
+    from tailprompt.files import write_failure
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask), so
         # colleagues sharing a results folder can read it
         os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+    except FileWriteError:
+        raise
+    except OSError as e:
+        raise FileWriteError(f"{path}: cannot write {what} ({write_failure(path, e)})", e.errno) from e
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -117,13 +129,13 @@ def current_umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: str | os.PathLike[str], text: str, what: str = "file") -> None:
+    with atomic_path(path, what) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, what: str = "JSON file") -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", what)
 
 
 def _json_default(obj: Any) -> Any:

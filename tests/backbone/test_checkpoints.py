@@ -201,3 +201,21 @@ def test_a_model_built_to_load_equals_the_random_init_one_after_loading(arch_nam
     assert want.keys() == got.keys() and "attn_mask" in got
     for name, tensor in want.items():
         assert torch.equal(got[name], tensor), name
+
+
+def test_state_dict_keys_that_are_not_names_are_refused_naming_the_file(tmp_path, gelu_source):
+    path = tmp_path / "odd_keys.pt"
+    torch.save({**gelu_source.state_dict(), 3: torch.zeros(1)}, path)
+    with pytest.raises(BackboneError, match=rf"{path}: state dict keys must be parameter names \(strings\), got \[3\]"):
+        read_checkpoint(path)
+
+
+def test_a_plain_pickle_is_one_error_without_torchs_warnings(tmp_path, recwarn):
+    import pickle
+
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=4))  # starts like a torch pickle, is not one
+    with pytest.raises(BackboneError, match=rf"{path} is truncated or corrupt, or not a torch.save file of tensors "
+                                            r"\(UnpicklingError: Unsupported"):
+        read_checkpoint(path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

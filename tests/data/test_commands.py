@@ -141,3 +141,36 @@ def test_features_command_caches_then_hits(tmp_path, capsys):
     assert code == 2 and f"{broken.resolve()}: cannot read image" in err and "Traceback" not in err
     code, _, err = run(capsys, *argv[:2], "no-such-arch", *argv[3:])
     assert code == 2 and "no-such-arch" in err
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"Forest": "x"}, "['Forest']: expected an integer in 1..4 (shots), got 'x'"),
+    ({"Forest": -1}, "['Forest']: expected an integer in 1..4 (shots), got -1"),
+    ({"Forest": 2}, ": no count for class(es)"),
+])
+def test_a_bad_counts_file_is_named(tmp_path, capsys, counts, message):
+    root = make_eurosat_tree(tmp_path / "data", images_per_class=3)
+    path = tmp_path / "counts.json"
+    path.write_text(json.dumps(counts))
+    code, _, err = run(capsys, "data", "sample", "--dataset", "eurosat", "--root", str(root), "--shots", "4",
+                       "--profile", "counts", "--counts", str(path))
+    assert code == 2 and f"{path}{message}" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "data", "sample", "--dataset", "eurosat", "--root", str(root), "--profile", "counts")
+    assert code == 2 and "needs a counts file" in err and "--counts" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+    (["--workers", "-1"], "--workers: expected an integer >= 0, got -1"),
+    (["--shots", "1", "--seeds", "1", "-2"], "--seeds: expected an integer >= 0, got -2"),
+    (["--views", "-1"], "--views: expected an integer >= 0, got -1"),
+    (["--cache-dir", "{tmp}/file.txt/cache"], "cache folder is not writable ({tmp}/file.txt is a file, not a folder)"),
+])
+def test_features_options_out_of_range_are_one_line(tmp_path, capsys, extra, message):
+    root = make_eurosat_tree(tmp_path / "data", images_per_class=3)
+    (tmp_path / "file.txt").write_text("x")
+    argv = ["features", "--backbone", "tiny-vit", "--dataset", "eurosat", "--root", str(root), "--splits", "test",
+            "--cache-dir", str(tmp_path / "cache"), *(a.format(tmp=tmp_path) for a in extra)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cache" / "features").exists()

@@ -232,3 +232,19 @@ def test_file_identity_changes_when_the_file_changes(tmp_path):
     path = ds.root / item.key
     path.write_bytes(path.read_bytes() + b"\0")
     assert ds.image_identity(item) != before
+
+
+def test_a_stray_huge_label_is_reported_as_a_gap_without_building_the_range(tmp_path):
+    root = make_eurosat_tree(tmp_path, images_per_class=3)
+    split_path = root / "eurosat/split_zhou_EuroSAT.json"
+    split_path.write_text(json.dumps({"train": [["a.jpg", 0, "x"], ["b.jpg", 10**30, "y"]], "val": [], "test": []}))
+    with pytest.raises(DatasetError, match=rf"labels must be 0\.\.{10**30} without gaps; missing \[1, 2, 3, "):
+        load_dataset("eurosat", root)
+
+
+def test_an_undecodable_list_file_names_it(tmp_path):
+    root = make_dataset_tree("imagenet", tmp_path, images_per_class=3)
+    names = next(root.rglob("classnames.txt"))
+    names.write_bytes(b"\xff\xfe\x00n01440764 tench\n")
+    with pytest.raises(DatasetError, match=rf"{names}: not UTF-8 text"):
+        load_dataset("imagenet", root)

@@ -171,3 +171,18 @@ def test_the_command_lists_every_launcher():
     from tailprompt.engine.launch import LAUNCHERS
 
     assert COMMAND_LAUNCHERS == LAUNCHERS
+
+
+@pytest.mark.parametrize("name, content, detail", [
+    (RUN_ERROR, b"\xff\xfe", f"its {RUN_ERROR} is unreadable"),
+    (RUN_ERROR, b"[1]", f"its {RUN_ERROR} is unreadable"),
+    (RUN_ERROR, b'{"error": "ValueError: x", "log": null}', "ValueError: x (log: none)"),
+    ("result.json", b'{"trunc', "result.json: result file (delete it to redo the run) is not valid JSON"),
+    ("result.json", b"[1]", "should hold a JSON object"),
+])
+def test_status_of_a_run_with_damaged_files_names_them(tmp_path, name, content, detail):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / name).write_bytes(content)
+    state, text = run_state(run_dir)
+    assert state == "failed" and detail in text and "\n" not in text

@@ -126,3 +126,64 @@ def test_zero_shot_runs_once_for_every_tau_and_seed(base_overrides, tmp_path):
     assert trained["sampling_independent"] is False
     json.dumps(first.result)  # still plain data
     assert Path(first.run_dir / "result.json").is_file()
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "preset: {dir}/a.yaml\n"}, "a config file cannot be its own preset"),
+    ({"a.yaml": "preset: {dir}/b.yaml\n", "b.yaml": "preset: {dir}/./a.yaml\n"}, "leads back to a config file"),
+    ({"a.yaml": "preset: [coop]\n"}, "preset: expected a preset name or a config file path, got ['coop']"),
+    ({"a.yaml": "learner: &x {{name: coop, extra: *x}}\n"}, "a YAML alias refers to a value that contains it"),
+])
+def test_config_files_that_refer_to_themselves_are_one_line(tmp_path, capsys, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text.format(dir=tmp_path))
+    assert main(["train", "--config", str(tmp_path / "a.yaml"), "--print-config"]) == 2
+    line = _one_error_line(capsys)
+    assert message in line and str(tmp_path) in line
+
+
+@pytest.mark.parametrize("override, message", [
+    ("objectives.3.name=cpt", "override objectives.3.name: expected an index 0..0 into objectives (a list of 1)"),
+    ("objectives.x.name=cpt", "override objectives.x.name: expected an index 0..0"),
+    ("seed=99999999999999999999999", "seed: expected an integer in 0..2**63-1"),
+    ("optim.lr=1e-3", "optim.lr: expected a number, got '1e-3' (text: YAML reads exponent notation"),
+    ("backbone.quick_gelu=maybe", "backbone.quick_gelu: expected one of ['auto'] or true/false, got 'maybe'"),
+])
+def test_override_values_of_the_wrong_form_are_one_line_naming_the_key(capsys, override, message):
+    assert main(["train", "--config", "coop", "--set", override, "--print-config"]) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_a_cache_folder_under_a_file_fails_before_training(base_overrides, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    argv = ["train", "--config", "coop", *(a for o in base_overrides + SHORT for a in ("--set", o)),
+            "--set", f"data.cache_dir={tmp_path / 'file.txt' / 'cache'}"]
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    assert f"{tmp_path / 'file.txt' / 'cache'}: cache folder is not writable" in line and "data.cache_dir" in line
+    assert not list((tmp_path / "runs").rglob("*.json"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("methods: [coop]\nset: [1]\n", "'set' must map dotted config keys to values"),
+    ("methods: [coop]\nset: 3\n", "'set' must map dotted config keys to values"),
+    ("methods: [coop, {a: 1}]\n", "methods[1]: expected a preset name or a config file, got {'a': 1}"),
+    ("methods: [null]\n", "methods[0]: expected a preset name or a config file, got None"),
+    ("methods: [coop]\ninit_from: {coop: coop}\n", "a method cannot start from its own runs"),
+    ("methods: [coop]\ngrid: {'': [1]}\n", "grid: expected dotted config keys"),
+    ("methods: [coop]\ngrid: {seed: [a]}\n", "method 'coop' at seed=a: seed: expected an integer, got 'a'"),
+    ("methods: [coop]\ngrid: {objectives.4.name: [cpt]}\n", "override objectives.4.name: expected an index"),
+    ("methods: [coop]\nset: {optim.nosuch: 1}\n", "method 'coop': unknown key optim.'nosuch'"),
+])
+def test_sweep_files_of_the_wrong_shape_are_one_line_naming_the_file(tmp_path, capsys, text, message):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(text)
+    assert main(["sweep", str(sweep), "--dry-run"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"tailprompt sweep: error: {sweep}: ") and message in line

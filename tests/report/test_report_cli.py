@@ -121,3 +121,49 @@ def test_runs_without_features_still_get_the_other_plots(tmp_path: Path):
     names = {p.name for p in write_report(tmp_path / "runs", tmp_path / "out")}
     assert not any("cosine" in n for n in names)
     assert "world_colour_shape__base_to_new__seed_spread.png" in names
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("config", 5, "field 'config' should be dict or null, got 5"),
+    ("loss_curve", [1.0], "field 'loss_curve' should be dict or null, got [1.0]"),
+    ("groups", [1], "field 'groups' should be dict or null"),
+    ("hm", "nan", "field 'hm' should be int or float or null, got 'nan'"),
+    ("shots", "16", "field 'shots' should be int or null, got '16'"),
+    ("split_roles", "base", "field 'split_roles' should be dict or null"),
+    ("sampling", {"counts": [1, 2]}, "sampling.counts should be dict, got [1, 2]"),
+    ("splits.base.per_class_accuracy", [1], "splits.base.per_class_accuracy should be dict, got [1]"),
+    ("splits.base.reliability", "x", "splits.base.reliability should be dict, got 'x'"),
+    ("splits.base.classnames", "red", "splits.base.classnames should be list, got 'red'"),
+])
+def test_a_record_field_of_the_wrong_type_is_one_line_and_nothing_is_written(runs_dir: Path, tmp_path: Path,
+                                                                               capsys, field, value, message):
+    """Checked before any table or plot is written, so a bad record leaves no partial report."""
+    path = runs_dir / "coop-1-1-world_colour_shape-base_to_new" / "result.json"
+    record = json.loads(path.read_text())
+    *parents, last = field.split(".")
+    node = record
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path.write_text(json.dumps(record))
+    out = tmp_path / "report"
+    assert main(["report", str(runs_dir), "--out", str(out), "--html"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and f"{path}: {message}" in err[0]
+    assert not out.exists()
+
+
+def test_html_report_of_a_relative_runs_folder_links_the_runs(runs_dir: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(runs_dir.parent)
+    assert main(["report", runs_dir.name, "--no-plots", "--html", "--out", "out"]) == 0
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert f"href='{(runs_dir / 'coop-1-1-world_colour_shape-base_to_new').as_uri()}'" in html
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file"])
+def test_a_report_folder_that_cannot_be_written_is_one_line(runs_dir: Path, tmp_path: Path, capsys, where):
+    (tmp_path / "file.txt").write_text("x")
+    out = tmp_path / "file.txt" / "report" if where == "under a file" else tmp_path / "file.txt"
+    assert main(["report", str(runs_dir), "--no-plots", "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and f"{out}: report folder is not writable" in err[0] and "--out" in err[0]

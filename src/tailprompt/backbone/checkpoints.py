@@ -158,16 +158,21 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 def _torch_load(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        if "Unsupported global" in str(e):
             raise BackboneError(
                 f"weights file {path} holds Python objects beyond tensors and plain containers; tailprompt "
                 f"only loads it with weights_only=True. Save its state dict alone "
                 f"(torch.save(model.state_dict(), ...)) or convert it with tailprompt convert-weights"
             ) from e
-        raise BackboneError(f"weights file {path} is truncated or corrupt ({error_summary(e)})") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise BackboneError(f"weights file {path} is truncated or corrupt, or not a torch.save file of tensors "
+                            f"({error_summary(e)})") from e
+    except (IsADirectoryError, PermissionError) as e:
+        raise BackboneError(f"weights file {path} cannot be read ({e.strerror})") from e
+    except Exception as e:  # a cut archive or another format: torch raises anything from KeyError to OSError
         raise BackboneError(f"weights file {path} is truncated or corrupt ({error_summary(e)})") from e
 
 
@@ -182,6 +187,10 @@ def normalise_state_dict(raw: object, path: Path) -> tuple[dict[str, torch.Tenso
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not raw:
         raise BackboneError(f"weights file {path} does not hold a state dict (found {type(raw).__name__})")
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise BackboneError(f"weights file {path}: state dict keys must be parameter names (strings), got "
+                            f"{odd[:3]}")
     sd = dict(raw)
     for prefix in _WRAPPER_PREFIXES:
         if all(isinstance(k, str) and k.startswith(prefix) for k in sd):
@@ -215,5 +224,7 @@ def _metadata_quick_gelu(metadata: dict[str, str], path: Path) -> bool | None:
 
 
 def error_summary(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """`Type: first line` of an error; for torch's many-line unpickling errors, the line saying what failed."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+    return f"{type(e).__name__}: {said[:200]}"

@@ -65,12 +65,14 @@ def convert_weights(
         read_torchscript_state_dict,
     )
     from tailprompt.backbone.loader import parse_quick_gelu
+    from tailprompt.files import check_output_file
     from tailprompt.utils import atomic_path, sha256_file
 
     if dst.suffix != ".safetensors":
         raise UserError(f"output {dst} must end in .safetensors")
     if dst.resolve() == src.resolve():
         raise UserError(f"output {dst} would overwrite the input")
+    check_output_file(dst, "output")  # before the (possibly long) read of the input
     override = parse_quick_gelu(quick_gelu)
     if file_format(src) == "torchscript":
         if not trust_torchscript:
@@ -93,6 +95,6 @@ def convert_weights(
     }
     # clone: TorchScript state dicts can share storage, which safetensors refuses to write.
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, "converted weights") as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return {**metadata, "tensors": str(len(tensors))}

@@ -150,7 +150,10 @@ def run_descriptions(args: argparse.Namespace) -> int:
         )
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder, expected a JSON file path")
-    write_json_atomic(args.out, {name: ds.descriptions[name] for name in ds.classnames})
+    from tailprompt.files import check_output_file
+
+    check_output_file(args.out, "--out")
+    write_json_atomic(args.out, {name: ds.descriptions[name] for name in ds.classnames}, "descriptions file")
     n = sum(len(v) for v in ds.descriptions.values())
     print(f"{ds.name}: {n} descriptions of {ds.num_classes} classes -> {args.out}")
     return 0

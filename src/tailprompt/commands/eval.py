@@ -48,12 +48,17 @@ LONG_FIELDS = ("per_class_accuracy", "reliability", "classnames")  # kept in the
 def run(args: argparse.Namespace) -> int:
     with user_errors():
         if args.run is not None:
-            if args.learner or args.config or args.overrides:
-                raise UserError("--learner, --config and --set go with --prompts; a run brings its own config")
+            if args.learner or args.config or args.overrides or args.out:
+                raise UserError("--learner, --config, --set and --out go with --prompts; a run brings its own config "
+                                "and saves its metrics in its folder")
             metrics = evaluate_run(Path(args.run), args.dataset, args.root, args.classes)
         else:
             if not args.learner:
                 raise UserError("--prompts needs --learner NAME (the learner the checkpoint was trained with)")
+            if args.out:
+                from tailprompt.files import check_output_file
+
+                check_output_file(args.out, "--out", (".json",))  # before the evaluation, not after it
             metrics = evaluate_prompts_file(Path(args.prompts), args.learner, args.config, args.overrides,
                                             args.dataset, args.root, args.classes)
             if args.out:
@@ -85,7 +90,7 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
     """Metrics of a released checkpoint's prompts with the learner and backbone the config describes."""
     from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import BackboneCache
-    from tailprompt.engine.saved import read_prompt_checkpoint
+    from tailprompt.engine.saved import load_prompts, read_prompt_checkpoint
     from tailprompt.prompts import build_learner
     from tailprompt.utils import configure_threads
 
@@ -95,7 +100,7 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
     backbone = BackboneCache().get(cfg.backbone)
     ds = _dataset(cfg, dataset, root, classes)
     learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
-    learner.load_prompt_state(state)
+    load_prompts(learner, state, path)
     return {"prompts": str(path), "learner": learner_name, "backbone": backbone.identity, "dataset": dataset,
             "classes": classes, **_metrics(cfg, learner, ds)}
 

@@ -46,12 +46,12 @@ def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
 
     import tailprompt
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
-    from tailprompt.files import check_writable
+    from tailprompt.files import check_output_file
     from tailprompt.prompts.common import clean_classnames
     from tailprompt.schema import to_dict
     from tailprompt.utils import atomic_path
 
-    check_writable(out.parent if str(out.parent) else Path("."), "folder of --out")
+    check_output_file(out, "--out")
     saved = open_run(run_dir)
     backbone = run_backbone(saved, "cpu")
     learner = run_learner(saved, backbone)
@@ -81,7 +81,7 @@ def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
         "tensors": sorted(tensors),
         "open_clip_recipe": recipe_applies(learner),
     }
-    with atomic_path(out) as tmp:
+    with atomic_path(out, "export file") as tmp:
         save_file(tensors, str(tmp), metadata={"tailprompt": json.dumps(info)})
     return info
 

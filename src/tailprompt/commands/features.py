@@ -73,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
         raise UserError(f"--splits: expected a comma-separated subset of train,val,test, got {args.splits!r}")
-    if args.views < 0 or (args.shots is not None and args.shots < 1):
-        raise UserError("--views must be >= 0 and --shots >= 1")
+    for option, value, least in (("--views", args.views, 0), ("--shots", args.shots, 1),
+                                 ("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                                 *(("--seeds", seed, 0) for seed in args.seeds)):
+        if value is not None and value < least:
+            raise UserError(f"{option}: expected an integer >= {least}, got {value}")
     ds = load_or_fail(args.dataset, args.root, reader_options(args.option))
     if args.shots is not None and not ds.train:
         raise UserError(f"dataset {ds.name!r} has no training split; drop --shots")
@@ -92,9 +95,11 @@ def fill(args: argparse.Namespace, ds: DatasetSplits, splits: list[str], group: 
     from tailprompt.data.augment import resolve_augment
     from tailprompt.data.features import FeatureCache
     from tailprompt.data.files import DatasetError
+    from tailprompt.files import check_writable
 
-    backbone = _load_backbone(args)
     cache = FeatureCache(args.cache_dir, num_workers=args.workers)
+    check_writable(cache.root, "cache folder", "--cache-dir (or $TAILPROMPT_CACHE)")
+    backbone = _load_backbone(args)
     augment = resolve_augment(None, ds.augment)  # the views a run with the dataset's default would read
     say = print if group is None or group.is_main else _silent
     say(

@@ -54,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--top-k: expected an integer >= 1, got {args.top_k}")
         if args.batch_size < 1:
             raise UserError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
-        if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
-            raise UserError(f"--out {args.out}: expected a .csv or .json file name")
+        if args.out:
+            from tailprompt.files import check_output_file
+
+            if Path(args.out).suffix.lower() not in (".csv", ".json"):
+                raise UserError(f"--out {args.out}: expected a .csv or .json file name")
+            check_output_file(args.out, "--out")  # before the images are classified, not after
         paths = image_paths(Path(args.images))
         predictions, unreadable = predict(Path(args.run), paths, args.classes, args.top_k, args.batch_size,
                                           args.device)

@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     teacher_path = args.teacher if args.teacher is not None else embedded_weights_path("embedded")
     if vision == "vit" and not teacher_path.is_file():
         raise UserError(f"--teacher {teacher_path}: no such weights file (the embedded CLIP to distil from)")
+    from tailprompt.files import check_output_file
+
+    check_output_file(out, "--out")  # before the pretraining, not after it
     threads = configure_threads(args.threads)
     flags = ["--steps", str(cfg.steps), "--seed", str(cfg.seed), "--batch-size", str(cfg.batch_size),
              "--lr", str(cfg.lr), "--warmup", str(cfg.warmup)]

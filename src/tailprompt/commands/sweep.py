@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import TYPE_CHECKING, Any
 
 from tailprompt.cli import UserError, user_errors
@@ -78,6 +79,8 @@ def launch_options(args: argparse.Namespace, slurm: dict[str, Any], source: str)
         value = getattr(args, name)
         if value is not None and value < (0 if name == "gpus_per_run" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be >= {0 if name == 'gpus_per_run' else 1}, got {value}")
+    if args.mem_gb is not None and not (math.isfinite(args.mem_gb) and args.mem_gb > 0):
+        raise UserError(f"--mem-gb must be a number > 0, got {args.mem_gb}")
     if (args.gpus_per_run or 0) > 1:
         raise UserError("--gpus-per-run: a sweep job trains one run in one process on one GPU; to train one run "
                         "on several GPUs, start it with torchrun (README, 'Running on a cluster')")

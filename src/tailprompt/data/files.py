@@ -8,14 +8,15 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from tailprompt.data.types import Item
+from tailprompt.errors import UserError
 
 # Folder-scanned readers keep only these (lower-cased) suffixes; the reference keeps every non-hidden
 # file, which only differs for stray non-images such as Thumbs.db that would crash it later.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 
 
-class DatasetError(ValueError):
-    """The dataset on disk does not match the expected layout; the message names the path."""
+class DatasetError(UserError, ValueError):
+    """The dataset on disk does not match the expected layout; the message names the path (a `UserError`)."""
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -46,9 +47,15 @@ def image_files(path: Path) -> list[str]:
 
 
 def read_lines(path: Path, what: str) -> list[str]:
-    """Non-empty stripped lines of a text file; a missing file is a `DatasetError` naming it."""
+    """Non-empty stripped lines of a text file; a missing or undecodable file is a `DatasetError` naming it."""
     require_file(path, what)
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text ({what})") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def open_rgb(path: Path) -> Image.Image:

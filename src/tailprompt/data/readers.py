@@ -170,9 +170,15 @@ def _classnames(spec: DatasetSpec, raw: RawSplits) -> list[str]:
                 )
     if not names:
         raise DatasetError(f"{spec.name}: no images found")
-    missing = sorted(set(range(max(names) + 1)) - set(names))
-    if missing:
-        raise DatasetError(f"{spec.name}: labels must be 0..{max(names)} without gaps; missing {missing[:10]}")
+    top = max(names)
+    if top >= len(names):  # a gap; the first ones are found without building 0..top (a stray label may be huge)
+        missing: list[int] = []
+        k = 0
+        while len(missing) < 10 and k <= top:
+            if k not in names:
+                missing.append(k)
+            k += 1
+        raise DatasetError(f"{spec.name}: labels must be 0..{top} without gaps; missing {missing}")
     return [names[k] for k in range(len(names))]
 
 

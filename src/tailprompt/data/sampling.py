@@ -91,8 +91,10 @@ def longtail_counts(
     profile: str = "exp",
     counts: Mapping[str, int] | None = None,
     classnames: Sequence[str] | None = None,
+    where: str = "counts",
 ) -> list[int]:
-    """Training images wanted per class k = 0..K-1 (label order of the training label set).
+    """Training images wanted per class k = 0..K-1 (label order of the training label set); `where` (the counts
+    file) prefixes the errors about `counts`.
 
     * `exp`: `max(1, floor(shots * tau ** (k / (K - 1))))` (LDAM-DRW's `exp` with a >= 1 clamp;
       shots=16, tau=0.06, K=5 -> [16, 7, 3, 1, 1]);
@@ -118,28 +120,28 @@ def longtail_counts(
         tail = max(1, math.floor(shots * tau + 1e-9))
         return [shots if k < head else tail for k in range(num_classes)]
     if profile == "counts":
-        return _counts_from_mapping(num_classes, shots, counts, classnames)
+        return _counts_from_mapping(num_classes, shots, counts, classnames, where)
     raise ValueError(f"profile: expected one of {', '.join(PROFILES)}, got {profile!r}")
 
 
 def _counts_from_mapping(
-    num_classes: int, shots: int, counts: Mapping[str, int] | None, classnames: Sequence[str] | None
+    num_classes: int, shots: int, counts: Mapping[str, int] | None, classnames: Sequence[str] | None,
+    where: str = "counts",
 ) -> list[int]:
     if counts is None or classnames is None:
-        raise ValueError("profile 'counts' needs counts {class name: n} and the class names")
+        raise ValueError("profile 'counts' needs a counts file {class name: n} (data.counts_file, or --counts of "
+                         "`tailprompt data sample`)")
     keys = class_keys(classnames)
     if len(keys) != num_classes:
-        raise ValueError(f"counts: {len(keys)} class names for {num_classes} classes")
+        raise ValueError(f"{where}: {len(keys)} class names for {num_classes} classes")
+    for key in keys:
+        n = counts.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= shots):
+            raise ValueError(f"{where}[{key!r}]: expected an integer in 1..{shots} (shots), got {n!r}")
     missing = [k for k in keys if k not in counts]
     if missing:
-        raise ValueError(f"counts: no count for class(es) {missing[:5]}")
-    out = []
-    for key in keys:
-        n = counts[key]
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= shots:
-            raise ValueError(f"counts[{key!r}]: expected an integer in 1..{shots} (shots), got {n!r}")
-        out.append(n)
-    return out
+        raise ValueError(f"{where}: no count for class(es) {missing[:5]}")
+    return [counts[key] for key in keys]
 
 
 def read_counts_file(path: str | Path) -> dict[str, int]:
@@ -214,11 +216,13 @@ def sample_training_set(
     keys = class_keys(ds.classnames)
     pools = _by_class(ds.train, ds.num_classes)
     if fewshot_ids is not None:
-        chosen = _reuse_ids(ds, keys, pools, read_fewshot_ids(fewshot_ids))
+        where = str(fewshot_ids) if isinstance(fewshot_ids, (str, Path)) else "fewshot_ids"
+        chosen = _reuse_ids(ds, keys, pools, read_fewshot_ids(fewshot_ids), where)
     else:
+        where = str(counts) if isinstance(counts, (str, Path)) else "counts"
         if isinstance(counts, (str, Path)):
             counts = read_counts_file(counts)
-        wanted = longtail_counts(ds.num_classes, shots, tau, profile, counts, ds.classnames)
+        wanted = longtail_counts(ds.num_classes, shots, tau, profile, counts, ds.classnames, where=where)
         chosen = [_draw(pool, shots, seed, "train", key)[:n] for pool, key, n in zip(pools, keys, wanted)]
     empty = [k for k, c in zip(keys, chosen) if not c]
     if empty:
@@ -235,18 +239,19 @@ def sample_training_set(
 
 
 def _reuse_ids(
-    ds: DatasetSplits, keys: list[str], pools: list[list[Item]], ids: Mapping[str, list[str]]
+    ds: DatasetSplits, keys: list[str], pools: list[list[Item]], ids: Mapping[str, list[str]],
+    where: str = "fewshot_ids",
 ) -> list[list[Item]]:
     missing = [k for k in keys if k not in ids]
     if missing:
-        raise ValueError(f"fewshot_ids: no ids for class(es) {missing[:5]} of dataset {ds.name!r}")
+        raise ValueError(f"{where}: no ids for class(es) {missing[:5]} of dataset {ds.name!r}")
     chosen = []
     for key, pool in zip(keys, pools):
         by_key = {it.key: it for it in pool}
         unknown = [i for i in ids[key] if i not in by_key]
         if unknown:
             raise ValueError(
-                f"fewshot_ids: {unknown[:3]} are not training images of class {key!r} in {ds.name!r}"
+                f"{where}: {unknown[:3]} are not training images of class {key!r} in {ds.name!r}"
             )
         chosen.append([by_key[i] for i in ids[key]])
     return chosen

@@ -38,23 +38,43 @@ def names_a_file(file_or_preset: str) -> bool:
     return "/" in file_or_preset or "\\" in file_or_preset or Path(file_or_preset).suffix in (".yaml", ".yml")
 
 
-def config_source(file_or_preset: str) -> tuple[dict[str, Any], str]:
+def config_source(file_or_preset: str, _chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     """Plain data of a config file or preset name, and the method name it stands for.
 
-    A user file may name a preset under `preset:`; its other keys override that preset.
+    A user file may name a preset (or another config file) under `preset:`; its other keys override that
+    preset. A chain of files that comes back to one of its files is a `ConfigError` naming the chain.
     """
     path = Path(file_or_preset)
     if names_a_file(file_or_preset):
         data = load_yaml(path)
-        base_name = data.pop("preset", None)
+        base_name = _preset_key(data, path)
         if base_name is not None:
-            base, method = config_source(str(base_name))
+            chain = (*_chain, _identity(path))
+            if names_a_file(base_name) and _identity(Path(base_name)) in chain:
+                raise ConfigError(f"{path}: preset: {base_name!r} leads back to a config file already read "
+                                  f"({' -> '.join(chain)}); a config file cannot be its own preset")
+            base, method = config_source(base_name, chain)
             data = merge(base, data)
             data.setdefault("method", method)
         return data, str(data.get("method") or path.stem)
     data = load_yaml(preset_path(file_or_preset))
     data.setdefault("method", file_or_preset)
     return data, file_or_preset
+
+
+def _preset_key(data: dict[str, Any], path: Path) -> str | None:
+    """The `preset:` a config file names (popped from `data`): a preset name or another config file."""
+    base = data.pop("preset", None)
+    if base is not None and (not isinstance(base, str) or not base.strip()):
+        raise ConfigError(f"{path}: preset: expected a preset name or a config file path, got {base!r}")
+    return base
+
+
+def _identity(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path)
 
 
 def user_set_paths(file_or_preset: str | None) -> list[list[str]]:
@@ -64,8 +84,8 @@ def user_set_paths(file_or_preset: str | None) -> list[list[str]]:
     if not names_a_file(file_or_preset):
         return []
     data = load_yaml(Path(file_or_preset))
-    base = data.pop("preset", None)
-    return leaf_paths(data) + user_set_paths(None if base is None else str(base))
+    base = _preset_key(data, Path(file_or_preset))
+    return leaf_paths(data) + user_set_paths(base)
 
 
 def resolve_config(file_or_preset: str | None, overrides: Sequence[str] = ()) -> RunConfig:

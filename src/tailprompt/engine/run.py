@@ -217,7 +217,9 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
         learner.load_initial_state(initial_prompts(cfg, backbone, learner))
     frozen_text = require_finite(template_text_features(backbone, train_ds.classnames, [train_ds.template]),
                                  "the backbone's frozen text features")
-    cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    cache_root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+    if cfg.data.cache:
+        check_writable(cache_root, "cache folder", "data.cache_dir (or $TAILPROMPT_CACHE)")
     select = ClusterCache(cache_root if cfg.data.cache else None)
     specs = [OBJECTIVES.get(o.name) for o in cfg.objectives]
     settings = {o.options.cluster_settings() for o, spec in zip(cfg.objectives, specs) if spec.needs_clusters}

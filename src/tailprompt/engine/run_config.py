@@ -241,7 +241,7 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("eval.temperature", lambda v: v > 0, "a number > 0 or null"),
     ("eval.dac_k", lambda v: v >= 1, "an integer >= 1"),
     ("eval.ece_bins", lambda v: v >= 1, "an integer >= 1"),
-    ("seed", lambda v: v >= 0, "an integer >= 0"),
+    ("seed", lambda v: 0 <= v < 2**63, "an integer in 0..2**63-1"),
 )
 # Learner and objective options are checked by name: counts and sizes must be >= 1, other integers >= 0.
 _COUNT_PREFIXES = ("n_", "num_")

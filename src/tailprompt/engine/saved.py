@@ -52,7 +52,16 @@ class SavedRun:
         names = (self.result["splits"].get(self.training_split) or {}).get("classnames")
         if isinstance(names, list) and names:
             return [str(n) for n in names]
-        return list(json.loads(self.meta.get("classnames", "[]")))
+        where = self.run_dir / "prompts.safetensors"
+        try:
+            names = json.loads(self.meta.get("classnames", "[]"))
+        except json.JSONDecodeError:
+            raise FileReadError(f"{where}: metadata 'classnames' is not valid JSON (expected a list of class "
+                                f"names)") from None
+        if not _names(names):
+            raise FileReadError(f"{where}: no class names recorded (neither in result.json's training split nor in "
+                                f"this file's metadata); predict with --classes FILE")
+        return list(names)
 
     @property
     def template(self) -> str:
@@ -75,6 +84,7 @@ def open_run(run_dir: str | Path) -> SavedRun:
     if not result_path.is_file():
         raise FileReadError(f"{result_path}: not found; {run_dir} is not a finished run (train it first)")
     result = read_json_object(result_path, "result file")
+    check_result_shape(result, result_path)
     config_path = run_dir / "config.yaml"
     data = load_yaml(config_path)
     recorded = result.get("config")
@@ -82,9 +92,40 @@ def open_run(run_dir: str | Path) -> SavedRun:
         missing = sorted(set(recorded) - set(data))
         hint = f"missing {', '.join(missing)}; truncated?" if missing else "edited after the run?"
         raise ConfigError(f"{config_path}: does not match the config recorded in {result_path.name} ({hint})")
-    config = from_dict(RunConfig, data)
+    try:
+        config = from_dict(RunConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{config_path}: {e}") from None
     prompts, meta = read_safetensors(run_dir / "prompts.safetensors", "prompts file")
     return SavedRun(run_dir, config, result, prompts, meta)
+
+
+def check_result_shape(result: dict[str, Any], path: Path) -> None:
+    """The parts of a run's `result.json` that reading the run relies on, checked up front: `splits` maps
+    split names to objects, `split_roles` (when present) split names to objects, class names are strings."""
+    splits = result.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        raise FileReadError(f"{path}: field 'splits' should map split names to their metrics, got "
+                            f"{_short(splits)}; not a finished run's record")
+    for name, split in splits.items():
+        if not isinstance(split, dict):
+            raise FileReadError(f"{path}: splits.{name} should be an object of metrics, got {_short(split)}")
+        names = split.get("classnames")
+        if names is not None and not _names(names):
+            raise FileReadError(f"{path}: splits.{name}.classnames should be a list of class names (strings), got "
+                                f"{_short(names)}")
+    roles = result.get("split_roles")
+    if roles is not None and not (isinstance(roles, dict) and all(isinstance(r, dict) for r in roles.values())):
+        raise FileReadError(f"{path}: field 'split_roles' should map split names to objects, got {_short(roles)}")
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(n, str) and n for n in value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _plain(data: Any) -> Any:
@@ -118,9 +159,20 @@ def run_learner(saved: SavedRun, backbone: FrozenVLM, classnames: list[str] | No
         from tailprompt.engine.run import initial_prompts
 
         learner.load_initial_state(initial_prompts(cfg, backbone, learner))
-    learner.load_prompt_state(saved.prompts)
+    load_prompts(learner, saved.prompts, saved.run_dir / "prompts.safetensors")
     learner.eval()
     return learner
+
+
+def load_prompts(learner: PromptLearner, state: dict[str, Any], path: str | Path) -> None:
+    """`learner.load_prompt_state(state)`; a state that does not fit (other learner, shapes, values) is an error
+    naming `path`, the file it came from."""
+    from tailprompt.prompts.common import PromptStateError
+
+    try:
+        learner.load_prompt_state(state)
+    except PromptStateError as e:
+        raise PromptStateError(f"{path}: {e}") from None
 
 
 def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -129,33 +181,50 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
     run's prompts or an export). `torch.save` files are read with `weights_only=True`: a file that needs
     arbitrary Python objects to load is refused, with the one-line conversion that keeps its tensors."""
     import pickle
+    import warnings
 
     import torch
 
-    from tailprompt.files import reading
+    from tailprompt.files import reading, require_file
 
     path = Path(path)
     if path.suffix == ".safetensors":
         tensors, _ = read_safetensors(path, "prompt file")
         return tensors
     with reading(path, "prompt checkpoint"):
-        if not path.is_file():
-            raise FileNotFoundError(path)
+        require_file(path)
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+                warnings.simplefilter("ignore")
+                data = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            if "Weights only load failed" not in str(e):
-                raise FileReadError(f"{path}: not a torch.save checkpoint ({' '.join(str(e).split())[:120]})") from None
+            if "Unsupported global" not in str(e):
+                raise FileReadError(f"{path}: not a torch.save checkpoint of tensors (a plain pickle or another "
+                                    f"format; {_why(e)})") from None
             raise FileReadError(
                 f"{path}: holds Python objects beyond tensors and plain containers, which loading would have to "
                 f"execute; if you trust the file, keep only its tensors with: python -c \"import torch; "
                 f"torch.save({{'state_dict': torch.load('{path}', weights_only=False)['state_dict']}}, "
                 f"'{path.name}.tensors')\" and pass that file"
             ) from None
-        except (RuntimeError, EOFError, OSError) as e:  # a cut zip archive surfaces as OSError(EINVAL)
-            raise FileReadError(f"{path}: truncated or not a torch.save checkpoint "
-                                f"({' '.join(str(e).split())[:120]})") from None
+        except (IsADirectoryError, PermissionError):
+            raise  # `reading` names these
+        except Exception as e:  # a cut zip archive is OSError(EINVAL); text or other formats raise anything
+            raise FileReadError(f"{path}: truncated or not a torch.save checkpoint ({_why(e)})") from None
     if not isinstance(data, dict):
         raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
                             f"got {type(data).__name__}")
     return data
+
+
+def _why(error: BaseException) -> str:
+    """The gist of a library's error (torch's run to many lines), or that the file is empty."""
+    import re
+
+    found = re.search(r"Unsupported [^.\n]*", str(error))
+    if found:
+        return found.group(0)[:120]
+    text = " ".join(str(error).split())
+    if isinstance(error, EOFError) or not text:
+        return "empty or cut short"
+    return (text if len(text) > 20 else f"{type(error).__name__}: {text}")[:120]

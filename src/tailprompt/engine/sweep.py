@@ -41,6 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, is_finished, run_directory
 from tailprompt.engine.run_config import RunConfig
+from tailprompt.files import FileReadError
 from tailprompt.locks import FileLock, current_job_id, describe, read_lock, stale_reason, this_owner
 from tailprompt.schema import ConfigError, load_yaml
 from tailprompt.utils import write_json_atomic
@@ -58,6 +59,7 @@ class SweepSpec:
     fixed: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)  # extra submitit `slurm_*` parameters
     init_from: dict[str, str] = field(default_factory=dict)  # second-stage method -> the method it starts from
+    source: str = ""  # the sweep file, named by errors in the runs it expands to
 
 
 def packaged_sweep(name: str) -> Path:
@@ -78,15 +80,24 @@ def read_sweep(path: str | Path) -> SweepSpec:
     methods = data.get("methods")
     if not isinstance(methods, list) or not methods:
         raise ConfigError(f"{path}: 'methods' must be a non-empty list of presets or config files")
+    for i, method in enumerate(methods):
+        if not isinstance(method, str) or not method.strip():
+            raise ConfigError(f"{path}: methods[{i}]: expected a preset name or a config file, got {method!r}")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError(f"{path}: 'grid' must map dotted keys to non-empty lists")
-    fixed = dict(data.get("set") or {})
+    for key in grid:
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"{path}: grid: expected dotted config keys (e.g. data.tau), got {key!r}")
+    fixed = data.get("set") or {}
+    if not isinstance(fixed, dict) or any(not isinstance(k, str) or not k.strip() for k in fixed):
+        raise ConfigError(f"{path}: 'set' must map dotted config keys to values (e.g. optim.epochs: 10), got "
+                          f"{fixed!r}")
+    fixed = dict(fixed)
     if "output_dir" in data:
         fixed["output_dir"] = data["output_dir"]
     slurm = {str(k): v for k, v in data.items() if str(k).startswith("slurm_")}
-    methods = [str(m) for m in methods]
-    return SweepSpec(methods, grid, fixed, slurm, stage_order(data.get("init_from"), methods, str(path)))
+    return SweepSpec(methods, grid, fixed, slurm, stage_order(data.get("init_from"), methods, str(path)), str(path))
 
 
 def stage_order(init_from: Any, methods: list[str], where: str) -> dict[str, str]:
@@ -96,6 +107,9 @@ def stage_order(init_from: Any, methods: list[str], where: str) -> dict[str, str
     if not isinstance(init_from, dict):
         raise ConfigError(f"{where}: 'init_from' must map a method to the method its runs start from")
     for second, first in init_from.items():
+        if second == first:
+            raise ConfigError(f"{where}: init_from {second}: {first}: a method cannot start from its own runs; name "
+                              f"its first stage")
         if second not in methods or first not in methods or methods.index(first) > methods.index(second):
             raise ConfigError(f"{where}: init_from {second}: {first} needs both in 'methods', {first!r} before "
                               f"{second!r} (the first stage runs first)")
@@ -118,13 +132,20 @@ def expand(spec: SweepSpec, extra: Sequence[str] = (), backbones: BackboneCache 
     configs = []
     for method in spec.methods:
         for combo in itertools.product(*(spec.grid[k] for k in keys)):
-            overrides = override_strings(spec.fixed) + override_strings(dict(zip(keys, combo))) + list(extra)
-            if method in spec.init_from:
-                backbones = backbones or BackboneCache()
-                first = resolve_config(spec.init_from[method], overrides)
-                first_dir = run_directory(first, backbones.get(first.backbone))
-                overrides = [*overrides, *override_strings({"init.from_run": str(first_dir)})]
-            configs.append(resolve_config(method, overrides))
+            values = dict(zip(keys, combo))
+            overrides = override_strings(spec.fixed) + override_strings(values) + list(extra)
+            try:
+                if method in spec.init_from:
+                    backbones = backbones or BackboneCache()
+                    first = resolve_config(spec.init_from[method], overrides)
+                    first_dir = run_directory(first, backbones.get(first.backbone))
+                    overrides = [*overrides, *override_strings({"init.from_run": str(first_dir)})]
+                configs.append(resolve_config(method, overrides))
+            except ConfigError as e:
+                if not spec.source:
+                    raise
+                where = " ".join(f"{k}={v}" for k, v in values.items())
+                raise ConfigError(f"{spec.source}: method {method!r}{' at ' + where if where else ''}: {e}") from None
     return configs
 
 
@@ -244,8 +265,15 @@ class RunStatus:
 
 
 def run_state(run_dir: Path) -> tuple[RunState, str]:
-    """done / running (who, heartbeat) / failed (error line, log) / pending (with a note on what it resumes)."""
+    """done / running (who, heartbeat) / failed (error line, log) / pending (with a note on what it resumes).
+
+    A `result.json` that does not read as a run record (truncated, edited) is `failed`, naming it.
+    """
     if (run_dir / "result.json").is_file():
+        try:
+            is_finished(run_dir)
+        except FileReadError as e:
+            return "failed", str(e)
         return "done", ""
     lock = read_lock(run_dir / RUN_LOCK)
     stale = None
@@ -255,9 +283,11 @@ def run_state(run_dir: Path) -> tuple[RunState, str]:
             return "running", f"{describe(lock.owner)}, heartbeat {lock.heartbeat_age_s:.0f} s ago"
     if (run_dir / RUN_ERROR).is_file():
         try:
-            error = json.loads((run_dir / RUN_ERROR).read_text())
-        except json.JSONDecodeError:
-            error = {}
+            error = json.loads((run_dir / RUN_ERROR).read_bytes().decode("utf-8", "replace"))
+        except (OSError, ValueError):
+            error = None
+        if not isinstance(error, dict):
+            return "failed", f"(its {RUN_ERROR} is unreadable)"
         return "failed", f"{error.get('error', '?')} (log: {error.get('log') or 'none'})"
     notes = []
     if (run_dir / CHECKPOINT).is_file():

@@ -286,6 +286,9 @@ def reference_prompt_state(
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
     keys = list(state_dict)
+    odd = [k for k in keys if not isinstance(k, str)]
+    if odd:
+        raise PromptStateError(f"state dict keys must be parameter names (strings), got {odd[:3]}")
     if any(k.startswith("prompt_learner.") for k in keys):
         stray = [k for k in keys if not k.startswith(("prompt_learner.", *_REFERENCE_FROZEN_PREFIXES))]
         if stray:
@@ -320,23 +323,47 @@ def load_prompt_state_into(
     params = dict(module.named_parameters())
     missing = sorted(set(params) - set(state))
     unexpected = sorted(set(state) - set(params))
+    values = {k: _state_tensor(state[k], k, learner) for k in sorted(set(params) & set(state))}
     mismatched = [
-        f"{k}: checkpoint {list(torch.as_tensor(state[k]).shape)} vs learner {list(params[k].shape)}"
-        for k in sorted(set(params) & set(state))
-        if tuple(torch.as_tensor(state[k]).shape) != tuple(params[k].shape)
+        f"{k}: checkpoint {list(values[k].shape)} vs learner {list(params[k].shape)}"
+        for k in values
+        if tuple(values[k].shape) != tuple(params[k].shape)
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"missing keys {_some(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+        problems.append(f"unexpected keys {_some(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatches [{'; '.join(mismatched)}]")
     if problems:
         raise PromptStateError(f"{learner}: load_prompt_state: " + ", ".join(problems))
+    bad = [k for k, v in values.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise PromptStateError(f"{learner}: load_prompt_state: {', '.join(bad)} {'holds' if len(bad) == 1 else 'hold'} "
+                               f"NaN or infinite values (a diverged or damaged checkpoint)")
     with torch.no_grad():
         for name, param in params.items():
-            param.copy_(torch.as_tensor(state[name]).to(dtype=param.dtype, device=param.device))
+            param.copy_(values[name].to(dtype=param.dtype, device=param.device))
+
+
+def _some(keys: list[str], shown: int = 8) -> str:
+    """`keys` as a list, the first `shown` of a long one and how many there are (a whole CLIP state dict is not
+    one readable line)."""
+    return str(keys) if len(keys) <= shown else f"{keys[:shown]} and {len(keys) - shown} more"
+
+
+def _state_tensor(value: Any, key: str, learner: str) -> Tensor:
+    """A state dict entry as a floating-point tensor, or a `PromptStateError` naming the key."""
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise PromptStateError(f"{learner}: load_prompt_state: {key} is a {type(value).__name__}, expected a "
+                               f"tensor") from None
+    if not tensor.is_floating_point():
+        raise PromptStateError(f"{learner}: load_prompt_state: {key} holds {str(tensor.dtype).removeprefix('torch.')} "
+                               f"values, expected floating-point prompt parameters")
+    return tensor
 
 
 def check_template(template: str, learner: str) -> str:

@@ -67,6 +67,9 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, fmt: s
         raise ReportError(f"{runs_dir}: no run folder holds a result.json (nothing to report)")
     kept, dropped = deduplicated(results)
     tables = summary_tables(kept, order, extra=True)
+    from tailprompt.files import check_writable
+
+    check_writable(out_dir, "report folder", "--out")  # before the first file, so none is left alone
     table_path = out_dir / f"tables.{FILE_SUFFIX[fmt]}"
     write_text_atomic(table_path, render_tables(tables, fmt))
     summary_path = out_dir / "summary.json"

@@ -134,6 +134,7 @@ def runs_html(results: Sequence[dict[str, Any]]) -> str:
     for r in sorted(results, key=lambda r: (r["dataset"], r["protocol"], r["method"], -r["tau"], r["seed"])):
         headline = _headline(r)
         folder = str(r.get(RUN_DIR_KEY, ""))
+        link = Path(folder).absolute().as_uri() if folder else ""  # a relative runs folder is still a file URI
         rows.append(
             f"<tr><td class='label' data-sort='{e(str(r.get('run_id')))}'>{e(str(r.get('run_id')))}</td>"
             f"<td class='label' data-sort='{e(r['method'])}'>{e(r['method'])}</td>"
@@ -141,7 +142,7 @@ def runs_html(results: Sequence[dict[str, Any]]) -> str:
             f"<td class='label' data-sort='{e(r['protocol'])}'>{e(str(r.get('protocol_label') or r['protocol']))}</td>"
             f"<td data-sort='{r['tau']}'>{r['tau']:g}</td><td data-sort='{r['seed']}'>{r['seed']}</td>"
             f"<td data-sort='{'' if headline is None else headline}'>{_number(headline)}</td>"
-            f"<td class='label' data-sort='{e(folder)}'><a href='{e(Path(folder).as_uri() if folder else '')}'>"
+            f"<td class='label' data-sort='{e(folder)}'><a href='{e(link)}'>"
             f"{e(Path(folder).name)}</a></td></tr>")
     return (f"<section id='runs'><h2>Runs ({len(results)})</h2><p class='caption'>One row per result.json; "
             f"Headline is the harmonic mean where the protocol has one, else the training split's accuracy.</p>"

@@ -309,6 +309,9 @@ def write_layout(runs_dir: str | Path, layout: str, out_dir: str | Path | None =
         raise ReportError(f"{runs_dir}: no run of the presets the {layout} layout reads (found methods: "
                           f"{', '.join(names) or 'none'}); see configs/sweeps/{layout}.yaml")
     path = (Path(out_dir) if out_dir is not None else runs_dir / "report") / f"{layout}.{FORMATS[fmt]}"
+    from tailprompt.files import check_writable
+
+    check_writable(path.parent, "report folder", "--out")
     write_text_atomic(path, render_layout(tables, fmt))
     return path
 

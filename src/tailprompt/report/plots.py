@@ -75,8 +75,18 @@ def _suptitle(fig: Figure, text: str, fontsize: float = 10) -> None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
+    import warnings
+
+    with atomic_path(path, "plot") as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         fig.savefig(tmp, format="png", dpi=_DPI)
+    glyphs = [w for w in caught if "missing from font" in str(w.message)]
+    for w in caught:
+        if w not in glyphs:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if glyphs:  # one line per plot, not one per character (class names in scripts the font lacks)
+        log.warning("%s: %d character(s) of the labels are missing from the plot font and show as boxes",
+                    path.name, len(glyphs))
     return path
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tailprompt.errors import UserError
 from tailprompt.records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,18 @@ LEGACY_SPLIT_ROLES: dict[str, dict[str, Any]] = {
 LEGACY_PROTOCOL_LABELS = {"base_to_new": "base-to-new", "cross_dataset": "cross-dataset",
                           "domain_generalization": "domain generalization", "all_classes": "all classes"}
 _REQUIRED = RunRecord.report_field_types()  # the writer's own definition of these fields
+# The other fields: checked when present, as the tables and plots read them (null stands for absent).
+_OPTIONAL = {k: (*types, type(None)) if type(None) not in types else types
+             for k, types in RunRecord.optional_field_types().items()}
+_LEGACY_TYPES: dict[str, tuple[type, ...]] = {"backbone": (str,)}  # older records name the backbone bare
+# Per-split blocks the plots read (result.json `splits.<name>`), when present.
+_SPLIT_FIELDS: dict[str, tuple[type, ...]] = {"classnames": (list,), "per_class_accuracy": (dict,),
+                                              "reliability": (dict,)}
 
 
-class ReportError(ValueError):
-    """A runs folder or result record the report cannot use; the message names the file and field."""
+class ReportError(UserError, ValueError):
+    """A runs folder or result record the report cannot use; the message names the file and field (a
+    `UserError`)."""
 
 
 def load_results(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -97,9 +106,35 @@ def validate_record(record: dict[str, Any], where: str) -> None:
             raise ReportError(f"{where}: field {key!r} should be {expected}, got {value!r}")
     if not math.isfinite(float(record["tau"])):
         raise ReportError(f"{where}: field 'tau' should be a finite number, got {record['tau']!r}")
+    for key, types in _OPTIONAL.items():
+        if key in record and not _fits(record[key], types + _LEGACY_TYPES.get(key, ())):
+            raise ReportError(f"{where}: field {key!r} should be {_type_names(types)}, got {_short(record[key])}")
     for name, split in record["splits"].items():
-        if not isinstance(split, dict) or not isinstance(split.get("accuracy"), (int, float)):
+        if not isinstance(split, dict) or not _fits(split.get("accuracy"), (int, float)):
             raise ReportError(f"{where}: splits.{name}.accuracy should be a number")
+        for key, types in _SPLIT_FIELDS.items():
+            if split.get(key) is not None and not _fits(split[key], types):
+                raise ReportError(f"{where}: splits.{name}.{key} should be {_type_names(types)}, got "
+                                  f"{_short(split[key])}")
+    counts = (record.get("sampling") or {}).get("counts")
+    if counts is not None and not isinstance(counts, dict):
+        raise ReportError(f"{where}: sampling.counts should be dict, got {_short(counts)}")
+
+
+def _fits(value: Any, types: tuple[type, ...]) -> bool:
+    """`isinstance` with JSON's booleans kept apart from its numbers."""
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True, order=True)
@@ -286,7 +321,9 @@ def target_splits(records: Sequence[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for r in records:
         roles = split_roles(r)
-        configured = ((r.get("config") or {}).get("protocol") or {}).get("targets") or []
+        protocol = r.get("config", {}).get("protocol") if isinstance(r.get("config"), dict) else None
+        configured = protocol.get("targets") if isinstance(protocol, dict) else None
+        configured = [t for t in configured if isinstance(t, str)] if isinstance(configured, list) else []
         for name in list(configured) + sorted(r["splits"]):
             if name in roles and roles[name].target and name not in names:
                 names.append(name)

@@ -219,3 +219,22 @@ def test_a_plain_pickle_is_one_error_without_torchs_warnings(tmp_path, recwarn):
                                             r"\(UnpicklingError: Unsupported"):
         read_checkpoint(path)
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused_naming_file_and_tensor(tmp_path, gelu_source, bad):
+    sd = {k: v.clone() for k, v in gelu_source.state_dict().items()}
+    sd["visual.proj"][0, 0] = bad
+    path = tmp_path / "damaged.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(BackboneError, match=rf"{path}: visual.proj hold NaN or infinite values"):
+        load_backbone("tiny-vit", weights=path)
+
+
+def test_huge_but_finite_weights_load(tmp_path, gelu_source):
+    """A float32 sum that overflows is not taken for an infinite weight."""
+    sd = {k: v.clone() for k, v in gelu_source.state_dict().items()}
+    sd["visual.proj"].fill_(3e38)
+    path = tmp_path / "huge.safetensors"
+    save_file(sd, str(path))
+    assert load_backbone("tiny-vit", weights=path, precision="fp32").model.visual.proj.max() == pytest.approx(3e38)

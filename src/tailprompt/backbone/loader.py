@@ -111,6 +111,7 @@ def load_backbone(
         if resolved == "bf16":
             store_matmul_weights(model, torch.bfloat16)  # on the meta model: the file's tensors land in bf16
         load_into(model, ckpt.state_dict, path, name)
+        check_finite_weights(model, path)
         identity = f"{name}@sha256:{remembered_sha256(path)}" + _activation_suffix(qg, auto)
     model = model.to(device)
     return FrozenVLM(
@@ -123,6 +124,23 @@ def load_backbone(
         std=std,
         precision=resolved,
     )
+
+
+def check_finite_weights(model: torch.nn.Module, path: Path) -> None:
+    """Raise a `BackboneError` naming the file and its first tensors that hold NaN or infinite values.
+
+    A damaged or diverged checkpoint would otherwise give NaN features that a cache stores and every later run
+    reads. One float32 sum per tensor finds it (~0.05 s for ViT-B/16, where an element-wise test takes 0.3 s);
+    a sum that overflows is confirmed element-wise, so huge but finite weights pass.
+    """
+    tensors = [(k, t) for k, t in model.state_dict().items() if t.is_floating_point()]
+    sums = torch.stack([t.sum(dtype=torch.float32) for _, t in tensors]) if tensors else torch.zeros(0)
+    suspects = [tensors[i] for i in (~torch.isfinite(sums)).nonzero().flatten().tolist()]
+    bad = [k for k, t in suspects if not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise BackboneError(f"weights file {path}: {', '.join(bad[:3])}{more} hold NaN or infinite values "
+                            f"(a damaged or diverged checkpoint)")
 
 
 def _activation_suffix(chosen: bool, natural: bool) -> str:

@@ -113,13 +113,17 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert _stderr_lines(capsys) == ["tailprompt list: interrupted"]
 
 
-def test_library_warnings_print_as_one_line_during_a_command():
+def test_library_warnings_print_as_one_line_once_during_a_command():
     # A fresh interpreter: pytest records warnings instead of printing them.
     code = (
         "import sys, warnings\n"
         "import tailprompt.commands.list_components as module\n"
         "def run(args):\n"
-        "    warnings.warn(\"prompt_depth=9 exceeds\\nthe backbone's 3 blocks\", UserWarning)\n"
+        "    for _ in range(2):  # the same warning again after a filter change, as a learner built twice gives\n"
+        "        warnings.warn(\"prompt_depth=9 exceeds\\nthe backbone's 3 blocks\", UserWarning)\n"
+        "        with warnings.catch_warnings():\n"
+        "            warnings.simplefilter('ignore')\n"
+        "    warnings.warn('another one', UserWarning)\n"
         "    return 0\n"
         "module.run = run\n"
         "from tailprompt.cli import main\n"
@@ -131,4 +135,5 @@ def test_library_warnings_print_as_one_line_during_a_command():
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0
-    assert out.stderr.splitlines() == ["warning: prompt_depth=9 exceeds the backbone's 3 blocks"]
+    assert out.stderr.splitlines() == ["warning: prompt_depth=9 exceeds the backbone's 3 blocks",
+                                       "warning: another one"]

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     format_warning = warnings.formatwarning
-    warnings.formatwarning = one_line_warning  # a library's warning is one line too, not its source line
+    warnings.formatwarning = one_line_warnings()  # a library's warning is one line too, not its source line
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -147,10 +147,20 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                     line: str | None = None) -> str:
-    return f"warning: {one_line(str(message))}\n"
+def one_line_warnings() -> Callable[..., str]:
+    """A `warnings.formatwarning` that writes each warning as one line, and a repeated one not again.
 
+    Python forgets which warnings it has shown whenever a filter changes (every `catch_warnings` block does),
+    so a learner built twice in one command would warn twice; the lines shown are remembered here, per command.
+    """
+    shown: set[str] = set()
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                       line: str | None = None) -> str:
+        text = one_line(str(message))
+        if text in shown:
+            return ""
+        shown.add(text)
+        return f"warning: {text}\n"
+
+    return format_warning

@@ -47,11 +47,11 @@ def configure_threads(n: int | None = None) -> int:
     return n
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "backbone.device") -> torch.device:
     """`auto` -> CUDA when available, else CPU; any other name as torch spells it (`cpu`, `cuda:1`).
 
     A name torch does not know, or a device this machine does not have, is a `ConfigError` naming
-    `backbone.device` (a user's typo, not a crash deep inside the first tensor transfer).
+    `setting`, the option that gave it (a user's typo, not a crash deep inside the first tensor transfer).
     """
     import torch
 
@@ -62,19 +62,19 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"backbone.device: {name!r} is not a device name "
+        raise ConfigError(f"{setting}: {name!r} is not a device name "
                           f"(expected auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise ConfigError(f"backbone.device: {name!r} requested but this machine has no usable CUDA device; "
+            raise ConfigError(f"{setting}: {name!r} requested but this machine has no usable CUDA device; "
                               f"use auto or cpu")
         if device.index is not None and device.index >= n:
-            raise ConfigError(f"backbone.device: {name!r} does not exist (CUDA devices: 0..{n - 1})")
+            raise ConfigError(f"{setting}: {name!r} does not exist (CUDA devices: 0..{n - 1})")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError(f"backbone.device: {name!r} requested but MPS is not available here; use auto or cpu")
+        raise ConfigError(f"{setting}: {name!r} requested but MPS is not available here; use auto or cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"backbone.device: {name!r} is not supported (expected auto, cpu, cuda or cuda:N)")
+        raise ConfigError(f"{setting}: {name!r} is not supported (expected auto, cpu, cuda or cuda:N)")
     return device
 
 

@@ -165,6 +165,7 @@ def test_a_bad_counts_file_is_named(tmp_path, capsys, counts, message):
     (["--shots", "1", "--seeds", "1", "-2"], "--seeds: expected an integer >= 0, got -2"),
     (["--views", "-1"], "--views: expected an integer >= 0, got -1"),
     (["--cache-dir", "{tmp}/file.txt/cache"], "cache folder is not writable ({tmp}/file.txt is a file, not a folder)"),
+    (["--device", "tpu"], "error: --device: 'tpu' is not a device name (expected auto, cpu, cuda or cuda:N)"),
 ])
 def test_features_options_out_of_range_are_one_line(tmp_path, capsys, extra, message):
     root = make_eurosat_tree(tmp_path / "data", images_per_class=3)

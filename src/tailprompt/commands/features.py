@@ -43,10 +43,9 @@ def _load_backbone(args: argparse.Namespace):
     from tailprompt.backbone import load_backbone
     from tailprompt.utils import resolve_device
 
+    device = str(resolve_device(args.device, "--device"))  # its own message, not the backbone's
     try:
-        return load_backbone(
-            args.backbone, weights=args.weights, device=str(resolve_device(args.device)), precision=args.precision
-        )
+        return load_backbone(args.backbone, weights=args.weights, device=device, precision=args.precision)
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise UserError(f"backbone {args.backbone!r}: {e.args[0] if e.args else e}") from None
 

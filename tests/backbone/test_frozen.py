@@ -59,6 +59,9 @@ def test_tokenize_refuses_a_prompt_longer_than_the_context(tiny):
         tiny.tokenize(["fine", long_prompt])
     assert "very very" in str(err.value)
     assert isinstance(err.value, UserError)  # the CLI prints it as one line
+    with pytest.raises(BackboneError, match=r"prompt 'X X .* \.\.\. .* X cat\.' needs 1004 tokens") as err:
+        tiny.tokenize(" ".join(["X"] * 1000) + " cat.")  # n_ctx=1000 random contexts: quoted cut, not whole
+    assert len(str(err.value)) < 300
 
 
 def test_tokenize_warns_about_words_outside_the_vocabulary(tiny, monkeypatch):

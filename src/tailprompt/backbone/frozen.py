@@ -249,7 +249,7 @@ class FrozenVLM(nn.Module):
             ids = [bpe.sot_token_id, *bpe.encode(text), bpe.eot_token_id]
             if len(ids) > self.context_length:
                 raise BackboneError(
-                    f"prompt {text!r} needs {len(ids)} tokens but backbone {self.arch!r} has a context of "
+                    f"prompt {_shortened(text)!r} needs {len(ids)} tokens but backbone {self.arch!r} has a context of "
                     f"{self.context_length}; shorten the prompt (class name or template)"
                 )
             rows.append(ids)
@@ -499,6 +499,13 @@ class FrozenVLM(nn.Module):
             f"identity={self.identity!r}, precision={self.precision}, embed_dim={self.embed_dim}, "
             f"context_length={self.context_length}"
         )
+
+
+def _shortened(text: str, keep: int = 100) -> str:
+    """`text` cut in the middle to about `keep` characters, for an error message that stays readable."""
+    if len(text) <= keep:
+        return text
+    return f"{text[: keep * 2 // 3]} ... {text[-(keep // 3):]}"
 
 
 def _is_vit(visual: nn.Module) -> bool:

@@ -242,6 +242,10 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("eval.dac_k", lambda v: v >= 1, "an integer >= 1"),
     ("eval.ece_bins", lambda v: v >= 1, "an integer >= 1"),
     ("seed", lambda v: 0 <= v < 2**63, "an integer in 0..2**63-1"),
+    # an empty path would quietly mean the current folder
+    ("output_dir", lambda v: bool(v.strip()), "a folder path, not empty"),
+    ("data.root", lambda v: bool(v.strip()), "a folder path, or null for the default"),
+    ("data.cache_dir", lambda v: bool(v.strip()), "a folder path, or null for the default"),
 )
 # Learner and objective options are checked by name: counts and sizes must be >= 1, other integers >= 0.
 _COUNT_PREFIXES = ("n_", "num_")
@@ -258,7 +262,7 @@ def validate_ranges(cfg: RunConfig) -> None:
         value = _lookup(plain, key)
         if value is None:
             continue
-        if not _is_finite(value) or not accepts(value):
+        if not (accepts(value) if isinstance(value, str) else _is_finite(value) and accepts(value)):
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     problems = _option_problems(plain.get("learner"), "learner")
     for i, entry in enumerate(plain.get("objectives") or []):

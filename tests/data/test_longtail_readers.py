@@ -200,3 +200,32 @@ def test_whole_long_tailed_train_set_and_many_medium_few(tmp_path, capsys):
         capsys, "data", "sample", "--dataset", "imagenet_lt", "--root", str(root), "--shots", "100000", "--json"
     )
     assert code == 0 and json.loads(out)["counts"] == {"tench": 110, "goldfish": 44, "great white shark": 18}
+
+
+def test_list_quirks_accepted_and_line_numbers_count_every_line(tmp_path):
+    root = make_dataset_tree("places_lt", tmp_path, images_per_class=3, num_classes=2)
+    path = root / "places_lt/Places_LT_train.txt"
+    lines = path.read_text().splitlines()
+    expected = load_dataset("places_lt", root).train
+    path.write_bytes(b"\xef\xbb\xbf# OLTR list\r\n\r\n" + "\r\n".join(f"{line}  " for line in lines).encode())
+    assert load_dataset("places_lt", root).train == expected
+    path.write_text("\n\n".join([*lines, "train/airfield/x.jpg -1"]) + "\n")
+    with pytest.raises(DatasetError, match=rf"{path}:{2 * len(lines) + 1}: expected a label \(an integer >= 0\)"):
+        load_dataset("places_lt", root)
+
+
+def test_a_path_with_spaces_keeps_the_last_field_as_label(tmp_path):
+    root = make_dataset_tree("places_lt", tmp_path, images_per_class=3, num_classes=2)
+    path = root / "places_lt/Places_LT_test.txt"
+    path.write_text(path.read_text() + "val/airfield/my photo.jpg 0\n")
+    assert "val/airfield/my photo.jpg" in {it.key for it in load_dataset("places_lt", root).test}
+
+
+def test_categories_json_bom_and_deep_nesting(tmp_path):
+    root = make_dataset_tree("inat2018", tmp_path, images_per_class=3, num_classes=2)
+    path = root / "inat2018/categories.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(load_dataset("inat2018", root).classnames) == 2
+    path.write_text("[" * 100000)
+    with pytest.raises(DatasetError, match=f"{path}: not valid JSON"):
+        load_dataset("inat2018", root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,241 @@ def test_an_undecodable_list_file_names_it(tmp_path):
     names.write_bytes(b"\xff\xfe\x00n01440764 tench\n")
     with pytest.raises(DatasetError, match=rf"{names}: not UTF-8 text"):
         load_dataset("imagenet", root)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input as classes: every reader names the file (and line) and what it expected; benign quirks of real
+# files (CRLF, BOM, blank lines, comments, trailing whitespace, Thumbs.db) are accepted.
+
+# name -> a line-based list file of the raw reader (relative to the dataset folder), its options
+RAW_LISTS = {
+    "oxford_pets": ("annotations/test.txt", {"generate_split": True}),
+    "sun397": ("Testing_01.txt", {"generate_split": True}),
+    "ucf101": ("ucfTrainTestlist/testlist01.txt", {"generate_split": True}),
+    "fgvc_aircraft": ("images_variant_test.txt", {}),
+    "imagenet_sketch": ("classnames.txt", {}),
+    "places_lt": ("Places_LT_test.txt", {}),
+}
+
+
+def _tree(tmp_path, name, n=10):
+    root = make_dataset_tree(name, tmp_path, images_per_class=n, num_classes=3, split_file=False)
+    return root, root / SPECS[name].folder
+
+
+@pytest.mark.parametrize("name", sorted(RAW_LISTS))
+def test_benign_quirks_of_list_files_are_accepted(tmp_path, name):
+    rel, options = RAW_LISTS[name]
+    root, folder = _tree(tmp_path, name)
+    expected = load_dataset(name, root, options)
+    path = folder / rel
+    text = path.read_text()
+    path.write_bytes(b"\xef\xbb\xbf# a comment\r\n\r\n" + text.replace("\n", " \t\r\n\r\n").encode())
+    ds = load_dataset(name, root, options)
+    assert ds.classnames == expected.classnames and ds.test == expected.test
+
+
+@pytest.mark.parametrize("name", sorted(RAW_LISTS))
+@pytest.mark.parametrize("damage, message", [
+    ("empty", r"empty file \(expected"), ("garbage", r"not UTF-8 text \(expected"),
+    ("folder", r"expected a file \("), ("duplicate", "duplicate"),
+])  # fmt: skip
+def test_damaged_list_files_are_named(tmp_path, name, damage, message):
+    rel, options = RAW_LISTS[name]
+    root, folder = _tree(tmp_path, name, n=3 if damage != "duplicate" else 10)
+    path = folder / rel
+    if damage == "empty":
+        path.write_text("\n  \n")
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)))
+    elif damage == "folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join([*lines, "", lines[0]]) + "\n")
+    with pytest.raises(DatasetError, match=message) as e:
+        load_dataset(name, root, options)
+    assert str(path) in str(e.value)
+    if damage == "duplicate":  # the line numbers count blank lines too
+        assert f"{path}:{len(lines) + 2}: duplicate" in str(e.value) and "(first at line 1)" in str(e.value)
+
+
+@pytest.mark.parametrize("name, rel, line, message", [
+    ("oxford_pets", "annotations/test.txt", "Abyssinian_77 0 1 1", r"expected a CLASS-ID \(an integer >= 1\), got '0'"),
+    ("oxford_pets", "annotations/test.txt", "Abyssinian_77 -1 1 1", "expected a CLASS-ID"),
+    ("oxford_pets", "annotations/test.txt", "Abyssinian_77 \u00b2 1 1", "expected a CLASS-ID"),
+    ("oxford_pets", "annotations/test.txt", "../Abyssinian_77 1 1 1", "expected a relative image path"),
+    ("oxford_pets", "annotations/test.txt", "Abyssinian_77 1 1", "expected 'IMAGE CLASS-ID SPECIES BREED-ID'"),
+    ("sun397", "Testing_01.txt", "/../a/abbey/x.jpg", "expected a relative image path"),
+    ("sun397", "Testing_01.txt", "/a/abbey/x.jpg 3", "expected one image path"),
+    ("ucf101", "ucfTrainTestlist/trainlist01.txt", "Archery/v_Archery_g99_c01.avi 9", r"INDEX in 1\.\.3, got '9'"),
+    ("ucf101", "ucfTrainTestlist/trainlist01.txt", "Archery/v_Archery_g99_c01.avi 1", "index 1, but"),
+    ("ucf101", "ucfTrainTestlist/classInd.txt", "0 YoYo", r"expected a class INDEX \(an integer >= 1\), got '0'"),
+    ("ucf101", "ucfTrainTestlist/classInd.txt", "2 YoYo", "appears twice"),
+    ("fgvc_aircraft", "images_variant_test.txt", "/etc/passwd 707-320", "expected a relative image path"),
+    ("fgvc_aircraft", "images_variant_test.txt", "1234567", "expected 'IMAGE-ID variant'"),
+    ("fgvc_aircraft", "variants.txt", "707-320", "duplicate class '707-320'"),
+    ("sun397", "ClassName.txt", "/z/zoo", r"1 of 4 classes have no image"),
+])  # fmt: skip
+def test_malformed_raw_list_lines_name_file_and_line(tmp_path, name, rel, line, message):
+    root, folder = _tree(tmp_path, name)
+    path = folder / rel
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, line]) + "\n")
+    with pytest.raises(DatasetError, match=message) as e:
+        load_dataset(name, root, {"generate_split": True} if SPECS[name].split_file else {})
+    assert str(path) in str(e.value)
+    if "classes have no image" not in message:
+        assert f"{path}:{len(lines) + 1}:" in str(e.value)
+
+
+def test_split_json_duplicates_gaps_and_huge_documents_name_the_file(tmp_path):
+    root = make_eurosat_tree(tmp_path, images_per_class=3)
+    path = root / "eurosat/split_zhou_EuroSAT.json"
+    split = json.loads(path.read_text())
+    for bad, message in [
+        ({**split, "train": [*split["train"], split["train"][0]]}, r"duplicate image .*first at train\[0\]"),
+        ({**split, "test": [["x/C:\\a.jpg", 0, "x"], ["C:\\a.jpg", 0, "x"]]}, r"test\[1\]: expected a relative image"),
+        ({**split, "test": [*split["test"], ["a.jpg", 99, "x"]]}, "malformed split file: labels must be 0..99 without"),
+    ]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DatasetError, match=message) as e:
+            load_dataset("eurosat", root)
+        assert str(path) in str(e.value)
+    for text in ("[" * 100000, '{"train": [' + "1" * 5000 + "]}"):  # nesting, a number int() refuses
+        path.write_text(text)
+        with pytest.raises(DatasetError, match=f"{path}: malformed split file, not valid JSON"):
+            load_dataset("eurosat", root)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(split).encode())  # a BOM is accepted
+    assert load_dataset("eurosat", root).classnames == EUROSAT_NAMES
+
+
+def test_a_file_where_a_folder_is_expected_and_vice_versa(tmp_path):
+    root = make_eurosat_tree(tmp_path, images_per_class=3)
+    images = root / "eurosat/2750"
+    shutil.rmtree(images)
+    images.write_text("not a folder")
+    with pytest.raises(DatasetError, match=f"{images}: expected a folder \\(images of eurosat\\), found a file"):
+        load_dataset("eurosat", root)
+    images.unlink()
+    images.mkdir()
+    split = root / "eurosat/split_zhou_EuroSAT.json"
+    split.unlink()
+    split.mkdir()
+    with pytest.raises(DatasetError, match=f"{split}: expected a file .*found a folder"):
+        load_dataset("eurosat", root)
+
+
+def test_scanned_class_folders_skip_junk_and_reject_empty_classes(tmp_path):
+    root = make_dataset_tree("imagenet_sketch", tmp_path, images_per_class=2, num_classes=2)
+    images = root / "imagenet-sketch/images"
+    for junk in ("Thumbs.db", ".DS_Store", "desktop.ini"):
+        (images / "n01440764" / junk).write_bytes(b"\0junk")
+    (images / ".cache").mkdir()
+    assert len(load_dataset("imagenet_sketch", root).test) == 4
+    for f in (images / "n01443537").iterdir():
+        f.unlink()
+    (images / "n01443537" / "Thumbs.db").write_bytes(b"\0")
+    with pytest.raises(DatasetError, match=f"{images / 'n01443537'}: class folder without images \\(expected"):
+        load_dataset("imagenet_sketch", root)
+
+
+def test_imagenetv2_folders_must_be_the_class_indices(tmp_path):
+    root = make_dataset_tree("imagenetv2", tmp_path, images_per_class=2, num_classes=2)
+    (root / "imagenetv2/classnames.txt").write_text("n01440764 tench\n")
+    with pytest.raises(DatasetError, match=r"folder\(s\) \['1'\] are not class indices 0\.\.0"):
+        load_dataset("imagenetv2", root)
+
+
+@pytest.mark.parametrize("name, rel, key, message", [
+    ("stanford_cars", "devkit/cars_meta.mat", "class_names", "no variable 'class_names'"),
+    ("stanford_cars", "cars_test_annos_withlabels.mat", "annotations", "no variable 'annotations'"),
+    ("oxford_flowers", "imagelabels.mat", "labels", "no variable 'labels'"),
+])  # fmt: skip
+def test_mat_files_without_the_expected_variable_are_named(tmp_path, name, rel, key, message):
+    scipy_io = pytest.importorskip("scipy.io")
+    root, folder = _tree(tmp_path, name, n=3)
+    scipy_io.savemat(str(folder / rel), {"other": [1, 2]})
+    with pytest.raises(DatasetError, match=message) as e:
+        load_dataset(name, root, {"generate_split": True})
+    assert str(folder / rel) in str(e.value) and "expected" in str(e.value)
+
+
+def test_mat_labels_out_of_range_and_bad_name_maps_are_named(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    import numpy as np
+
+    root, folder = _tree(tmp_path, "oxford_flowers", n=3)
+    (folder / "cat_to_name.json").write_text("null")
+    with pytest.raises(DatasetError, match=r"cat_to_name\.json: expected an object"):
+        load_dataset("oxford_flowers", root, {"generate_split": True})
+    scipy_io.savemat(str(folder / "imagelabels.mat"), {"labels": np.array([[0, 1, 2]])})
+    with pytest.raises(DatasetError, match=r"imagelabels\.mat: expected 'labels', one 1-based class"):
+        load_dataset("oxford_flowers", root, {"generate_split": True})
+    root, folder = _tree(tmp_path / "cars", "stanford_cars", n=3)
+    annos = folder / "cars_test_annos_withlabels.mat"
+    arr = np.empty((1, 1), dtype=[("fname", object), ("class", object)])
+    arr[0, 0] = ("00001.jpg", np.array([[9]], dtype=np.uint8))
+    scipy_io.savemat(str(annos), {"annotations": arr})
+    with pytest.raises(DatasetError, match=rf"{annos}: annotations\[0\]: expected a class in 1\.\.3, got '9'"):
+        load_dataset("stanford_cars", root, {"generate_split": True})
+
+
+def test_imagefolder_odd_names_and_nested_folders(tmp_path):
+    from tailprompt.testing.trees import write_image
+
+    for label, cls in enumerate(["café au lait", "日本 猫", "with  two spaces"]):
+        for i in range(3):
+            write_image(tmp_path / cls / ("deep/er" if i == 2 else "") / f"img {i}.jpg", label, i)
+    (tmp_path / "日本 猫" / "Thumbs.db").write_bytes(b"\0")
+    write_image(tmp_path / "日本 猫" / ".hidden" / "x.jpg", 1, 9)
+    ds = load_dataset("imagefolder", tmp_path)
+    assert ds.classnames == ["café au lait", "with  two spaces", "日本 猫"]
+    keys = {it.key for it in ds.train + ds.val + ds.test}
+    assert len(keys) == 9 and "café au lait/deep/er/img 2.jpg" in keys  # nested images count, as ImageFolder
+    assert all((ds.root / k).is_file() for k in keys)
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    (b"\xef\xbb\xbfpath,split\r\ncat/cat_0.jpg,train\r\n\r\n", None),
+    (b"path,split\ncat/cat_0.jpg,train\ncat/cat_0.jpg,test\n", r"split\.csv:3: duplicate image .*first at line 2"),
+    (b"path,split\ncat/cat_0.jpg,train,extra\n", r"split\.csv:2: expected 2 fields \(path,split\), got 3"),
+    (b"path,split\ncat/cat_0.jpg\n", r"split\.csv:2: expected 2 fields"),
+    (b"path,split\n../cat/cat_0.jpg,train\n", r"split\.csv:2: expected a relative image path"),
+    (bytes(range(256)), r"split\.csv: not UTF-8 text"),
+    (b"path,split\n", r"split\.csv: no rows"),
+    (b"path,split\n" + b"a" * 200000 + b",train\n", r"split\.csv:\d+: malformed CSV"),
+])  # fmt: skip
+def test_imagefolder_split_csv_defects_are_named(tmp_path, csv_text, message):
+    make_dataset_tree("imagefolder", tmp_path, images_per_class=2, num_classes=2)
+    (tmp_path / "split.csv").write_bytes(csv_text)
+    if message is None:
+        assert [it.key for it in load_dataset("imagefolder", tmp_path, {"split_file": "split.csv"}).train] == [
+            "cat/cat_0.jpg"
+        ]
+        return
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("imagefolder", tmp_path, {"split_file": "split.csv"})
+
+
+def test_template_option_with_other_braces_is_refused(tmp_path):
+    root = make_eurosat_tree(tmp_path, images_per_class=3)
+    with pytest.raises(DatasetError, match=r"options\.template: expected one '\{\}'"):
+        load_dataset("eurosat", root, {"template": "a {} of {kind}"})
+
+
+@pytest.mark.parametrize("name", sorted(RAW_LISTS))
+def test_data_check_reports_a_damaged_list_in_one_line(tmp_path, capsys, name):
+    from tailprompt.cli import main
+
+    rel, options = RAW_LISTS[name]
+    root, folder = _tree(tmp_path, name, n=3)
+    (folder / rel).write_bytes(b"\xff\xfe garbage")
+    argv = ["data", "check", "--dataset", name, "--root", str(root)]
+    argv += [a for k, v in options.items() for a in ("--option", f"{k}={str(v).lower()}")]
+    code = main(argv)
+    out = capsys.readouterr()
+    assert code == 1 and f"  {folder / rel}: not UTF-8 text" in out.out
+    assert "Traceback" not in out.out + out.err and "unexpected" not in out.err
+    assert out.out.count("problem(s)") == 1 and "1 problem(s)" in out.out

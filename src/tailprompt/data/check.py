@@ -105,7 +105,7 @@ def _image_problem(ds: DatasetSplits, item: Item, deep: bool) -> str | None:
         return None
     path = ds.root / item.key
     if not path.is_file():
-        return f"{path}: listed image is missing"
+        return f"{path}: listed image is {'a folder, expected an image file' if path.is_dir() else 'missing'}"
     try:
         with Image.open(path) as img:
             if deep:

@@ -31,7 +31,7 @@ the benchmark split; the option `generate_split: true` builds a deterministic sp
 from __future__ import annotations
 
 import csv
-import json
+import io
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -40,10 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from tailprompt.data.files import (
+    IMAGE_SUFFIXES,
     DatasetError,
+    Duplicates,
     FileImages,
     image_files,
-    read_lines,
+    image_files_below,
+    numbered_lines,
+    parse_label,
+    read_json,
+    read_text,
+    relative_path,
     require_dir,
     require_file,
     subdirs,
@@ -110,23 +117,38 @@ class DatasetSpec:
     def load(self, root: Path | None, options: dict[str, Any]) -> DatasetSplits:
         """Read the dataset under `root` (CoOp's DATA/); layout errors raise `DatasetError`."""
         opts = from_dict(ReaderOptions, options, where="data.options")
-        if opts.template is not None and opts.template.count("{}") != 1:
-            raise DatasetError(f"{self.name} options.template: expected one '{{}}', got {opts.template!r}")
+        if opts.template is not None:
+            check_template(opts.template, f"{self.name} options.template")
         if root is None:
             raise DatasetError(f"dataset {self.name!r} needs a root: the folder holding the dataset folders")
-        folder = dataset_folder(self, Path(root).expanduser(), opts)
-        require_dir(folder / self.image_dir, f"images of {self.name}")
-        raw = SOURCES[self.source](self, folder, opts)
-        return _assemble(self, folder, raw, opts)
+        try:
+            folder = dataset_folder(self, Path(root).expanduser(), opts)
+            require_dir(folder / self.image_dir, f"images of {self.name}")
+            raw = SOURCES[self.source](self, folder, opts)
+            return _assemble(self, folder, raw, opts)
+        except OSError as e:  # an unreadable file or folder no reader check anticipated: name it
+            raise DatasetError(f"{e.filename or root}: cannot read ({e.strerror or e}; reading {self.name})") from None
+
+
+def check_template(template: str, where: str) -> None:
+    """A zero-shot template must hold exactly one `{}` and no other format field."""
+    try:
+        ok = template.count("{}") == 1 and template.format("x") is not None
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise DatasetError(f"{where}: expected one '{{}}' (and no other braces), got {template!r}")
 
 
 def dataset_folder(spec: DatasetSpec, root: Path, opts: ReaderOptions) -> Path:
     """The dataset's folder under `root`; a missing one is a `DatasetError` naming it."""
     if spec.source == "imagefolder":
         folder = root / opts.folder if opts.folder else root
+        what = "dataset folder of imagefolder, holding one folder of images per class"
     else:
         folder = root / (opts.folder or spec.folder)
-    return require_dir(folder, f"dataset folder of {spec.name}; expected <root>/{opts.folder or spec.folder}")
+        what = f"dataset folder of {spec.name}; expected <root>/{opts.folder or spec.folder}"
+    return require_dir(folder, what)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,7 +156,7 @@ def dataset_folder(spec: DatasetSpec, root: Path, opts: ReaderOptions) -> Path:
 
 
 def _assemble(spec: DatasetSpec, folder: Path, raw: RawSplits, opts: ReaderOptions) -> DatasetSplits:
-    classnames = _classnames(spec, raw)
+    classnames = label_names(f"{folder} ({spec.name})", raw)
     splits = {s: [_item(spec, path, label, name) for path, label, name in raw.get(s, [])] for s in SPLITS}
     images = FileImages(folder)
     template = opts.template or spec.template
@@ -158,18 +180,21 @@ def _item(spec: DatasetSpec, path: str, label: int, name: str) -> Item:
     return Item(key=key, label=label, classname=name)
 
 
-def _classnames(spec: DatasetSpec, raw: RawSplits) -> list[str]:
-    """Label -> name over all splits (Dassl reads it from train); labels must be exactly 0..K-1."""
+def label_names(where: str, raw: RawSplits) -> list[str]:
+    """Label -> name over all splits (Dassl reads it from train); labels must be exactly 0..K-1.
+
+    `where` (the file or folder the labels come from) starts every error.
+    """
     names: dict[int, str] = {}
-    for split in SPLITS:
-        for path, label, name in raw.get(split, []):
+    for split, entries in raw.items():
+        for path, label, name in entries:
             known = names.setdefault(label, name)
             if known != name:
                 raise DatasetError(
-                    f"{spec.name}: label {label} has two class names, {known!r} and {name!r} ({split}: {path})"
+                    f"{where}: label {label} has two class names, {known!r} and {name!r} ({split}: {path})"
                 )
     if not names:
-        raise DatasetError(f"{spec.name}: no images found")
+        raise DatasetError(f"{where}: no images found")
     top = max(names)
     if top >= len(names):  # a gap; the first ones are found without building 0..top (a stray label may be huge)
         missing: list[int] = []
@@ -178,8 +203,49 @@ def _classnames(spec: DatasetSpec, raw: RawSplits) -> list[str]:
             if k not in names:
                 missing.append(k)
             k += 1
-        raise DatasetError(f"{spec.name}: labels must be 0..{top} without gaps; missing {missing}")
+        raise DatasetError(f"{where}: labels must be 0..{top} without gaps; missing {missing}")
     return [names[k] for k in range(len(names))]
+
+
+def _every_class_has_images(names_path: Path, names: list[str], raw: RawSplits, lists: str) -> None:
+    """Every class of a names file must have an image in some list, so a truncated list cannot silently shrink
+    (or, with a gap, shift) the label space."""
+    used = {label for entries in raw.values() for _, label, _ in entries}
+    unused = [k for k in range(len(names)) if k not in used]
+    if unused:
+        raise DatasetError(
+            f"{names_path}: {len(unused)} of {len(names)} classes have no image in {lists} "
+            f"(first: {[names[k] for k in unused[:5]]})"
+        )
+
+
+def _list_entries(
+    path: Path, what: str, parse: Callable[[str, str], Entry | None], key: Callable[[Entry], Any] = lambda e: e[0]
+) -> list[Entry]:
+    """Entries of a line-based list: `parse(line, "file:line")` gives one entry (None: skip the line).
+
+    Blank lines, `#` comments, CRLF, a BOM and surrounding whitespace are accepted (`numbered_lines`); a
+    repeated entry (same `key`) is a `DatasetError` naming both lines.
+    """
+    seen = Duplicates("entry")
+    out: list[Entry] = []
+    for n, line in numbered_lines(path, what):
+        where = f"{path}:{n}"
+        entry = parse(line, where)
+        if entry is not None:
+            seen.add(key(entry), where, f"line {n}")
+            out.append(entry)
+    return out
+
+
+def _names_list(path: Path, what: str) -> list[str]:
+    """One name per line (`variants.txt`, SUN397's `ClassName.txt`); a repeated name names both lines."""
+    seen = Duplicates("class")
+    out = []
+    for n, line in numbered_lines(path, what):
+        seen.add(line, f"{path}:{n}", f"line {n}")
+        out.append(line)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,7 +262,7 @@ def _split_file_path(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Pa
 def read_split_json(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """CoOp's `split_zhou_*.json`: `{"train": [[relpath, label, classname], ...], "val": .., "test": ..}`."""
     path = _split_file_path(spec, folder, opts)
-    if not path.is_file():
+    if not path.exists():
         if opts.generate_split and spec.fallback:
             return SOURCES[spec.fallback](spec, folder, opts)
         hint = (
@@ -208,26 +274,35 @@ def read_split_json(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Raw
         raise DatasetError(
             f"{path}: missing split file (CoOp's split for {spec.name}, linked from CoOp's DATASETS.md){hint}"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: malformed split file, not valid JSON ({e})") from None
+    shape = "an object with lists 'train', 'val', 'test' of [relative path, label, class name]"
+    data = read_json(path, f"CoOp's split file, {shape}", malformed="malformed split file, not valid JSON")
     if not isinstance(data, dict) or any(not isinstance(data.get(s), list) for s in SPLITS):
         raise DatasetError(f"{path}: malformed split file, expected an object with lists 'train', 'val', 'test'")
-    return {s: [_json_entry(path, s, i, e) for i, e in enumerate(data[s])] for s in SPLITS}
+    inside = str(folder / spec.image_dir)
+    raw: RawSplits = {}
+    for s in SPLITS:
+        seen = Duplicates("image")
+        raw[s] = []
+        for i, e in enumerate(data[s]):
+            entry = _json_entry(path, s, i, e, inside)
+            seen.add(entry[0], f"{path}: malformed split file, {s}[{i}]", f"{s}[{seen.seen.get(entry[0], i)}]")
+            raw[s].append(entry)
+    label_names(f"{path}: malformed split file", raw)
+    return raw
 
 
-def _json_entry(path: Path, split: str, index: int, entry: Any) -> Entry:
+def _json_entry(path: Path, split: str, index: int, entry: Any, inside: str) -> Entry:
     where = f"{path}: malformed split file, {split}[{index}]"
     if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-        raise DatasetError(f"{where}: expected [relative path, label, class name], got {entry!r}")
+        raise DatasetError(f"{where}: expected [relative path, label, class name], got {entry!r}"[:400])
     rel, label, name = entry
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
-        raise DatasetError(f"{where}: expected a relative image path, got {rel!r}")
+    if not isinstance(rel, str):
+        raise DatasetError(f"{where}: expected a relative image path, got {rel!r}"[:400])
+    relative_path(rel, where, inside)
     if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-        raise DatasetError(f"{where}: expected a label >= 0, got {label!r}")
-    if not isinstance(name, str) or not name:
-        raise DatasetError(f"{where}: expected a class name, got {name!r}")
+        raise DatasetError(f"{where}: expected a label >= 0, got {label!r}"[:400])
+    if not isinstance(name, str) or not name.strip():
+        raise DatasetError(f"{where}: expected a class name, got {name!r}"[:400])
     return rel, label, name
 
 
@@ -237,7 +312,9 @@ def _three_way(spec: DatasetSpec, seed: int, group: str, paths: list[str], where
     shuffled = [paths[i] for i in order]
     n_train, n_val = round(len(paths) * 0.5), round(len(paths) * 0.2)
     if n_train == 0 or n_val == 0 or len(paths) - n_train - n_val == 0:
-        raise DatasetError(f"{where}: {len(paths)} images, too few for a 50/20/30 train/val/test split")
+        raise DatasetError(
+            f"{where}: {len(paths)} images, too few for a 50/20/30 train/val/test split (expected at least 3)"
+        )
     return shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
 
 
@@ -251,7 +328,10 @@ def _split_trainval(spec: DatasetSpec, seed: int, trainval: list[Entry], where: 
     for label, entries in by_label.items():
         n_val = round(len(entries) * 0.2)
         if n_val == 0:
-            raise DatasetError(f"{where}: class {entries[0][2]!r} has {len(entries)} images, too few for a val split")
+            raise DatasetError(
+                f"{where}: class {entries[0][2]!r} has {len(entries)} images, too few for a val split "
+                "(expected at least 3)"
+            )
         order = derived_rng("split", seed, spec.name, label).permutation(len(entries))
         val += [entries[i] for i in order[:n_val]]
         train += [entries[i] for i in order[n_val:]]
@@ -263,6 +343,8 @@ def read_class_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> 
     image_dir = folder / spec.image_dir
     raw: RawSplits = {s: [] for s in SPLITS}
     categories = [c for c in subdirs(image_dir) if c not in spec.ignored]
+    if not categories:
+        raise DatasetError(f"{image_dir}: no class folders; expected {image_dir}/<class>/<image>.jpg")
     for label, category in enumerate(categories):
         name = spec.renames.get(category, category)
         paths = [f"{category}/{f}" for f in image_files(image_dir / category)]
@@ -273,41 +355,51 @@ def read_class_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> 
 
 def read_pets_annotations(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """`annotations/{trainval,test}.txt`: `Breed_Name_12 CLASS-ID SPECIES BREED-ID`; name = lower breed."""
+    images = str(folder / spec.image_dir)
+    expected = "'IMAGE CLASS-ID SPECIES BREED-ID' (IMAGE like Breed_Name_12, CLASS-ID from 1)"
+
+    def parse(line: str, where: str) -> Entry:
+        parts = line.split()
+        if len(parts) != 4 or "_" not in parts[0].strip("_"):
+            raise DatasetError(f"{where}: expected {expected}, got {line!r}")
+        stem = relative_path(parts[0], where, images)
+        breed = "_".join(stem.split("_")[:-1]).lower()
+        return f"{stem}.jpg", parse_label(parts[1], where, 1, None, "CLASS-ID"), breed
 
     def read(name: str) -> list[Entry]:
-        path = folder / "annotations" / name
-        out = []
-        for n, line in enumerate(read_lines(path, "Oxford-IIIT Pets annotation list"), 1):
-            if line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 4 or not parts[1].isdigit():
-                raise DatasetError(f"{path}:{n}: expected 'IMAGE CLASS-ID SPECIES BREED-ID', got {line!r}")
-            breed = "_".join(parts[0].split("_")[:-1]).lower()
-            out.append((f"{parts[0]}.jpg", int(parts[1]) - 1, breed))
-        return out
+        return _list_entries(folder / "annotations" / name, f"Oxford-IIIT Pets annotation list, {expected}", parse)
 
-    train, val = _split_trainval(spec, opts.split_seed, read("trainval.txt"), folder / "annotations/trainval.txt")
-    return {"train": train, "val": val, "test": read("test.txt")}
+    trainval, test = read("trainval.txt"), read("test.txt")
+    raw = {"trainval": trainval, "test": test}
+    label_names(f"{folder / 'annotations'}/{{trainval,test}}.txt", raw)
+    train, val = _split_trainval(spec, opts.split_seed, trainval, folder / "annotations/trainval.txt")
+    return {"train": train, "val": val, "test": test}
 
 
 def read_sun397_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """`ClassName.txt`, `Training_01.txt`, `Testing_01.txt`; name = path parts after the letter, reversed."""
-    cname2lab = {c.lstrip("/"): i for i, c in enumerate(read_lines(folder / "ClassName.txt", "SUN397 class list"))}
+    names_path = folder / "ClassName.txt"
+    classes = [c.lstrip("/") for c in _names_list(names_path, "SUN397 class list, one '/a/abbey' per line")]
+    cname2lab = {c: i for i, c in enumerate(classes)}
+    images = str(folder / spec.image_dir)
+
+    def parse(line: str, where: str) -> Entry:
+        if len(line.split()) != 1:
+            raise DatasetError(f"{where}: expected one image path like '/a/abbey/sun_x.jpg', got {line!r}")
+        rel = relative_path(line.lstrip("/"), where, images)
+        cdir = posixpath.dirname(rel)
+        if cdir not in cname2lab:
+            raise DatasetError(f"{where}: class folder {cdir!r} is not in {names_path}")
+        return rel, cname2lab[cdir], " ".join(cdir.split("/")[1:][::-1])
 
     def read(name: str) -> list[Entry]:
-        path = folder / name
-        out = []
-        for n, line in enumerate(read_lines(path, "SUN397 partition list"), 1):
-            rel = line.lstrip("/")
-            cdir = posixpath.dirname(rel)
-            if cdir not in cname2lab:
-                raise DatasetError(f"{path}:{n}: class folder {cdir!r} is not in {folder / 'ClassName.txt'}")
-            out.append((rel, cname2lab[cdir], " ".join(cdir.split("/")[1:][::-1])))
-        return out
+        return _list_entries(folder / name, "SUN397 partition list, one '/a/abbey/sun_x.jpg' per line", parse)
 
-    train, val = _split_trainval(spec, opts.split_seed, read("Training_01.txt"), folder / "Training_01.txt")
-    return {"train": train, "val": val, "test": read("Testing_01.txt")}
+    trainval, test = read("Training_01.txt"), read("Testing_01.txt")
+    _every_class_has_images(names_path, classes, {"trainval": trainval, "test": test},
+                            f"{folder / 'Training_01.txt'}, {folder / 'Testing_01.txt'}")  # fmt: skip
+    train, val = _split_trainval(spec, opts.split_seed, trainval, folder / "Training_01.txt")
+    return {"train": train, "val": val, "test": test}
 
 
 def ucf101_classname(action: str) -> str:
@@ -318,30 +410,49 @@ def ucf101_classname(action: str) -> str:
 def read_ucf101_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """`ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt`; mid-frame jpgs under the renamed action."""
     lists = folder / "ucfTrainTestlist"
+    index_path = lists / "classInd.txt"
     cname2lab: dict[str, int] = {}
-    for n, line in enumerate(read_lines(lists / "classInd.txt", "UCF101 class index"), 1):
+    by_index: dict[int, str] = {}
+    for n, line in numbered_lines(index_path, "UCF101 class index, 'INDEX ActionName' per line"):
+        where = f"{index_path}:{n}"
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise DatasetError(f"{lists / 'classInd.txt'}:{n}: expected 'INDEX ActionName', got {line!r}")
-        cname2lab[parts[1]] = int(parts[0]) - 1
+        if len(parts) != 2 or not ucf101_classname(parts[1]):
+            raise DatasetError(f"{where}: expected 'INDEX ActionName', got {line!r}")
+        label = parse_label(parts[0], where, 1, None, "class INDEX")
+        if label in by_index or parts[1] in cname2lab:
+            raise DatasetError(f"{where}: index or action of {line!r} appears twice")
+        cname2lab[parts[1]], by_index[label] = label, parts[1]
+    missing = sorted(set(range(len(by_index))) - set(by_index))
+    if missing:
+        raise DatasetError(f"{index_path}: class indices must be 1..{len(by_index)}; missing {missing[0] + 1}")
+    images = str(folder / spec.image_dir)
+
+    def parse(line: str, where: str) -> Entry:
+        parts = line.split()
+        video = parts[0]
+        if len(parts) > 2 or video.count("/") != 1 or video.split("/")[0] not in cname2lab:
+            raise DatasetError(f"{where}: expected 'Action/v_Action_gXX_cXX.avi [INDEX]' (Action in {index_path}), "
+                               f"got {line!r}")  # fmt: skip
+        relative_path(video, where, images)
+        action, filename = video.split("/")
+        if len(parts) == 2 and parse_label(parts[1], where, 1, len(cname2lab), "class INDEX") != cname2lab[action]:
+            raise DatasetError(f"{where}: index {parts[1]}, but {index_path} gives {action} {cname2lab[action] + 1}")
+        renamed = ucf101_classname(action)
+        return f"{renamed}/{posixpath.splitext(filename)[0]}.jpg", cname2lab[action], renamed
 
     def read(name: str) -> list[Entry]:
-        path = lists / name
-        out = []
-        for n, line in enumerate(read_lines(path, "UCF101 split list"), 1):
-            video = line.split()[0]
-            if video.count("/") != 1 or video.split("/")[0] not in cname2lab:
-                raise DatasetError(f"{path}:{n}: expected 'Action/v_Action_gXX_cXX.avi', got {line!r}")
-            action, filename = video.split("/")
-            renamed = ucf101_classname(action)
-            out.append((f"{renamed}/{filename.replace('.avi', '.jpg')}", cname2lab[action], renamed))
-        return out
+        return _list_entries(lists / name, "UCF101 split list, 'Action/v_Action_gXX_cXX.avi [INDEX]' per line", parse)
 
-    train, val = _split_trainval(spec, opts.split_seed, read("trainlist01.txt"), lists / "trainlist01.txt")
-    return {"train": train, "val": val, "test": read("testlist01.txt")}
+    trainval, test = read("trainlist01.txt"), read("testlist01.txt")
+    names = [ucf101_classname(by_index[k]) for k in range(len(by_index))]
+    _every_class_has_images(index_path, names, {"trainval": trainval, "test": test},
+                            f"{lists / 'trainlist01.txt'}, {lists / 'testlist01.txt'}")  # fmt: skip
+    train, val = _split_trainval(spec, opts.split_seed, trainval, lists / "trainlist01.txt")
+    return {"train": train, "val": val, "test": test}
 
 
-def _loadmat(path: Path, spec: DatasetSpec, opts: ReaderOptions, folder: Path) -> dict[str, Any]:
+def _loadmat(path: Path, spec: DatasetSpec, opts: ReaderOptions, folder: Path, key: str, expected: str) -> Any:
+    """Variable `key` of a MATLAB file; a missing, unreadable or different file is a `DatasetError` naming it."""
     require_file(path, f"{spec.name} annotation .mat")
     try:
         from scipy.io import loadmat
@@ -353,9 +464,13 @@ def _loadmat(path: Path, spec: DatasetSpec, opts: ReaderOptions, folder: Path) -
             f"(download CoOp's split json, or install scipy)"
         ) from None
     try:
-        return loadmat(str(path), squeeze_me=True)
+        mat = loadmat(str(path), squeeze_me=True)
     except Exception as e:  # scipy raises several unrelated types for a bad file
-        raise DatasetError(f"{path}: cannot read .mat file ({e})") from None
+        raise DatasetError(f"{path}: cannot read .mat file ({e}; expected {expected})") from None
+    if key not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise DatasetError(f"{path}: no variable {key!r} (expected {expected}; found {found[:10]})")
+    return mat[key]
 
 
 def stanford_cars_classname(meta_name: str) -> str:
@@ -368,69 +483,95 @@ def read_cars_mat(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSp
     """`devkit/cars_{train_annos,meta}.mat` and `cars_test_annos_withlabels.mat` (needs scipy)."""
     import numpy as np
 
-    meta = np.atleast_1d(_loadmat(folder / "devkit/cars_meta.mat", spec, opts, folder)["class_names"])
+    meta_path = folder / "devkit/cars_meta.mat"
+    meta = np.atleast_1d(_loadmat(meta_path, spec, opts, folder, "class_names", "'class_names', the 196 car models"))
+    if meta.ndim != 1 or not meta.size or not all(isinstance(m, str) and m.strip() for m in meta):
+        raise DatasetError(f"{meta_path}: expected 'class_names' to be a list of car model names")
+    expected = "'annotations', records with fields 'fname' and 'class' (1-based)"
 
     def read(image_dir: str, mat: Path) -> list[Entry]:
-        annos = np.atleast_1d(_loadmat(mat, spec, opts, folder)["annotations"])
-        out = []
-        for rec in annos:
-            label = int(rec["class"]) - 1
-            out.append((f"{image_dir}/{rec['fname']}", label, stanford_cars_classname(str(meta[label]))))
+        annos = np.atleast_1d(_loadmat(mat, spec, opts, folder, "annotations", expected))
+        fields = annos.dtype.names or ()
+        if annos.ndim != 1 or not annos.size or not {"fname", "class"} <= set(fields):
+            raise DatasetError(f"{mat}: expected {expected}, got fields {list(fields)}")
+        out: list[Entry] = []
+        seen = Duplicates("image")
+        for i, rec in enumerate(annos):
+            where = f"{mat}: annotations[{i}]"
+            fname, label = rec["fname"], np.asarray(rec["class"]).ravel()
+            if not isinstance(fname, str) or label.size != 1 or not np.issubdtype(label.dtype, np.integer):
+                raise DatasetError(f"{where}: expected a file name and an integer class, got {fname!r}, {label!r}")
+            rel = relative_path(f"{image_dir}/{fname}", where, str(folder))
+            seen.add(rel, where, f"annotations[{i}]")
+            label = parse_label(str(int(label[0])), where, 1, len(meta), "class")
+            out.append((rel, label, stanford_cars_classname(str(meta[label]))))
         return out
 
     trainval = read("cars_train", folder / "devkit/cars_train_annos.mat")
+    test = read("cars_test", folder / "cars_test_annos_withlabels.mat")
     train, val = _split_trainval(spec, opts.split_seed, trainval, folder / "devkit/cars_train_annos.mat")
-    return {"train": train, "val": val, "test": read("cars_test", folder / "cars_test_annos_withlabels.mat")}
+    return {"train": train, "val": val, "test": test}
 
 
 def read_flowers_mat(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """`imagelabels.mat` (1-based label per `image_%05d.jpg`) + `cat_to_name.json`; 50/20/30 per class."""
     import numpy as np
 
-    labels = np.atleast_1d(_loadmat(folder / "imagelabels.mat", spec, opts, folder)["labels"])
-    names_path = require_file(folder / "cat_to_name.json", "Flowers102 label -> name map")
-    try:
-        lab2cname = json.loads(names_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{names_path}: not valid JSON ({e})") from None
+    labels_path = folder / "imagelabels.mat"
+    expected = "'labels', one 1-based class per image_%05d.jpg"
+    labels = np.atleast_1d(_loadmat(labels_path, spec, opts, folder, "labels", expected))
+    if labels.ndim != 1 or not labels.size or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 1:
+        raise DatasetError(f"{labels_path}: expected {expected}, got {labels.dtype} {labels.shape}")
+    names_path = folder / "cat_to_name.json"
+    lab2cname = read_json(names_path, "Flowers102 label -> name map, an object {\"1\": \"pink primrose\", ...}")
+    if not isinstance(lab2cname, dict) or not all(isinstance(v, str) and v.strip() for v in lab2cname.values()):
+        raise DatasetError(f"{names_path}: expected an object {{\"1\": \"pink primrose\", ...}} (label -> name)")
     tracker: dict[int, list[str]] = {}
     for i, label in enumerate(labels):
         tracker.setdefault(int(label), []).append(f"image_{i + 1:05d}.jpg")
     raw: RawSplits = {s: [] for s in SPLITS}
-    for label, paths in tracker.items():
+    for label, paths in sorted(tracker.items()):
         if str(label) not in lab2cname:
-            raise DatasetError(f"{names_path}: no name for label {label}")
-        parts = _three_way(spec, opts.split_seed, str(label), paths, folder / "imagelabels.mat")
+            raise DatasetError(f"{names_path}: no name for label {label} (used by {labels_path})")
+        parts = _three_way(spec, opts.split_seed, str(label), paths, labels_path)
         for split, part in zip(SPLITS, parts):
             raw[split] += [(p, label - 1, lab2cname[str(label)]) for p in part]
+    label_names(str(labels_path), raw)
     return raw
 
 
 def read_aircraft_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """FGVC-Aircraft's official `images_variant_{train,val,test}.txt`, classes in `variants.txt` order."""
-    cname2lab = {c: i for i, c in enumerate(read_lines(folder / "variants.txt", "FGVC-Aircraft variant list"))}
+    names_path = folder / "variants.txt"
+    variants = _names_list(names_path, "FGVC-Aircraft variant list, one variant per line")
+    cname2lab = {c: i for i, c in enumerate(variants)}
+    images = str(folder / spec.image_dir)
 
-    def read(name: str) -> list[Entry]:
-        path = folder / name
-        out = []
-        for n, line in enumerate(read_lines(path, "FGVC-Aircraft split list"), 1):
-            image, _, variant = line.partition(" ")
-            if variant not in cname2lab:
-                raise DatasetError(f"{path}:{n}: variant {variant!r} is not in {folder / 'variants.txt'}")
-            out.append((f"{image}.jpg", cname2lab[variant], variant))
-        return out
+    def parse(line: str, where: str) -> Entry:
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise DatasetError(f"{where}: expected 'IMAGE-ID variant', got {line!r}")
+        image, variant = parts
+        if variant not in cname2lab:
+            raise DatasetError(f"{where}: variant {variant!r} is not in {names_path}")
+        return f"{relative_path(image, where, images)}.jpg", cname2lab[variant], variant
 
-    return {s: read(f"images_variant_{s}.txt") for s in SPLITS}
+    raw = {s: _list_entries(folder / f"images_variant_{s}.txt", "FGVC-Aircraft split list, 'IMAGE-ID variant' per line",
+                            parse) for s in SPLITS}  # fmt: skip
+    _every_class_has_images(names_path, variants, raw, str(folder / "images_variant_{train,val,test}.txt"))
+    return raw
 
 
 def read_name_pairs(path: Path, what: str = "ImageNet class names", key: str = "wnid") -> list[tuple[str, str]]:
-    """`key class name` per line (the name may contain spaces), in file order."""
+    """`key class name` per line (the name may contain spaces), in file order; a repeated key names both lines."""
     out: list[tuple[str, str]] = []
-    for n, line in enumerate(read_lines(path, f"{what}, '{key} name' per line"), 1):
-        first, _, name = line.partition(" ")
-        if not name.strip():
+    seen = Duplicates(key)
+    for n, line in numbered_lines(path, f"{what}, '{key} name' per line"):
+        parts = line.split(None, 1)
+        if len(parts) != 2:
             raise DatasetError(f"{path}:{n}: expected '{key} class name', got {line!r}")
-        out.append((first, name.strip()))
+        seen.add(parts[0], f"{path}:{n}", f"line {n}")
+        out.append((parts[0], parts[1].strip()))
     return out
 
 
@@ -439,11 +580,19 @@ def read_wnid_classnames(path: Path) -> dict[str, str]:
     return dict(read_name_pairs(path))
 
 
+def _class_images(class_dir: Path) -> list[str]:
+    """The images of one scanned class folder; a folder without any is a `DatasetError` naming it."""
+    files = image_files(class_dir)
+    if not files:
+        raise DatasetError(f"{class_dir}: class folder without images (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
 def _wnid_entries(image_dir: Path, prefix: str, folders: list[str], labels: dict[str, int], names: dict[str, str]):
     out: list[Entry] = []
     for wnid in folders:
         rel = f"{prefix}{wnid}"
-        out += [(f"{rel}/{f}", labels[wnid], names[wnid]) for f in image_files(image_dir / rel)]
+        out += [(f"{rel}/{f}", labels[wnid], names[wnid]) for f in _class_images(image_dir / rel)]
     return out
 
 
@@ -460,6 +609,8 @@ def read_imagenet_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) 
     image_dir = folder / spec.image_dir
     train_dirs = subdirs(require_dir(image_dir / "train", "ImageNet train images, one folder per wnid"))
     val_dirs = subdirs(require_dir(image_dir / "val", "ImageNet val images, one folder per wnid"))
+    if not train_dirs:
+        raise DatasetError(f"{image_dir / 'train'}: no class folders; expected one folder per wnid")
     _require_known(train_dirs, names, image_dir / "train", names_file)
     labels = {w: i for i, w in enumerate(train_dirs)}
     stray = [w for w in val_dirs if w not in labels]
@@ -475,6 +626,8 @@ def read_wnid_test_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions)
     names = read_wnid_classnames(names_file)
     image_dir = folder / spec.image_dir
     folders = [f for f in subdirs(image_dir) if f not in spec.ignored]
+    if not folders:
+        raise DatasetError(f"{image_dir}: no class folders; expected one folder per wnid")
     _require_known(folders, names, image_dir, names_file)
     labels = {w: i for i, w in enumerate(folders)}
     return {"train": [], "val": [], "test": _wnid_entries(image_dir, "", folders, labels, names)}
@@ -482,32 +635,43 @@ def read_wnid_test_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions)
 
 def read_index_test_folders(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
     """ImageNet-V2: folder `i` holds class i, the i-th line of `classnames.txt`; test only."""
-    names = list(read_wnid_classnames(folder / "classnames.txt").values())
+    names_file = folder / "classnames.txt"
+    names = list(read_wnid_classnames(names_file).values())
     image_dir = folder / spec.image_dir
+    indices = {str(k) for k in range(len(names))}
+    stray = [f for f in subdirs(image_dir) if f not in indices]
+    if stray:
+        raise DatasetError(
+            f"{image_dir}: folder(s) {stray[:5]} are not class indices 0..{len(names) - 1} (lines of {names_file})"
+        )
     test: list[Entry] = []
     for label, name in enumerate(names):
         class_dir = require_dir(image_dir / str(label), f"ImageNet-V2 images of class {label} ({name})")
-        test += [(f"{label}/{f}", label, name) for f in image_files(class_dir)]
+        test += [(f"{label}/{f}", label, name) for f in _class_images(class_dir)]
     return {"train": [], "val": [], "test": test}
 
 
 def read_imagefolder(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
-    """A user's `folder/<class>/*.jpg`, split by an optional CSV or a seeded 50/20/30 per class.
+    """A user's `folder/<class>/**/*.jpg`, split by an optional CSV or a seeded 50/20/30 per class.
 
+    As torchvision's `ImageFolder`, a class's images may sit in sub-folders of its folder; hidden files and
+    folders and non-image files (`Thumbs.db`, `.DS_Store`) are skipped.
     The CSV has a header with columns `path` (relative to the folder) and `split` (train/val/test) and
     optionally `class` (default: the path's first folder). Class labels follow sorted class names.
     Without a CSV, small classes keep at least one training image and may have no val/test image.
     """
     if opts.split_file:
-        return _imagefolder_csv(_split_file_path(spec, folder, opts))
+        return _imagefolder_csv(_split_file_path(spec, folder, opts), folder)
     raw: RawSplits = {s: [] for s in SPLITS}
     classes = subdirs(folder)
     if not classes:
         raise DatasetError(f"{folder}: no class folders; expected {folder}/<class name>/<image>.jpg")
     for label, name in enumerate(classes):
-        paths = [f"{name}/{f}" for f in image_files(folder / name)]
+        paths = [f"{name}/{f}" for f in image_files_below(folder / name)]
         if not paths:
-            raise DatasetError(f"{folder / name}: class folder without images")
+            raise DatasetError(
+                f"{folder / name}: class folder without images (expected {', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         order = derived_rng("split", opts.split_seed, "imagefolder", name).permutation(len(paths))
         shuffled = [paths[i] for i in order]
         n_test = min(round(len(paths) * 0.3), len(paths) - 1)
@@ -519,22 +683,40 @@ def read_imagefolder(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Ra
     return raw
 
 
-def _imagefolder_csv(path: Path) -> RawSplits:
-    require_file(path, "imagefolder split CSV with columns path,split[,class]")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+def _imagefolder_csv(path: Path, folder: Path) -> RawSplits:
+    what = "imagefolder split CSV with a header path,split[,class]"
+    text = read_text(path, what)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    seen = Duplicates("image")
+    try:
         columns = set(reader.fieldnames or [])
         if not {"path", "split"} <= columns:
             raise DatasetError(f"{path}: expected a header with columns path,split[,class], got {sorted(columns)}")
-        rows = []
-        for n, row in enumerate(reader, 2):
+        for row in reader:
+            n = reader.line_num
+            where = f"{path}:{n}"
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue  # a blank line
+            if None in row or None in row.values():  # more fields than the header, or fewer
+                fields = [v for k, v in row.items() if k is not None and v is not None] + row.get(None, [])
+                raise DatasetError(
+                    f"{where}: expected {len(reader.fieldnames or [])} fields ({','.join(reader.fieldnames or [])}), "
+                    f"got {len(fields)}"
+                )
             rel, split = (row.get("path") or "").strip(), (row.get("split") or "").strip()
             name = (row.get("class") or "").strip() or (rel.split("/")[0] if "/" in rel else "")
             if split not in SPLITS:
-                raise DatasetError(f"{path}:{n}: split must be train, val or test, got {split!r}")
-            if not rel or rel.startswith("/") or ".." in rel.split("/") or not name:
-                raise DatasetError(f"{path}:{n}: expected a relative path inside a class folder, got {rel!r}")
+                raise DatasetError(f"{where}: split must be train, val or test, got {split!r}")
+            if not name:
+                raise DatasetError(f"{where}: expected a relative path inside a class folder, got {rel!r}")
+            relative_path(rel, where, str(folder))
+            seen.add(rel, where, f"line {n}")
             rows.append((rel, split, name))
+    except csv.Error as e:
+        raise DatasetError(f"{path}:{reader.line_num}: malformed CSV ({e}; expected {what})") from None
+    if not rows:
+        raise DatasetError(f"{path}: no rows (expected {what})")
     labels = {c: i for i, c in enumerate(sorted({r[2] for r in rows}))}
     raw: RawSplits = {s: [] for s in SPLITS}
     for rel, split, name in rows:
@@ -549,40 +731,37 @@ def read_inat_categories(path: Path) -> list[str]:
     exactly 0..K-1, the labels the OLTR lists use. (LIFT instead relabels by the sorted names, a
     permutation of these labels: its checkpoints' heads are in another class order.)
     """
-    require_file(path, "iNaturalist 2018 categories.json, the official list of {id, name, ...}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "iNaturalist 2018 categories.json, the official list of {id, name, ...}")
     if not isinstance(data, list) or not data:
         raise DatasetError(f"{path}: expected a non-empty list of categories {{'id': int, 'name': str, ...}}")
     names: dict[int, str] = {}
     for i, cat in enumerate(data):
         cid, name = (cat.get("id"), cat.get("name")) if isinstance(cat, dict) else (None, None)
         if isinstance(cid, bool) or not isinstance(cid, int) or not isinstance(name, str) or not name.strip():
-            raise DatasetError(f"{path}: category [{i}]: expected {{'id': int, 'name': str, ...}}, got {cat!r}")
+            raise DatasetError(f"{path}: category [{i}]: expected {{'id': int, 'name': str, ...}}, got {cat!r}"[:400])
         if names.setdefault(cid, name.strip()) != name.strip():
             raise DatasetError(f"{path}: category [{i}]: id {cid} appears twice")
-    missing = sorted(set(range(len(names))) - set(names))
+    missing = [k for k in range(len(names)) if k not in names][:10]
     if missing:
-        raise DatasetError(f"{path}: category ids must be 0..{len(names) - 1}; missing {missing[:10]}")
+        raise DatasetError(f"{path}: category ids must be 0..{len(names) - 1}; missing {missing}")
     return [names[k] for k in range(len(names))]
 
 
 def _oltr_list(path: Path, names: list[str], names_path: Path, what: str) -> list[Entry]:
-    """One OLTR list: `relative/path label` per line (space separated, path without spaces)."""
-    out: list[Entry] = []
-    for n, line in enumerate(read_lines(path, f"{what} image list, 'relative/path label' per line"), 1):
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise DatasetError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
-        rel, label = parts[0], int(parts[1])
-        if rel.startswith("/") or ".." in rel.split("/"):
-            raise DatasetError(f"{path}:{n}: expected an image path relative to {path.parent}, got {rel!r}")
+    """One OLTR list: `relative/path label` per line (the label is the last field)."""
+    inside = str(path.parent)
+
+    def parse(line: str, where: str) -> Entry:
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise DatasetError(f"{where}: expected 'relative/path label', got {line!r}")
+        rel = relative_path(parts[0], where, inside)
+        label = parse_label(parts[1], where, 0, None)
         if label >= len(names):
-            raise DatasetError(f"{path}:{n}: label {label}, but {names_path} names {len(names)} classes")
-        out.append((rel, label, names[label]))
-    return out
+            raise DatasetError(f"{where}: label {label}, but {names_path} names {len(names)} classes")
+        return rel, label, names[label]
+
+    return _list_entries(path, f"{what} image list, 'relative/path label' per line", parse)
 
 
 def read_oltr_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> RawSplits:
@@ -602,13 +781,7 @@ def read_oltr_lists(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Raw
         s: _oltr_list(folder / spec.lists[s], names, names_path, spec.name) if s in spec.lists else []
         for s in SPLITS
     }
-    unused = sorted(set(range(len(names))) - {label for entries in raw.values() for _, label, _ in entries})
-    if unused:
-        lists = ", ".join(str(folder / f) for f in spec.lists.values())
-        raise DatasetError(
-            f"{names_path}: {len(unused)} of {len(names)} classes have no image in {lists} "
-            f"(first: {[names[k] for k in unused[:5]]})"
-        )
+    _every_class_has_images(names_path, names, raw, ", ".join(str(folder / f) for f in spec.lists.values()))
     return raw
 
 

@@ -60,6 +60,12 @@ def reading(path: str | Path, what: str) -> Iterator[None]:
         raise
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, for a message that quotes a bad value from a user's file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def require_file(path: Path) -> None:
     """Raise what `reading` turns into "not found" / "is a folder" unless `path` is a file."""
     if path.is_dir():

@@ -17,6 +17,7 @@ from typing import Any
 
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.sampling import select_classes
+from tailprompt.data.templates import is_template
 from tailprompt.data.types import DatasetSplits
 from tailprompt.engine.run_config import DataConfig, ProtocolConfig
 from tailprompt.registry import Registry
@@ -90,9 +91,9 @@ def with_template(data: DataConfig, name: str, options: dict) -> dict:
     template = data.templates.get(name)
     if template is None or "template" in options:
         return options
-    if not isinstance(template, str) or template.count("{}") != 1:
-        raise ConfigError(f"data.templates.{name}: expected a template with one '{{}}' for the class name, "
-                          f"got {template!r}")
+    if not is_template(template):
+        raise ConfigError(f"data.templates.{name}: expected a template with one '{{}}' for the class name "
+                          f"(and no other braces), got {template!r}")
     return {**options, "template": template}
 
 

@@ -38,7 +38,8 @@ def test_dekg_differs_from_coop_on_dtd_and_explicit_options_win(data_root):
     assert with_template(dekg.data, "eurosat", {"split_seed": 1}) == {"split_seed": 1}
 
 
-def test_a_template_without_one_placeholder_names_the_field():
-    cfg = resolve_config("dekg", ["data.templates.eurosat=satellite photo"])
+@pytest.mark.parametrize("template", ["satellite photo", "'a {} of {kind}'"])
+def test_a_template_without_one_placeholder_names_the_field(template):
+    cfg = resolve_config("dekg", [f"data.templates.eurosat={template}"])
     with pytest.raises(ConfigError, match=r"data.templates.eurosat: expected a template with one '\{\}'"):
         with_template(cfg.data, "eurosat", {})

@@ -242,3 +242,12 @@ def test_deepcopy_shares_the_backbone_and_copies_prompts(name, backbone):
     assert clone.backbone is backbone
     for key, p in clone.named_parameters():
         assert p.data_ptr() != dict(learner.named_parameters())[key].data_ptr()
+
+
+@pytest.mark.parametrize("template", ["a photo", "a {} of a {}", "a {} of {kind}", "a {0} {}"])
+def test_zeroshot_templates_need_exactly_one_placeholder_and_no_other_field(template):
+    from tailprompt.prompts import LEARNERS, LearnerError
+
+    config_cls = LEARNERS.get("zeroshot").config_cls
+    with pytest.raises(LearnerError, match=r"templates\[1\]: template .* must contain exactly one '\{\}'"):
+        config_cls(templates=["a photo of a {}.", template])

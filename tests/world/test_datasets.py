@@ -105,3 +105,21 @@ def test_world_datasets_carry_descriptions_and_the_data_command_writes_them(tmp_
     err = capsys.readouterr().err
     assert code != 0 and "no descriptions" in err and "Traceback" not in err
     assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("target, message", [
+    ("folder", "--out {out}: is a folder, expected a file path"),
+    ("under_file", "folder of --out is not writable ({tmp}/file.txt is a file, not a folder)"),
+])
+def test_data_descriptions_out_that_cannot_be_written_is_one_line(tmp_path, capsys, target, message):
+    from tailprompt.cli import main
+
+    (tmp_path / "file.txt").write_text("x")
+    out = tmp_path / "folder" if target == "folder" else tmp_path / "file.txt" / "d.json"
+    if target == "folder":
+        out.mkdir()
+    assert main(["data", "descriptions", "--dataset", "world", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(out=out, tmp=tmp_path) in err[0]
+    left = {p.name for p in tmp_path.rglob("*")}
+    assert left == ({"file.txt", "folder"} if target == "folder" else {"file.txt"})  # nothing written

@@ -148,11 +148,9 @@ def run_descriptions(args: argparse.Namespace) -> int:
             f"dataset {ds.name!r} has no descriptions of its own (only the embedded world's datasets write "
             f"them); give runs a JSON file {{class name: [sentence, ...]}} as data.descriptions"
         )
-    if args.out.is_dir():
-        raise UserError(f"--out {args.out}: is a folder, expected a JSON file path")
     from tailprompt.files import check_output_file
 
-    check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out")  # a folder, or a folder that cannot be written, named before the write
     write_json_atomic(args.out, {name: ds.descriptions[name] for name in ds.classnames}, "descriptions file")
     n = sum(len(v) for v in ds.descriptions.values())
     print(f"{ds.name}: {n} descriptions of {ds.num_classes} classes -> {args.out}")

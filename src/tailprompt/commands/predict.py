@@ -57,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             from tailprompt.files import check_output_file
 
-            if Path(args.out).suffix.lower() not in (".csv", ".json"):
-                raise UserError(f"--out {args.out}: expected a .csv or .json file name")
-            check_output_file(args.out, "--out")  # before the images are classified, not after
+            check_output_file(args.out, "--out", (".csv", ".json"))  # before the images are classified, not after
         paths = image_paths(Path(args.images))
         predictions, unreadable = predict(Path(args.run), paths, args.classes, args.top_k, args.batch_size,
                                           args.device)

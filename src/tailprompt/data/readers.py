@@ -57,7 +57,7 @@ from tailprompt.data.files import (
 )
 from tailprompt.data.registry import DATASETS
 from tailprompt.data.seeding import derived_rng
-from tailprompt.data.templates import ENSEMBLE_TEMPLATES, TEMPLATES
+from tailprompt.data.templates import ENSEMBLE_TEMPLATES, TEMPLATES, is_template
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.schema import from_dict
 
@@ -132,11 +132,7 @@ class DatasetSpec:
 
 def check_template(template: str, where: str) -> None:
     """A zero-shot template must hold exactly one `{}` and no other format field."""
-    try:
-        ok = template.count("{}") == 1 and template.format("x") is not None
-    except (IndexError, KeyError, ValueError):
-        ok = False
-    if not ok:
+    if not is_template(template):
         raise DatasetError(f"{where}: expected one '{{}}' (and no other braces), got {template!r}")
 
 
@@ -580,9 +576,10 @@ def read_wnid_classnames(path: Path) -> dict[str, str]:
     return dict(read_name_pairs(path))
 
 
-def _class_images(class_dir: Path) -> list[str]:
-    """The images of one scanned class folder; a folder without any is a `DatasetError` naming it."""
-    files = image_files(class_dir)
+def _class_images(class_dir: Path, below: bool = False) -> list[str]:
+    """The images of one scanned class folder (`below`: in its sub-folders too, `image_files_below`); a folder
+    without any is a `DatasetError` naming it."""
+    files = image_files_below(class_dir) if below else image_files(class_dir)
     if not files:
         raise DatasetError(f"{class_dir}: class folder without images (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
@@ -667,11 +664,7 @@ def read_imagefolder(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Ra
     if not classes:
         raise DatasetError(f"{folder}: no class folders; expected {folder}/<class name>/<image>.jpg")
     for label, name in enumerate(classes):
-        paths = [f"{name}/{f}" for f in image_files_below(folder / name)]
-        if not paths:
-            raise DatasetError(
-                f"{folder / name}: class folder without images (expected {', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
+        paths = [f"{name}/{f}" for f in _class_images(folder / name, below=True)]
         order = derived_rng("split", opts.split_seed, "imagefolder", name).permutation(len(paths))
         shuffled = [paths[i] for i in order]
         n_test = min(round(len(paths) * 0.3), len(paths) - 1)

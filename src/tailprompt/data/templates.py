@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+
+def is_template(template: object) -> bool:
+    """Whether `template` holds exactly one `{}` for the class name and no other format field, so that
+    `template.format(name)` fills the name and nothing else (`{kind}` would raise there)."""
+    if not isinstance(template, str) or template.count("{}") != 1:
+        return False
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError):
+        return False
+    return True
+
+
 # `CoOp:trainers/zsclip.py` CUSTOM_TEMPLATES, keyed by our dataset names.
 TEMPLATES: dict[str, str] = {
     "oxford_pets": "a photo of a {}, a type of pet.",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tailprompt.engine.run_config import RunConfig
-from tailprompt.files import FileReadError, read_json_object, read_safetensors
+from tailprompt.files import FileReadError, read_json_object, read_safetensors, short_repr
 from tailprompt.schema import ConfigError, from_dict, load_yaml
 
 if TYPE_CHECKING:
@@ -106,26 +106,21 @@ def check_result_shape(result: dict[str, Any], path: Path) -> None:
     splits = result.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise FileReadError(f"{path}: field 'splits' should map split names to their metrics, got "
-                            f"{_short(splits)}; not a finished run's record")
+                            f"{short_repr(splits)}; not a finished run's record")
     for name, split in splits.items():
         if not isinstance(split, dict):
-            raise FileReadError(f"{path}: splits.{name} should be an object of metrics, got {_short(split)}")
+            raise FileReadError(f"{path}: splits.{name} should be an object of metrics, got {short_repr(split)}")
         names = split.get("classnames")
         if names is not None and not _names(names):
             raise FileReadError(f"{path}: splits.{name}.classnames should be a list of class names (strings), got "
-                                f"{_short(names)}")
+                                f"{short_repr(names)}")
     roles = result.get("split_roles")
     if roles is not None and not (isinstance(roles, dict) and all(isinstance(r, dict) for r in roles.values())):
-        raise FileReadError(f"{path}: field 'split_roles' should map split names to objects, got {_short(roles)}")
+        raise FileReadError(f"{path}: field 'split_roles' should map split names to objects, got {short_repr(roles)}")
 
 
 def _names(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(n, str) and n for n in value)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _plain(data: Any) -> Any:

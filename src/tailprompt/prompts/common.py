@@ -11,7 +11,6 @@ The learner base class and registry are in `prompts/learner.py`.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from tailprompt.data.templates import is_template
 from tailprompt.errors import UserError
 from tailprompt.tensors import unit
 
@@ -367,9 +367,10 @@ def _state_tensor(value: Any, key: str, learner: str) -> Tensor:
 
 
 def check_template(template: str, learner: str) -> str:
-    """A zero-shot template must hold one `{}` for the class name."""
-    if not isinstance(template, str) or len(re.findall(r"\{\}", template)) != 1:
+    """A zero-shot template must hold one `{}` for the class name and no other format field (`is_template`)."""
+    if not is_template(template):
         raise LearnerError(
-            f"{learner}: template {template!r} must contain exactly one '{{}}' for the class name"
+            f"{learner}: template {template!r} must contain exactly one '{{}}' for the class name (and no other "
+            f"braces)"
         )
     return template

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tailprompt.errors import UserError
+from tailprompt.files import short_repr
 from tailprompt.records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -108,17 +109,17 @@ def validate_record(record: dict[str, Any], where: str) -> None:
         raise ReportError(f"{where}: field 'tau' should be a finite number, got {record['tau']!r}")
     for key, types in _OPTIONAL.items():
         if key in record and not _fits(record[key], types + _LEGACY_TYPES.get(key, ())):
-            raise ReportError(f"{where}: field {key!r} should be {_type_names(types)}, got {_short(record[key])}")
+            raise ReportError(f"{where}: field {key!r} should be {_type_names(types)}, got {short_repr(record[key])}")
     for name, split in record["splits"].items():
         if not isinstance(split, dict) or not _fits(split.get("accuracy"), (int, float)):
             raise ReportError(f"{where}: splits.{name}.accuracy should be a number")
         for key, types in _SPLIT_FIELDS.items():
             if split.get(key) is not None and not _fits(split[key], types):
                 raise ReportError(f"{where}: splits.{name}.{key} should be {_type_names(types)}, got "
-                                  f"{_short(split[key])}")
+                                  f"{short_repr(split[key])}")
     counts = (record.get("sampling") or {}).get("counts")
     if counts is not None and not isinstance(counts, dict):
-        raise ReportError(f"{where}: sampling.counts should be dict, got {_short(counts)}")
+        raise ReportError(f"{where}: sampling.counts should be dict, got {short_repr(counts)}")
 
 
 def _fits(value: Any, types: tuple[type, ...]) -> bool:
@@ -130,11 +131,6 @@ def _fits(value: Any, types: tuple[type, ...]) -> bool:
 
 def _type_names(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True, order=True)

@@ -66,7 +66,7 @@ def write_openai_checkpoint(path: Path, arch: str, seed: int) -> Path:
 
 def run_preset(preset: str, overrides: list[str], env: dict[str, str], logs: Path) -> dict[str, Any]:
     """One `tailprompt train` process: its wall time, peak RSS and the phase timings it recorded."""
-    argv = [sys.executable, "-m", "tailprompt.cli", "train", "--config", preset]
+    argv = [sys.executable, "-m", "tailprompt", "train", "--config", preset]
     for o in overrides:
         argv += ["--set", o]
     logs.mkdir(parents=True, exist_ok=True)

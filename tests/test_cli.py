@@ -137,3 +137,10 @@ def test_library_warnings_print_as_one_line_once_during_a_command():
     assert out.returncode == 0
     assert out.stderr.splitlines() == ["warning: prompt_depth=9 exceeds the backbone's 3 blocks",
                                        "warning: another one"]
+
+
+@pytest.mark.parametrize("module", ["tailprompt", "tailprompt.cli"])
+def test_both_module_entry_points_run_the_cli(module):
+    # benchmarks/ and torchrun start the CLI as a module; one of them once returned 0 having done nothing.
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "usage: tailprompt" in out.stdout

@@ -164,3 +164,7 @@ def one_line_warnings() -> Callable[..., str]:
         return f"warning: {text}\n"
 
     return format_warning
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m tailprompt.cli`, as `python -m tailprompt`
+    sys.exit(main())

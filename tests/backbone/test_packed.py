@@ -116,3 +116,14 @@ def test_without_onednn_the_product_is_f_linear(monkeypatch):
     layer = frozen_layer()
     x = torch.randn(4, 32, dtype=torch.bfloat16)
     assert torch.equal(linear(layer, x), F.linear(x, layer.weight, layer.bias)) and not packs_of(layer)
+
+
+def test_products_with_a_graph_are_packed_only_when_they_have_few_rows():
+    layer = frozen_layer()
+    many = torch.randn(packed._PACKED_ROWS_WITH_GRAD + 1, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear(layer, many)
+        assert not packs_of(layer)  # an image batch with a graph: the plain weight, no pack beside activations
+        with torch.no_grad():
+            linear(layer, many)
+        assert set(packs_of(layer)) == {"weight"}

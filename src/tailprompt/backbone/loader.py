@@ -23,7 +23,7 @@ from tailprompt.backbone.checkpoints import BackboneError, error_summary, read_c
 from tailprompt.backbone.frozen import FrozenVLM
 from tailprompt.backbone.precision import resolve_precision, store_matmul_weights
 from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
-from tailprompt.utils import remembered_sha256
+from tailprompt.utils import release_freed_memory, remembered_sha256
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
@@ -113,8 +113,9 @@ def load_backbone(
         load_into(model, ckpt.state_dict, path, name)
         check_finite_weights(model, path)
         identity = f"{name}@sha256:{remembered_sha256(path)}" + _activation_suffix(qg, auto)
+        del ckpt  # the file's tensors, copied into the model: freed before `release_freed_memory`
     model = model.to(device)
-    return FrozenVLM(
+    vlm = FrozenVLM(
         model,
         arch=name,
         identity=identity,
@@ -124,6 +125,8 @@ def load_backbone(
         std=std,
         precision=resolved,
     )
+    release_freed_memory()  # the file's state dict is gone; its pages need not count against the run
+    return vlm
 
 
 def check_finite_weights(model: torch.nn.Module, path: Path) -> None:

@@ -6,6 +6,8 @@ projections ran 20-30% faster on a weight packed once (`torch.ops.mkldnn._reorde
 cache fill's 800-3,000-row ones 5-20% (benchmarks/README.md, "Seventh session"), with outputs equal to
 ``F.linear``'s. A layer is packed on its first bf16 call; its transpose, which the input gradient
 multiplies by, on the first backward through it (a tower that never back-propagates never pays for it).
+Products with a graph are packed only when they have few rows (text steps): a MaPLe image batch would
+hold both packs of the image tower beside its activations for an 8% faster forward.
 
 A pack is a copy: it remembers the weight's storage and version counter and is rebuilt when the weight was
 replaced or written in place (``load_state_dict``, `fold_quick_gelu`). fp32, CUDA, trainable weights and
@@ -21,6 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _ROWS_HINT = 64  # oneDNN's batch hint for the blocked layout; measured: 30 to 3,152 rows run alike with any
+# A product with a graph is packed up to this many rows. Its input gradient multiplies by a packed transpose,
+# 15-25% faster at 30-35 rows, ~5% at 160, no faster at 800; a MaPLe image batch (800 rows, 8% faster
+# forward) would keep both packs of the image tower beside its activations: +290 MB at the run's peak.
+_PACKED_ROWS_WITH_GRAD = 256
 
 
 class PackedWeight:
@@ -29,7 +35,7 @@ class PackedWeight:
     def __init__(self, weight: Tensor) -> None:
         self._key = _identity(weight)
         self.forward = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT)
-        self._weight = weight
+        self.weight = weight
         self._transposed: Tensor | None = None
 
     def matches(self, weight: Tensor) -> bool:
@@ -39,7 +45,7 @@ class PackedWeight:
     def transposed(self) -> Tensor:
         """The ``[in, out]`` transpose, packed (what ``grad_out @ W`` multiplies by)."""
         if self._transposed is None:
-            t = self._weight.detach().t().contiguous()
+            t = self.weight.detach().t().contiguous()
             self._transposed = torch.ops.mkldnn._reorder_linear_weight(t, _ROWS_HINT)
         return self._transposed
 
@@ -88,11 +94,14 @@ def packed_linear(owner: nn.Module, name: str, x: Tensor, weight: Tensor, bias: 
     """``F.linear(x, weight, bias)``, on a pack kept on `owner` under `name` where that applies.
 
     It applies to frozen bf16 weights on the CPU with a bf16 product (bf16 `x`, or fp32 `x` under bf16
-    autocast, which the product casts as autocast would). Anything else is ``F.linear`` itself.
+    autocast, which the product casts as autocast would), without a graph or with one of few rows
+    (`_PACKED_ROWS_WITH_GRAD`). Anything else is ``F.linear`` itself.
     """
     xb = _bf16_input(x) if x.device.type == "cpu" and x.dim() >= 2 else None
+    graph = torch.is_grad_enabled() and x.requires_grad
     usable = (
         xb is not None
+        and (not graph or x.numel() <= _PACKED_ROWS_WITH_GRAD * x.shape[-1])
         and weight.dtype == torch.bfloat16
         and weight.device.type == "cpu"
         and not weight.requires_grad

@@ -59,7 +59,14 @@ from tailprompt.prompts.common import template_text_features
 from tailprompt.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
 from tailprompt.records import RunRecord
 from tailprompt.schema import ConfigError, dump_yaml, to_dict
-from tailprompt.utils import atomic_path, resolve_device, seed_everything, write_json_atomic, write_text_atomic
+from tailprompt.utils import (
+    atomic_path,
+    release_freed_memory,
+    resolve_device,
+    seed_everything,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +188,7 @@ def execute_run(
     timings.train_s = time.perf_counter() - t0
     if group is not None and not group.is_main:
         return RunOutcome(run_dir, {}, skipped=False)  # rank 0 evaluates and writes the run
+    release_freed_memory()  # the training graphs' pages, before evaluation allocates its own (peak RSS)
     t0 = time.perf_counter()
     evaluation = evaluate_plan(cfg, setup)
     timings.eval_s = time.perf_counter() - t0

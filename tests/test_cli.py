@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from tailprompt import cli
 from tailprompt.cli import COMMANDS, build_parser, invoked_command
+from tailprompt.registry import UnknownNameError
 
 HEAVY = ("torch", "open_clip", "torchvision", "numpy")
 SRC = Path(cli.__file__).resolve().parents[1]
@@ -105,6 +107,22 @@ def test_an_unexpected_error_is_still_one_line_and_v_shows_the_traceback(monkeyp
     assert "tailprompt list: error: RuntimeError: boom at some depth" in line and "-v" in line
     with pytest.raises(RuntimeError, match="boom"):
         cli.main(["-v", "list"])
+
+
+def test_an_unknown_name_is_a_user_error_and_a_bare_key_error_a_bug(monkeypatch, capsys):
+    def run_in_user_errors(error):
+        def run(args):
+            with cli.user_errors():
+                raise error
+
+        monkeypatch.setattr(importlib.import_module("tailprompt.commands.list_components"), "run", run)
+        return cli.main(["list"])
+
+    assert run_in_user_errors(UnknownNameError("unknown learner 'cop'; valid names: coop")) == 2
+    assert _stderr_lines(capsys) == ["tailprompt list: error: unknown learner 'cop'; valid names: coop"]
+    assert run_in_user_errors(KeyError("timings")) == 1  # a lookup in the code, not the user's name
+    (line,) = _stderr_lines(capsys)
+    assert "KeyError: 'timings'" in line and "unexpected" in line
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):

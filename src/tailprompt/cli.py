@@ -72,9 +72,10 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
-        # KeyError's str() adds quotes around the registry's message; take the message itself.
-        raise UserError(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
+    except UserError:
+        raise
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -6,7 +6,20 @@ import fnmatch
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from tailprompt.errors import UserError
+
 T = TypeVar("T")
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name no registry entry has (a user's typo): the message lists the valid names.
+
+    A `KeyError` for callers that look names up, a `UserError` for the CLI; ``str()`` is the message itself,
+    without the quotes ``KeyError`` adds. A bare ``KeyError`` elsewhere is a bug, reported as unexpected.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -35,7 +48,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             valid = ", ".join(sorted(self._items)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))

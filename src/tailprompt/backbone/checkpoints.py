@@ -224,7 +224,10 @@ def _metadata_quick_gelu(metadata: dict[str, str], path: Path) -> bool | None:
 
 
 def error_summary(e: BaseException) -> str:
-    """`Type: first line` of an error; for torch's many-line unpickling errors, the line saying what failed."""
+    """`Type: first line` of an error; for torch's many-line unpickling errors, the line saying what failed;
+    for a file that ended before its first record, that it is empty or cut short."""
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if isinstance(e, EOFError) or not lines:
+        return "empty or cut short"
     said = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
     return f"{type(e).__name__}: {said[:200]}"

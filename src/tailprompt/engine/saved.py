@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tailprompt.backbone.checkpoints import error_summary
 from tailprompt.engine.run_config import RunConfig
 from tailprompt.files import FileReadError, read_json_object, read_safetensors, short_repr
 from tailprompt.schema import ConfigError, from_dict, load_yaml
@@ -195,7 +196,7 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
         except pickle.UnpicklingError as e:
             if "Unsupported global" not in str(e):
                 raise FileReadError(f"{path}: not a torch.save checkpoint of tensors (a plain pickle or another "
-                                    f"format; {_why(e)})") from None
+                                    f"format; {error_summary(e)})") from None
             raise FileReadError(
                 f"{path}: holds Python objects beyond tensors and plain containers, which loading would have to "
                 f"execute; if you trust the file, keep only its tensors with: python -c \"import torch; "
@@ -205,21 +206,10 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
         except (IsADirectoryError, PermissionError):
             raise  # `reading` names these
         except Exception as e:  # a cut zip archive is OSError(EINVAL); text or other formats raise anything
-            raise FileReadError(f"{path}: truncated or not a torch.save checkpoint ({_why(e)})") from None
+            raise FileReadError(f"{path}: truncated or not a torch.save checkpoint ({error_summary(e)})") from None
     if not isinstance(data, dict):
         raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
                             f"got {type(data).__name__}")
     return data
 
 
-def _why(error: BaseException) -> str:
-    """The gist of a library's error (torch's run to many lines), or that the file is empty."""
-    import re
-
-    found = re.search(r"Unsupported [^.\n]*", str(error))
-    if found:
-        return found.group(0)[:120]
-    text = " ".join(str(error).split())
-    if isinstance(error, EOFError) or not text:
-        return "empty or cut short"
-    return (text if len(text) > 20 else f"{type(error).__name__}: {text}")[:120]

@@ -94,4 +94,4 @@ def test_convert_rejects_a_non_safetensors_output(tmp_path, capsys):
     src = tmp_path / "in.pt"
     torch.save(tiny_clip(False, seed=0).state_dict(), src)
     assert main(["convert-weights", str(src), str(tmp_path / "out.pt")]) == 2
-    assert "must end in .safetensors" in capsys.readouterr().err
+    assert "expected a file name ending in .safetensors" in capsys.readouterr().err

@@ -68,11 +68,9 @@ def convert_weights(
     from tailprompt.files import check_output_file
     from tailprompt.utils import atomic_path, sha256_file
 
-    if dst.suffix != ".safetensors":
-        raise UserError(f"output {dst} must end in .safetensors")
+    check_output_file(dst, "output", (".safetensors",))  # before the (possibly long) read of the input
     if dst.resolve() == src.resolve():
         raise UserError(f"output {dst} would overwrite the input")
-    check_output_file(dst, "output")  # before the (possibly long) read of the input
     override = parse_quick_gelu(quick_gelu)
     if file_format(src) == "torchscript":
         if not trust_torchscript:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from tailprompt.cli import user_errors
-from tailprompt.errors import UserError
 
 EXPORT_FORMAT = "tailprompt-export-1"
 
@@ -31,8 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     with user_errors():
         out = Path(args.out)
-        if out.suffix != ".safetensors":
-            raise UserError(f"--out {out}: expected a file name ending in .safetensors")
         info = export_run(Path(args.run), out)
     print(json.dumps({"out": str(out), "learner": info["learner"]["name"], "classes": len(info["classnames"]),
                       "tensors": info["tensors"], "open_clip_recipe": info["open_clip_recipe"]}, indent=2))
@@ -51,7 +48,7 @@ def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
     from tailprompt.schema import to_dict
     from tailprompt.utils import atomic_path
 
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", (".safetensors",))
     saved = open_run(run_dir)
     backbone = run_backbone(saved, "cpu")
     learner = run_learner(saved, backbone)

@@ -157,12 +157,14 @@ def logits_of(image_feats: Tensor, text_feats: Tensor, scale: float) -> Tensor:
 
 
 def _decode(path: Path, unreadable: list[tuple[str, str]]) -> Any:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from tailprompt.data.files import UNREADABLE_IMAGE
 
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UNREADABLE_IMAGE as e:
         why = " ".join(str(e).split())[:120] or type(e).__name__
         log.warning("%s: cannot read image, skipped (%s)", path, why)
         unreadable.append((str(path), why))

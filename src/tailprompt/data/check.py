@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
-from tailprompt.data.files import DatasetError
+from tailprompt.data.files import UNREADABLE_IMAGE, DatasetError
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.schema import ConfigError
@@ -110,6 +110,6 @@ def _image_problem(ds: DatasetSplits, item: Item, deep: bool) -> str | None:
         with Image.open(path) as img:
             if deep:
                 img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"{path}: unreadable image ({e})"
+    except UNREADABLE_IMAGE as e:
+        return f"{path}: unreadable image ({' '.join(str(e).split())[:200]})"
     return None

@@ -172,6 +172,14 @@ class Duplicates:
         self.seen[key] = at
 
 
+# What decoding a damaged or hostile image file raises: PIL's "not an image", its refusal of a decompression
+# bomb (a header claiming billions of pixels; not an OSError), truncated data (OSError), broken headers
+# (SyntaxError in some plugins) and impossible sizes or modes (ValueError).
+UNREADABLE_IMAGE: tuple[type[Exception], ...] = (
+    UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
+)
+
+
 def open_rgb(path: Path) -> Image.Image:
     """Decode one image file to RGB; unreadable or missing files raise `DatasetError` naming the path."""
     try:
@@ -179,8 +187,8 @@ def open_rgb(path: Path) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(f"{path}: image listed by the dataset is missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"{path}: cannot read image ({e})") from None
+    except UNREADABLE_IMAGE as e:
+        raise DatasetError(f"{path}: cannot read image ({' '.join(str(e).split())[:200]})") from None
 
 
 class FileImages:

@@ -81,7 +81,7 @@ def test_an_unwritable_output_folder_fails_before_training(base_overrides, tmp_p
         execute_run(cfg)
 
 
-@pytest.mark.parametrize("content", [b'{"method": "coop", ', b"\xff\xfe", b"[1, 2]"])
+@pytest.mark.parametrize("content", [b'{"method": "coop", ', b"\xff\xfe", b"[1, 2]", b"{}", b'{"splits": []}'])
 def test_a_corrupt_result_met_by_sweep_is_one_line_naming_it(base_overrides, tmp_path, capsys, content):
     sweep = tmp_path / "sweep.yaml"
     sets = "\n".join(f"  {o.split('=', 1)[0]}: {o.split('=', 1)[1]}" for o in base_overrides + SHORT)

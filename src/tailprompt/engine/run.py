@@ -36,7 +36,7 @@ from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.loss import BoundObjective
 from tailprompt.engine.resolve import resolve_config, run_id, trains_nothing
 from tailprompt.engine.run_config import BackboneConfig, RunConfig
-from tailprompt.engine.saved import open_run
+from tailprompt.engine.saved import check_result_shape, open_run
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.files import FileReadError, check_writable, read_json_object
 from tailprompt.hooks import HOOKS, TrainHook
@@ -99,13 +99,23 @@ class RunOutcome:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """Whether the run's `result.json` exists; one that does but does not read as a JSON object (truncated,
-    edited) is a `FileReadError` naming it, never taken for a finished run."""
+    """Whether the run's `result.json` exists; one that does but is not a finished run's record (truncated,
+    edited, of another shape) is a `FileReadError` naming it, never taken for a finished run."""
+    return finished_result(run_dir) is not None
+
+
+def finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """The run's `result.json`, checked to be a finished run's record (`saved.check_result_shape`); None when
+    the run has none."""
     path = run_dir / "result.json"
     if not path.is_file():
-        return False
-    read_json_object(path, "result file (delete it to redo the run)")
-    return True
+        return None
+    result = read_json_object(path, "result file (delete it to redo the run)")
+    try:
+        check_result_shape(result, path)
+    except FileReadError as e:
+        raise FileReadError(f"{e}; delete the result file to redo the run") from None
+    return result
 
 
 def run_directory(cfg: RunConfig, backbone: FrozenVLM) -> Path:
@@ -151,10 +161,9 @@ def execute_run(
     t_start = time.perf_counter()
     backbone = backbones.get(cfg.backbone)
     run_dir = run_directory(cfg, backbone)
-    result_path = run_dir / "result.json"
-    if result_path.is_file() and not force:
-        return RunOutcome(run_dir, read_json_object(result_path, "result file (delete it to redo the run)"),
-                          skipped=True)
+    done = None if force else finished_result(run_dir)
+    if done is not None:
+        return RunOutcome(run_dir, done, skipped=True)
     check_writable(run_dir.parent)  # before training, not after it
     if force:  # start from scratch, not from an unfinished attempt's checkpoint
         (run_dir / CHECKPOINT).unlink(missing_ok=True)

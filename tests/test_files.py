@@ -93,3 +93,15 @@ def test_output_files_are_checked_before_any_work(tmp_path, target, suffixes, me
         check_output_file(path, "--out", suffixes)
     assert str(info.value).startswith(message.format(p=path, tmp=tmp_path))
     assert check_output_file(tmp_path / "new" / "p.csv", "--out", (".csv",)) == tmp_path / "new" / "p.csv"
+
+
+def test_an_output_name_too_long_for_the_file_system_is_a_write_error_with_a_short_path(tmp_path):
+    long_name = "a" * 300 + ".json"
+    with pytest.raises(FileWriteError, match=r"^--out .*\.\.\..*\.json: cannot be written there \(File name too long\)"):
+        check_output_file(tmp_path / long_name, "--out", (".json",))
+
+
+def test_a_target_name_near_the_limit_still_gets_a_temporary_file_beside_it(tmp_path):
+    target = tmp_path / ("b" * 250 + ".json")  # its temporary name would exceed 255 bytes if it kept the whole name
+    write_json_atomic(target, {"x": 1})
+    assert target.read_text().strip().startswith("{") and [p.name for p in tmp_path.iterdir()] == [target.name]

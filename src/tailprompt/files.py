@@ -135,6 +135,22 @@ def check_output_file(path: str | Path, option: str, suffixes: tuple[str, ...] =
     """`path` checked as a file a command is about to write (`option`, e.g. "--out"), before any work is spent:
     not a folder, one of `suffixes` when given, and its folder writable. Raises a `UserError` naming it."""
     path = Path(path)
+    try:
+        return _checked_output_file(path, option, suffixes)
+    except FileWriteError:
+        raise
+    except OSError as e:  # a name too long for the file system, a looping link on the way: the path itself
+        raise FileWriteError(f"{option} {short_path(path)}: cannot be written there ({write_failure(path, e)})",
+                             e.errno) from None
+
+
+def short_path(path: Path, keep: int = 160) -> str:
+    """`path` as text, its middle cut when it is longer than `keep` characters (a message stays readable)."""
+    text = str(path)
+    return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2 :]}"
+
+
+def _checked_output_file(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     if not path.name or path.is_dir():
         raise FileWriteError(f"{option} {path}: is a folder, expected a file path")
     if suffixes and path.suffix.lower() not in suffixes:

@@ -125,7 +125,8 @@ def atomic_path(path: str | os.PathLike[str], what: str = "file") -> Iterator[Pa
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file path")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # The temporary name keeps at most 100 characters of the target's, so it fits where the target does.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
         yield tmp_path

@@ -9,6 +9,7 @@ the weights were trained with QuickGELU, so `load_backbone` builds the right act
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tailprompt.cli import UserError
@@ -69,7 +70,7 @@ def convert_weights(
     from tailprompt.utils import atomic_path, sha256_file
 
     check_output_file(dst, "output", (".safetensors",))  # before the (possibly long) read of the input
-    if dst.resolve() == src.resolve():
+    if os.path.realpath(dst) == os.path.realpath(src):  # realpath, unlike resolve(), does not raise on a link loop
         raise UserError(f"output {dst} would overwrite the input")
     override = parse_quick_gelu(quick_gelu)
     if file_format(src) == "torchscript":

@@ -73,7 +73,7 @@ def _preset_key(data: dict[str, Any], path: Path) -> str | None:
 def _identity(path: Path) -> str:
     try:
         return str(path.resolve())
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, before Python 3.13
         return str(path)
 
 

@@ -97,7 +97,8 @@ def test_output_files_are_checked_before_any_work(tmp_path, target, suffixes, me
 
 def test_an_output_name_too_long_for_the_file_system_is_a_write_error_with_a_short_path(tmp_path):
     long_name = "a" * 300 + ".json"
-    with pytest.raises(FileWriteError, match=r"^--out .*\.\.\..*\.json: cannot be written there \(File name too long\)"):
+    expected = r"^--out .*\.\.\..*\.json: cannot be written there \(File name too long\)"
+    with pytest.raises(FileWriteError, match=expected):
         check_output_file(tmp_path / long_name, "--out", (".json",))
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from tailprompt.cli import main
 from tailprompt.engine.saved import open_run, run_backbone, run_learner
+from tailprompt.testing.images import decompression_bomb_png
 
 
 def _images(folder: Path, n: int = 3) -> list[Path]:
@@ -36,10 +37,12 @@ def _run_probs(run: Path, path: Path) -> torch.Tensor:
 def test_predict_a_folder_writes_top_k_with_the_runs_probabilities(coop_run, tmp_path, capsys):
     paths = _images(tmp_path / "imgs" / "nested")
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "imgs" / "bomb.png").write_bytes(decompression_bomb_png())  # PIL's refusal is not an OSError
     out = tmp_path / "preds.csv"
     assert main(["predict", "--run", str(coop_run), str(tmp_path / "imgs"), "--top-k", "3", "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "skipped 1 unreadable image(s)" in captured.err and "broken.jpg" in captured.err
+    assert "skipped 2 unreadable image(s)" in captured.err and "broken.jpg" in captured.err
+    assert "bomb.png: Image size (10000000000 pixels) exceeds limit" in captured.err
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3 * len(paths) and {r["rank"] for r in rows} == {"1", "2", "3"}
     classnames = open_run(coop_run).classnames

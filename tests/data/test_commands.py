@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tailprompt.cli import main
+from tailprompt.testing.images import decompression_bomb_png
 from tailprompt.testing.trees import make_dataset_tree, make_eurosat_tree
 
 
@@ -84,6 +85,11 @@ def test_check_names_unreadable_images(tmp_path, capsys):
     assert code == 1 and f"{garbage.resolve()}: unreadable image" in out and str(truncated.resolve()) not in out
     code, out, _ = run(capsys, "data", "check", "--dataset", "sun397", "--root", str(root), "--deep")
     assert code == 1 and f"{truncated.resolve()}: unreadable image" in out and "2 problem(s)" in out
+    bomb = root / "sun397/SUN397/b/bedroom/sun_00300000.jpg"
+    bomb.write_bytes(decompression_bomb_png())  # PIL refuses it with an error that is not an OSError
+    for deep in ([], ["--deep"]):
+        code, out, _ = run(capsys, "data", "check", "--dataset", "sun397", "--root", str(root), *deep)
+        assert code == 1 and f"{bomb.resolve()}: unreadable image (Image size (10000000000 pixels)" in out
 
 
 @pytest.mark.parametrize("damage", ["folder", "split_missing", "split_malformed"])
@@ -136,9 +142,10 @@ def test_features_command_caches_then_hits(tmp_path, capsys):
     code, _, err = run(capsys, *argv, "--splits", "train,holdout")
     assert code == 2 and "--splits" in err
     broken = root / "eurosat/2750/River/River_3.jpg"
-    broken.write_bytes(b"not a jpeg")
-    code, _, err = run(capsys, *argv, "--splits", "test")
-    assert code == 2 and f"{broken.resolve()}: cannot read image" in err and "Traceback" not in err
+    for content in (b"not a jpeg", decompression_bomb_png()):
+        broken.write_bytes(content)
+        code, _, err = run(capsys, *argv, "--splits", "test")
+        assert code == 2 and f"{broken.resolve()}: cannot read image" in err and "Traceback" not in err
     code, _, err = run(capsys, *argv[:2], "no-such-arch", *argv[3:])
     assert code == 2 and "no-such-arch" in err
 

@@ -165,9 +165,8 @@ def _decode(path: Path, unreadable: list[tuple[str, str]]) -> Any:
         with Image.open(path) as img:
             return img.convert("RGB")
     except UNREADABLE_IMAGE as e:
-        why = " ".join(str(e).split())[:120] or type(e).__name__
-        log.warning("%s: cannot read image, skipped (%s)", path, why)
-        unreadable.append((str(path), why))
+        # Listed once at the end (or in the error when no image is readable), not also as it happens.
+        unreadable.append((str(path), " ".join(str(e).split())[:120] or type(e).__name__))
         return None
 
 

@@ -106,3 +106,21 @@ def test_a_target_name_near_the_limit_still_gets_a_temporary_file_beside_it(tmp_
     target = tmp_path / ("b" * 250 + ".json")  # its temporary name would exceed 255 bytes if it kept the whole name
     write_json_atomic(target, {"x": 1})
     assert target.read_text().strip().startswith("{") and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_safetensors_write_that_fails_on_the_disk_is_a_write_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from tailprompt.utils import write_safetensors_atomic
+
+    def full_disk(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half")
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(FileWriteError, match=r"p\.safetensors: cannot write prompts \(No space left on device\)"):
+        write_safetensors_atomic(tmp_path / "p.safetensors", {"x": torch.zeros(2)}, what="prompts")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda *a, **k: (_ for _ in ()).throw(TypeError("a bug")))
+    with pytest.raises(TypeError, match="a bug"):  # not a disk failure: not dressed up as one
+        write_safetensors_atomic(tmp_path / "p.safetensors", {"x": torch.zeros(2)})

@@ -159,6 +159,24 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, what: str = "JSON 
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", what)
 
 
+def write_safetensors_atomic(path: str | os.PathLike[str], tensors: dict[str, Any],
+                             metadata: dict[str, str] | None = None, what: str = "file") -> None:
+    """`safetensors.torch.save_file` through `atomic_path`: a failed write (a full disk) is a `FileWriteError`
+    naming `path`, as for the JSON and text writers; safetensors reports it as its own error type."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path, what) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as e:  # SafetensorError: "I/O error: No space left on device (os error 28)"
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from e
+
+
 def _json_default(obj: Any) -> Any:
     # An object can only be a numpy or torch value if its library is already loaded.
     np, torch = sys.modules.get("numpy"), sys.modules.get("torch")

@@ -56,7 +56,6 @@ def convert_weights(
         UserError: TorchScript input without `trust_torchscript`, an output not ending in .safetensors, or any
             unreadable input (as `BackboneError`, a `UserError`).
     """
-    from safetensors.torch import save_file
 
     from tailprompt.backbone.checkpoints import (
         SAFETENSORS_QUICK_GELU_KEY,
@@ -67,7 +66,7 @@ def convert_weights(
     )
     from tailprompt.backbone.loader import parse_quick_gelu
     from tailprompt.files import check_output_file
-    from tailprompt.utils import atomic_path, sha256_file
+    from tailprompt.utils import sha256_file, write_safetensors_atomic
 
     check_output_file(dst, "output", (".safetensors",))  # before the (possibly long) read of the input
     if os.path.realpath(dst) == os.path.realpath(src):  # realpath, unlike resolve(), does not raise on a link loop
@@ -94,6 +93,5 @@ def convert_weights(
     }
     # clone: TorchScript state dicts can share storage, which safetensors refuses to write.
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
-    with atomic_path(dst, "converted weights") as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_safetensors_atomic(dst, tensors, metadata, "converted weights")
     return {**metadata, "tensors": str(len(tensors))}

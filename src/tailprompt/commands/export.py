@@ -39,14 +39,13 @@ def run(args: argparse.Namespace) -> int:
 def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
     """Write the export file; returns its metadata (the JSON under the `tailprompt` key)."""
     import torch
-    from safetensors.torch import save_file
 
     import tailprompt
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
     from tailprompt.files import check_output_file
     from tailprompt.prompts.common import clean_classnames
     from tailprompt.schema import to_dict
-    from tailprompt.utils import atomic_path
+    from tailprompt.utils import write_safetensors_atomic
 
     check_output_file(out, "--out", (".safetensors",))
     saved = open_run(run_dir)
@@ -78,8 +77,7 @@ def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
         "tensors": sorted(tensors),
         "open_clip_recipe": recipe_applies(learner),
     }
-    with atomic_path(out, "export file") as tmp:
-        save_file(tensors, str(tmp), metadata={"tailprompt": json.dumps(info)})
+    write_safetensors_atomic(out, tensors, {"tailprompt": json.dumps(info)}, "export file")
     return info
 
 

@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from tailprompt.backbone.precision import autocast_context
@@ -42,7 +41,7 @@ from tailprompt.data.loading import image_batches
 from tailprompt.data.seeding import derived_seed
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.locks import exclusive
-from tailprompt.utils import atomic_path, default_cache_dir, stable_hash, write_json_atomic
+from tailprompt.utils import default_cache_dir, stable_hash, write_json_atomic, write_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +274,8 @@ class FeatureCache:
 
     def _write_shard(self, view_dir: Path, entries: list[str], feats: torch.Tensor) -> None:
         name = f"{uuid.uuid4().hex}.safetensors"
-        with atomic_path(view_dir / name) as tmp:
-            save_file({"features": feats.contiguous()}, str(tmp), metadata={"entries": json.dumps(entries)})
+        write_safetensors_atomic(view_dir / name, {"features": feats.contiguous()}, {"entries": json.dumps(entries)},
+                                 "feature cache shard")
         index = self._index.setdefault(view_dir, {})
         for row, e in enumerate(entries):
             index.setdefault(e, (name, row))

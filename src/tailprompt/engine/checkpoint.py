@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from tailprompt.utils import atomic_path
+from tailprompt.utils import write_safetensors_atomic
 
 if TYPE_CHECKING:
     from tailprompt.hooks import TrainHook
@@ -62,8 +61,7 @@ def save_checkpoint(
         "optim_groups": json.dumps(opt["param_groups"]),
         "optim_scalars": json.dumps(state_meta),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors_atomic(path, tensors, meta, "training checkpoint")
 
 
 class _Discarded(Exception):

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 import tailprompt
@@ -60,11 +59,11 @@ from tailprompt.protocols import PROTOCOLS, EvalSplit, ProtocolPlan
 from tailprompt.records import RunRecord
 from tailprompt.schema import ConfigError, dump_yaml, to_dict
 from tailprompt.utils import (
-    atomic_path,
     release_freed_memory,
     resolve_device,
     seed_everything,
     write_json_atomic,
+    write_safetensors_atomic,
     write_text_atomic,
 )
 
@@ -517,9 +516,8 @@ def write_run(
     state = {k: v.detach().float().cpu().contiguous() for k, v in learner.prompt_state().items()}
     meta = {"backbone_identity": backbone.identity, "learner": cfg.learner.name,
             "classnames": json.dumps(list(record.sampling["counts"])), "template": record.template}
-    with atomic_path(run_dir / "prompts.safetensors") as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    with atomic_path(run_dir / "features.safetensors") as tmp:
-        save_file({"learned_text": learned_text.float().cpu().contiguous(),
-                   "frozen_text": frozen_text.float().cpu().contiguous()}, str(tmp))
+    write_safetensors_atomic(run_dir / "prompts.safetensors", state, meta, "prompts")
+    texts = {"learned_text": learned_text, "frozen_text": frozen_text}
+    texts = {k: v.float().cpu().contiguous() for k, v in texts.items()}
+    write_safetensors_atomic(run_dir / "features.safetensors", texts, what="features")
     write_json_atomic(run_dir / "result.json", record.to_json())

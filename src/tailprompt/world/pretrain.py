@@ -31,7 +31,6 @@ from typing import Any, Literal
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from tailprompt import __version__
@@ -44,7 +43,7 @@ from tailprompt.backbone.architectures import (
 )
 from tailprompt.backbone.frozen import FrozenVLM
 from tailprompt.backbone.transforms import CLIP_MEAN, CLIP_STD
-from tailprompt.utils import atomic_path, sha256_file, stable_hash, write_json_atomic, write_text_atomic
+from tailprompt.utils import sha256_file, stable_hash, write_json_atomic, write_safetensors_atomic, write_text_atomic
 from tailprompt.world import captions as world_captions
 from tailprompt.world import datasets as world_datasets
 from tailprompt.world import render as world_render
@@ -357,8 +356,7 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
         k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
         for k, v in model.state_dict().items()
     }
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "arch": "tailprompt-embedded"})
+    write_safetensors_atomic(path, state, {"format": "pt", "arch": "tailprompt-embedded"})
 
 
 def manifest_text(

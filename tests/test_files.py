@@ -124,3 +124,17 @@ def test_a_safetensors_write_that_fails_on_the_disk_is_a_write_error_and_leaves_
     monkeypatch.setattr(safetensors.torch, "save_file", lambda *a, **k: (_ for _ in ()).throw(TypeError("a bug")))
     with pytest.raises(TypeError, match="a bug"):  # not a disk failure: not dressed up as one
         write_safetensors_atomic(tmp_path / "p.safetensors", {"x": torch.zeros(2)})
+
+
+@pytest.mark.parametrize("name", ["prompts.safetensors", "result.json", "config.yaml", "features.safetensors"])
+def test_an_output_onto_a_finished_runs_own_file_is_refused(tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("result.json", "config.yaml", "prompts.safetensors", "features.safetensors"):
+        (run / f).write_text("{}")
+    with pytest.raises(FileWriteError, match=f"would overwrite the {name} of the run in"):
+        check_output_file(run / name, "--out")
+    (tmp_path / "link.out").symlink_to(run / name)
+    with pytest.raises(FileWriteError, match=f"would overwrite the {name} of the run in"):
+        check_output_file(tmp_path / "link.out", "--out")
+    assert check_output_file(run / "export.safetensors", "--out") == run / "export.safetensors"  # beside it: fine

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -150,9 +151,17 @@ def short_path(path: Path, keep: int = 160) -> str:
     return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2 :]}"
 
 
+# The files of a finished run folder (engine/run.py writes them, engine/saved.py reads them back).
+RUN_RECORD_FILES = ("config.yaml", "result.json", "prompts.safetensors", "features.safetensors")
+
+
 def _checked_output_file(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     if not path.name or path.is_dir():
         raise FileWriteError(f"{option} {path}: is a folder, expected a file path")
+    real = Path(os.path.realpath(path))  # a link onto a run's file is that file
+    if real.name in RUN_RECORD_FILES and (real.parent / "result.json").is_file():
+        raise FileWriteError(f"{option} {path}: would overwrite the {real.name} of the run in {real.parent}; "
+                             f"give {option} another file name")
     if suffixes and path.suffix.lower() not in suffixes:
         raise FileWriteError(f"{option} {path}: expected a file name ending in {' or '.join(suffixes)}")
     # The nearest folder that exists must take a file; the missing ones are made when the file is written, so a

@@ -150,7 +150,7 @@ def run_descriptions(args: argparse.Namespace) -> int:
         )
     from tailprompt.files import check_output_file
 
-    check_output_file(args.out, "--out")  # a folder, or a folder that cannot be written, named before the write
+    check_output_file(args.out, "--out", (".json",))  # a folder, or a folder that cannot be written, named first
     write_json_atomic(args.out, {name: ds.descriptions[name] for name in ds.classnames}, "descriptions file")
     n = sum(len(v) for v in ds.descriptions.values())
     print(f"{ds.name}: {n} descriptions of {ds.num_classes} classes -> {args.out}")

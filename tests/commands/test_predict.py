@@ -71,11 +71,13 @@ def test_predict_other_classes_and_json(coop_run, tmp_path, capsys):
     (["--run", "{run}", "{img}", "--out", "{tmp}/p.txt"], ".csv or .json"),
     (["--run", "{run}", "{tmp}/bad.jpg"], "no readable image"),
     (["--run", "{run}", "{img}", "--classes", "{tmp}/empty.txt"], "class list is empty"),
+    (["--run", "{run}", "{img}", "--classes", "{tmp}/twice.txt"], "twice.txt:3: duplicate class name 'cat'"),
 ])
 def test_bad_input_is_one_line(coop_run, tmp_path, capsys, argv, message):
     (img,) = _images(tmp_path / "x", 1)
     (tmp_path / "bad.jpg").write_bytes(b"\x00\x01")
     (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "twice.txt").write_text("cat\ndog\n cat \n")
     argv = [a.format(tmp=tmp_path, img=img, run=coop_run) for a in argv]
     assert main(["predict", *argv]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]

@@ -88,9 +88,18 @@ def image_paths(target: Path) -> list[Path]:
 
 
 def read_classes(path: str) -> list[str]:
+    from tailprompt.data.files import DatasetError, Duplicates
     from tailprompt.files import read_text
 
-    names = [line.strip() for line in read_text(path, "class list").splitlines() if line.strip()]
+    names, seen = [], Duplicates("class name")
+    for number, line in enumerate(read_text(path, "class list").splitlines(), start=1):
+        name = line.strip()
+        if name:
+            try:  # two lines of one name would split its probability between them
+                seen.add(name, f"{path}:{number}", f"line {number}")
+            except DatasetError as e:
+                raise UserError(str(e)) from None
+            names.append(name)
     if not names:
         raise UserError(f"{path}: class list is empty (expected one class name per line)")
     return names

@@ -217,6 +217,12 @@ def test_imagefolder_without_csv_keeps_a_training_image_per_class(tmp_path):
     assert len(ds.train) == 2 and ds.val == [] and ds.test == []
 
 
+def test_imagefolder_one_level_too_high_names_the_folder_to_give_instead(tmp_path):
+    make_dataset_tree("imagefolder", tmp_path / "data", images_per_class=1, num_classes=2)
+    with pytest.raises(DatasetError, match=r"one class folder \(data\).*give \S*/data as the root"):
+        load_dataset("imagefolder", tmp_path)
+
+
 def test_trees_are_deterministic(tmp_path):
     a = make_eurosat_tree(tmp_path / "a", images_per_class=3) / "eurosat"
     b = make_eurosat_tree(tmp_path / "b", images_per_class=3) / "eurosat"

@@ -663,6 +663,9 @@ def read_imagefolder(spec: DatasetSpec, folder: Path, opts: ReaderOptions) -> Ra
     classes = subdirs(folder)
     if not classes:
         raise DatasetError(f"{folder}: no class folders; expected {folder}/<class name>/<image>.jpg")
+    if len(classes) == 1:  # most often the root named one level above the class folders
+        raise DatasetError(f"{folder}: one class folder ({classes[0]}), a classifier needs two or more; if the "
+                           f"class folders are inside it, give {folder / classes[0]} as the root")
     for label, name in enumerate(classes):
         paths = [f"{name}/{f}" for f in _class_images(folder / name, below=True)]
         order = derived_rng("split", opts.split_seed, "imagefolder", name).permutation(len(paths))

@@ -138,3 +138,16 @@ def test_an_output_onto_a_finished_runs_own_file_is_refused(tmp_path, name):
     with pytest.raises(FileWriteError, match=f"would overwrite the {name} of the run in"):
         check_output_file(tmp_path / "link.out", "--out")
     assert check_output_file(run / "export.safetensors", "--out") == run / "export.safetensors"  # beside it: fine
+
+
+def test_a_pipe_where_a_file_is_read_is_named_as_such_not_missing_or_empty(tmp_path):
+    import os
+
+    from tailprompt.backbone.checkpoints import BackboneError, file_format
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=r"pipe\.safetensors: cannot read prompts \(not a regular file"):
+        read_safetensors(fifo, "prompts")
+    with pytest.raises(BackboneError, match="is not a regular file"):  # not "is empty": nothing is opened
+        file_format(fifo)

@@ -71,6 +71,8 @@ def require_file(path: Path) -> None:
     """Raise what `reading` turns into "not found" / "is a folder" unless `path` is a file."""
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    if path.exists() and not path.is_file():  # a pipe, socket or device: its size and bytes are not a file's
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", str(path))
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "not found", str(path))
 

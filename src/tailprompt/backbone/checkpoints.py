@@ -78,6 +78,8 @@ def file_format(path: Path) -> str:
         raise BackboneError(f"weights file not found: {path}")
     if path.is_dir():
         raise BackboneError(f"weights path is a folder, expected a file: {path}")
+    if not path.is_file():
+        raise BackboneError(f"weights file {path} is not a regular file (a pipe, socket or device)")
     size = path.stat().st_size
     if size == 0:
         raise BackboneError(f"weights file {path} is empty")

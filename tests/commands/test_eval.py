@@ -116,3 +116,22 @@ def test_each_reference_learners_checkpoint_format_loads(learner, data_root, tin
         assert main(argv) == 0
         scores.append(_eval_json(capsys))
     assert scores[0]["accuracy"] == scores[1]["accuracy"] and scores[0]["nll"] == pytest.approx(scores[1]["nll"])
+
+
+def test_a_run_folder_that_cannot_take_the_metrics_is_named_before_evaluating(coop_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    import shutil
+
+    import tailprompt.engine.saved as saved
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the run was evaluated before its metrics file was checked")
+
+    monkeypatch.setattr(saved, "run_backbone", no_evaluation)
+    run = shutil.copytree(coop_run, tmp_path / coop_run.name)
+    metrics = run / "eval_eurosat_new.json"
+    metrics.unlink(missing_ok=True)
+    metrics.mkdir()  # a path the metrics cannot be written to, as a read-only run folder would be
+    assert main(["eval", "--run", str(run), "--dataset", "eurosat", "--classes", "new"]) == 2
+    err = capsys.readouterr().err
+    assert "eval_eurosat_new.json: is a folder" in err and "Traceback" not in err

@@ -81,6 +81,18 @@ def test_an_unwritable_output_folder_fails_before_training(base_overrides, tmp_p
         execute_run(cfg)
 
 
+def test_a_result_path_taken_by_a_folder_fails_before_training(base_overrides, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started although the result could never be written")
+
+    monkeypatch.setattr("tailprompt.engine.run.train_prompts", no_training)
+    backbones = BackboneCache()
+    cfg = resolve_config("coop", base_overrides + SHORT)
+    (run_directory(cfg, backbones.get(cfg.backbone)) / "result.json").mkdir(parents=True)
+    with pytest.raises(UserError, match="result.json: is a folder, expected a run's result file"):
+        execute_run(cfg, backbones)
+
+
 @pytest.mark.parametrize("content", [b'{"method": "coop", ', b"\xff\xfe", b"[1, 2]", b"{}", b'{"splits": []}'])
 def test_a_corrupt_result_met_by_sweep_is_one_line_naming_it(base_overrides, tmp_path, capsys, content):
     sweep = tmp_path / "sweep.yaml"

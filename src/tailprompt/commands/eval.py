@@ -71,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) -> dict[str, Any]:
     from tailprompt.engine.saved import open_run, run_backbone, run_learner
+    from tailprompt.files import check_output_file
     from tailprompt.utils import configure_threads, write_json_atomic
     from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     saved = open_run(run_dir)
+    check_output_file(run_dir / f"eval_{dataset}_{classes}.json", "--run")  # a read-only run: said before the work
     configure_threads()
     backbone = run_backbone(saved)
     cfg = saved.config

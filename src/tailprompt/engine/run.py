@@ -107,6 +107,8 @@ def finished_result(run_dir: Path) -> dict[str, Any] | None:
     """The run's `result.json`, checked to be a finished run's record (`saved.check_result_shape`); None when
     the run has none."""
     path = run_dir / "result.json"
+    if path.is_dir():  # found before training, not when the finished run cannot be written
+        raise FileReadError(f"{path}: is a folder, expected a run's result file; remove it to redo the run")
     if not path.is_file():
         return None
     result = read_json_object(path, "result file (delete it to redo the run)")

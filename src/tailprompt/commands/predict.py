@@ -166,12 +166,10 @@ def logits_of(image_feats: Tensor, text_feats: Tensor, scale: float) -> Tensor:
 
 
 def _decode(path: Path, unreadable: list[tuple[str, str]]) -> Any:
-    from PIL import Image
-
-    from tailprompt.data.files import UNREADABLE_IMAGE
+    from tailprompt.data.files import UNREADABLE_IMAGE, open_image
 
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.convert("RGB")
     except UNREADABLE_IMAGE as e:
         # Listed once at the end (or in the error when no image is readable), not also as it happens.

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm import tqdm
 
-from tailprompt.data.files import UNREADABLE_IMAGE, DatasetError
+from tailprompt.data.files import UNREADABLE_IMAGE, DatasetError, open_image
 from tailprompt.data.registry import load_dataset
 from tailprompt.data.types import DatasetSplits, Item
 from tailprompt.schema import ConfigError
@@ -107,7 +106,7 @@ def _image_problem(ds: DatasetSplits, item: Item, deep: bool) -> str | None:
     if not path.is_file():
         return f"{path}: listed image is {'a folder, expected an image file' if path.is_dir() else 'missing'}"
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if deep:
                 img.load()
     except UNREADABLE_IMAGE as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -180,10 +181,21 @@ UNREADABLE_IMAGE: tuple[type[Exception], ...] = (
 )
 
 
+def open_image(path: Path) -> Image.Image:
+    """`PIL.Image.open(path)`, whose warnings (a very large image's ``DecompressionBombWarning``) name the file;
+    PIL's own do not, so a folder of images would warn about one of them without saying which."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = Image.open(path)
+    for w in caught:
+        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=2)
+    return img
+
+
 def open_rgb(path: Path) -> Image.Image:
     """Decode one image file to RGB; unreadable or missing files raise `DatasetError` naming the path."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(f"{path}: image listed by the dataset is missing") from None

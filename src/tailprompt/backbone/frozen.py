@@ -29,10 +29,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from tailprompt.backbone.checkpoints import BackboneError
-from tailprompt.backbone.packed import linear, packed_linear
 from tailprompt.backbone.precision import (
     ResolvedPrecision,
     autocast_context,
@@ -564,7 +562,7 @@ def _flat_block(block: nn.Module, x: Tensor, causal: bool) -> Tensor:
     attn: nn.MultiheadAttention = block.attn
     n, t, w = x.shape
     rows = x.reshape(-1, w)
-    q, k, v = _in_projection(attn, block.ln_1(rows), slice(0, 3 * w)).split(w, dim=-1)
+    q, k, v = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias).split(w, dim=-1)
     q, k, v = (_split_heads(z.reshape(n, t, w), attn.num_heads) for z in (q, k, v))
     mixed = _merge_heads(_attention(q, k, v, causal)).reshape(-1, w)
     rows = _output_and_mlp(block, rows, mixed)
@@ -574,24 +572,8 @@ def _flat_block(block: nn.Module, x: Tensor, causal: bool) -> Tensor:
 def _output_and_mlp(block: nn.Module, residual: Tensor, mixed: Tensor) -> Tensor:
     """The rest of a ``ResidualAttentionBlock`` after attention: ``residual + out_proj(mixed)``, then the MLP
     residual; `mixed` is the heads' merged output for the same rows."""
-    x = residual + block.ls_1(_linear(block.attn.out_proj, mixed))
-    return x + block.ls_2(_mlp(block.mlp, block.ln_2(x)))
-
-
-def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
-    """`mlp(x)` with its linear layers on packed weights (`packed.linear`)."""
-    if not isinstance(mlp, nn.Sequential):
-        return mlp(x)
-    for layer in mlp:
-        x = _linear(layer, x)
-    return x
-
-
-def _linear(layer: nn.Module, x: Tensor) -> Tensor:
-    """`layer(x)`; a plain ``nn.Linear`` (not a subclass with its own forward) through `packed.linear`."""
-    if type(layer) in (nn.Linear, NonDynamicallyQuantizableLinear):
-        return linear(layer, x)
-    return layer(x)
+    x = residual + block.ls_1(block.attn.out_proj(mixed))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, allowed: Tensor | None = None) -> Tensor:
@@ -638,8 +620,7 @@ def _class_token_block(block: nn.Module, x: Tensor) -> Tensor:
 def _in_projection(attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
     """The rows `part` of the attention's packed q|k|v in-projection applied to ``x [..., W]``."""
     bias = attn.in_proj_bias
-    weight, bias = attn.in_proj_weight[part], None if bias is None else bias[part]
-    return packed_linear(attn, f"in_proj[{part.start}:{part.stop}]", x, weight, bias)
+    return F.linear(x, attn.in_proj_weight[part], None if bias is None else bias[part])
 
 
 def _end_rows_block(block: nn.Module, x: Tensor, ends: Tensor) -> Tensor:
@@ -673,24 +654,17 @@ def _prefix_end_rows(block: nn.Module, head: Tensor, tail: Tensor, tails: _Packe
     kt, vt = (_split_heads(z, heads) for z in kv_tail.split(w, -1))
     end_x = tail[:, tails.end_rows]  # [G, K, W]
     q = _split_heads(_in_projection(attn, normed_tail[:, tails.end_rows], slice(0, w)).unsqueeze(2), heads)
-    reached = torch.arange(tails.r, device=tail.device) <= tails.ends[:, None]  # [K, R]: keys up to each end
-    out = _tails_after_head(q, kh, vh, kt, vt, reached[:, None, None, :])  # [G, K, h, 1, d]
+    scale = q.shape[-1] ** -0.5  # q: [G, K, h, 1, d]
+    scores_head = torch.einsum("gkhrd,ghpd->gkhrp", q, kh) * scale
+    scores_tail = torch.einsum("gkhrd,gkhsd->gkhrs", q, kt) * scale
+    later = torch.arange(tails.r, device=tail.device) > tails.ends[:, None]  # [K, R]: keys past each end
+    scores_tail = scores_tail.masked_fill(later[None, :, None, None, :], float("-inf"))
+    weights = torch.softmax(torch.cat([scores_head, scores_tail], dim=-1), dim=-1).to(vt.dtype)
+    p = kh.shape[-2]
+    out = torch.einsum("gkhrp,ghpd->gkhrd", weights[..., :p], vh) + torch.einsum(
+        "gkhrs,gkhsd->gkhrd", weights[..., p:], vt
+    )
     return _output_and_mlp(block, end_x, _merge_heads(out)[:, :, 0])
-
-
-def _tails_after_head(q: Tensor, kh: Tensor, vh: Tensor, kt: Tensor, vt: Tensor, tail_allowed: Tensor) -> Tensor:
-    """Attention of each class tail's queries over the shared head and its own tail -> ``[G, K, h, Rq, d]``.
-
-    ``q [G, K, h, Rq, d]``; head keys/values ``[G, h, P, d]``, seen by every query; tail keys/values
-    ``[G, K, h, R, d]``, seen where `tail_allowed` (broadcast to ``[..., Rq, R]``) says. The head is joined
-    to every tail's keys, so one product form runs per block: 4 einsums and their sums before took 16% more
-    time on a CoCoOp step (5 classes) and the same at K = 100, 1,000 (benchmarks/README.md, "Seventh session").
-    """
-    k = q.shape[1]
-    keys = torch.cat([kh.unsqueeze(1).expand(-1, k, -1, -1, -1), kt], dim=-2)  # [G, K, h, P + R, d]
-    values = torch.cat([vh.unsqueeze(1).expand(-1, k, -1, -1, -1), vt], dim=-2)
-    head_allowed = tail_allowed.new_ones(*tail_allowed.shape[:-1], kh.shape[-2])
-    return _attention(q, keys, values, False, torch.cat([head_allowed, tail_allowed], dim=-1))
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -757,7 +731,7 @@ def _packed_causal_block(block: nn.Module, h: Tensor, rows: _PackedRows) -> Tens
     attn: nn.MultiheadAttention = block.attn
     w = h.shape[-1]
     flat = h.reshape(-1, w)
-    qkv = rows.grid(_in_projection(attn, block.ln_1(flat), slice(0, 3 * w)).unsqueeze(0))[0]
+    qkv = rows.grid(F.linear(block.ln_1(flat), attn.in_proj_weight, attn.in_proj_bias).unsqueeze(0))[0]
     q, k, v = (_split_heads(z, attn.num_heads) for z in qkv.split(w, dim=-1))  # [K, h, R, d]
     mixed = rows.pack(_merge_heads(_attention(q, k, v, causal=True)).unsqueeze(0)).reshape(-1, w)
     return _output_and_mlp(block, flat, mixed).reshape(h.shape)
@@ -776,14 +750,22 @@ def _prefix_block(block: nn.Module, head: Tensor, tail: Tensor, tails: _PackedRo
     # One projection for head and tails together: the (G*P + G*N) rows share the weight read.
     g, p, w = head.shape
     rows = torch.cat([head.reshape(-1, w), tail.reshape(-1, w)])
-    qkv = _in_projection(attn, block.ln_1(rows), slice(0, 3 * w))
+    qkv = F.linear(block.ln_1(rows), attn.in_proj_weight, attn.in_proj_bias)
     n_head = g * p
     qh, kh, vh = (_split_heads(t, heads) for t in qkv[:n_head].reshape(g, p, 3 * w).split(w, dim=-1))
     qkv_tail = tails.grid(qkv[n_head:].reshape(g, -1, 3 * w))  # [G, K, R, 3W]
     qt, kt, vt = (_split_heads(t, heads) for t in qkv_tail.split(w, dim=-1))  # [G, K, h, R, d]
     out_head = _attention(qh, kh, vh, causal=True)  # [G, h, P, d]
-    causal = torch.ones(tails.r, tails.r, dtype=torch.bool, device=tail.device).tril()  # [R, R]
-    out_tail = _tails_after_head(qt, kh, vh, kt, vt, causal)  # [G, K, h, R, d]
+    scale = qt.shape[-1] ** -0.5
+    scores_head = torch.einsum("gkhrd,ghpd->gkhrp", qt, kh) * scale  # every tail query sees the whole head
+    scores_tail = torch.einsum("gkhrd,gkhsd->gkhrs", qt, kt) * scale
+    causal = torch.ones(tails.r, tails.r, dtype=torch.bool, device=tail.device).triu(1)
+    scores_tail = scores_tail.masked_fill(causal, float("-inf"))
+    weights = torch.softmax(torch.cat([scores_head, scores_tail], dim=-1), dim=-1)
+    weights = weights.to(vt.dtype)
+    out_tail = torch.einsum("gkhrp,ghpd->gkhrd", weights[..., :p], vh) + torch.einsum(
+        "gkhrs,gkhsd->gkhrd", weights[..., p:], vt
+    )
     mixed = torch.cat([_merge_heads(out_head).reshape(-1, w), tails.pack(_merge_heads(out_tail)).reshape(-1, w)])
     x = _output_and_mlp(block, rows, mixed)
     return x[:n_head].reshape(head.shape), x[n_head:].reshape(tail.shape)

@@ -67,14 +67,13 @@ COMMANDS: dict[str, Command] = {
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors that bad configs, files and names raise into `UserError`s (one line, exit 2)."""
-    from tailprompt.schema import ConfigError
-
+    """Turn the errors that bad files and values raise into `UserError`s (one line, exit 2); the library's own
+    (`ConfigError`, `DatasetError`, `BackboneError`, ...) already are."""
     try:
         yield
     except UserError:
         raise
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from e
 
 

@@ -56,7 +56,6 @@ def convert_weights(
         UserError: TorchScript input without `trust_torchscript`, an output not ending in .safetensors, or any
             unreadable input (as `BackboneError`, a `UserError`).
     """
-
     from tailprompt.backbone.checkpoints import (
         SAFETENSORS_QUICK_GELU_KEY,
         file_format,

@@ -76,14 +76,14 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     from tailprompt.world import datasets as _world_datasets  # noqa: F401  (registers the world datasets)
 
     saved = open_run(run_dir)
-    check_output_file(run_dir / f"eval_{dataset}_{classes}.json", "--run")  # a read-only run: said before the work
+    out = check_output_file(run_dir / f"eval_{dataset}_{classes}.json", "--run")  # a read-only run: said first
     configure_threads()
     backbone = run_backbone(saved)
     cfg = saved.config
     ds = _dataset(cfg, dataset, root, classes)
     learner = run_learner(saved, backbone, list(ds.classnames), ds.template)
     metrics = {"dataset": dataset, "classes": classes, **_metrics(cfg, learner, ds)}
-    write_json_atomic(run_dir / f"eval_{dataset}_{classes}.json", metrics)
+    write_json_atomic(out, metrics)
     return metrics
 
 

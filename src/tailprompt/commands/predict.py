@@ -88,17 +88,14 @@ def image_paths(target: Path) -> list[Path]:
 
 
 def read_classes(path: str) -> list[str]:
-    from tailprompt.data.files import DatasetError, Duplicates
+    from tailprompt.data.files import Duplicates
     from tailprompt.files import read_text
 
-    names, seen = [], Duplicates("class name")
+    names, seen = [], Duplicates("class name")  # two lines of one name would split its probability between them
     for number, line in enumerate(read_text(path, "class list").splitlines(), start=1):
         name = line.strip()
         if name:
-            try:  # two lines of one name would split its probability between them
-                seen.add(name, f"{path}:{number}", f"line {number}")
-            except DatasetError as e:
-                raise UserError(str(e)) from None
+            seen.add(name, f"{path}:{number}", f"line {number}")  # a DatasetError, a UserError
             names.append(name)
     if not names:
         raise UserError(f"{path}: class list is empty (expected one class name per line)")

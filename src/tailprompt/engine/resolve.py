@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -71,10 +72,7 @@ def _preset_key(data: dict[str, Any], path: Path) -> str | None:
 
 
 def _identity(path: Path) -> str:
-    try:
-        return str(path.resolve())
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, before Python 3.13
-        return str(path)
+    return os.path.realpath(path)  # unlike Path.resolve(), does not raise on a symlink loop
 
 
 def user_set_paths(file_or_preset: str | None) -> list[list[str]]:

@@ -211,5 +211,3 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
                             f"got {type(data).__name__}")
     return data
-
-

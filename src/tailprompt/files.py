@@ -79,11 +79,13 @@ def require_file(path: Path) -> None:
 
 def read_text(path: str | Path, what: str = "file") -> str:
     with reading(path, what):
+        require_file(Path(path))  # a FIFO would block the read forever
         return Path(path).read_text(encoding="utf-8")
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     with reading(path, what):
+        require_file(Path(path))
         return json.loads(Path(path).read_text(encoding="utf-8"))
 
 

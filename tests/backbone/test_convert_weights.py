@@ -95,3 +95,16 @@ def test_convert_rejects_a_non_safetensors_output(tmp_path, capsys):
     torch.save(tiny_clip(False, seed=0).state_dict(), src)
     assert main(["convert-weights", str(src), str(tmp_path / "out.pt")]) == 2
     assert "expected a file name ending in .safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("state_dict, lacks", [
+    ({"fc.weight": torch.zeros(2, 2)}, "no visual.* and token_embedding.weight keys"),
+    ({"visual.proj": torch.zeros(2, 2)}, "no token_embedding.weight keys"),
+])
+def test_convert_refuses_a_state_dict_that_is_not_a_clip(tmp_path, capsys, state_dict, lacks):
+    src, dst = tmp_path / "in.pt", tmp_path / "out.safetensors"
+    torch.save(state_dict, src)
+    assert main(["convert-weights", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{src} is not a CLIP checkpoint: {lacks}" in err[0]
+    assert not dst.exists()

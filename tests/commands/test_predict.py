@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -72,12 +73,17 @@ def test_predict_other_classes_and_json(coop_run, tmp_path, capsys):
     (["--run", "{run}", "{tmp}/bad.jpg"], "no readable image"),
     (["--run", "{run}", "{img}", "--classes", "{tmp}/empty.txt"], "class list is empty"),
     (["--run", "{run}", "{img}", "--classes", "{tmp}/twice.txt"], "twice.txt:3: duplicate class name 'cat'"),
+    (["--run", "{run}", "{tmp}/pipes"], "no image files found"),  # a FIFO named like an image would block
+    (["--run", "{run}", "{tmp}/pipes/a.png"], "not an image file or a folder"),
+    (["--run", "{run}", "{img}", "--classes", "{tmp}/pipes/a.png"], "not a regular file"),
 ])
 def test_bad_input_is_one_line(coop_run, tmp_path, capsys, argv, message):
     (img,) = _images(tmp_path / "x", 1)
     (tmp_path / "bad.jpg").write_bytes(b"\x00\x01")
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "twice.txt").write_text("cat\ndog\n cat \n")
+    (tmp_path / "pipes").mkdir()
+    os.mkfifo(tmp_path / "pipes" / "a.png")
     argv = [a.format(tmp=tmp_path, img=img, run=coop_run) for a in argv]
     assert main(["predict", *argv]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]

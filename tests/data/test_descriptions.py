@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -69,6 +70,12 @@ def test_wrong_shapes_are_rejected(tmp_path, payload, message):
 def test_missing_file_is_one_user_error_line(tmp_path):
     with pytest.raises(UserError, match="data.descriptions: .*nope.json: descriptions file not found"), user_errors():
         read_descriptions(tmp_path / "nope.json")
+
+
+def test_a_pipe_is_refused_without_reading_it(tmp_path):
+    os.mkfifo(tmp_path / "pipe.json")  # reading a FIFO without a writer would block forever
+    with pytest.raises(ConfigError, match="pipe.json: cannot read descriptions file .not a regular file"):
+        read_descriptions(tmp_path / "pipe.json")
 
 
 def test_a_gpt_file_folder_gives_each_dataset_its_file(tmp_path):

@@ -72,6 +72,8 @@ def test_a_device_this_machine_lacks_is_a_config_error(device, capsys):
     (b"\xff\xfe\x00garbage", "not UTF-8"),
     (b"learner: {name: coop\n", "not valid YAML"),
     (b"- just\n- a list\n", "expected a mapping"),
+    (b"", "empty config file"),
+    (b"# only a comment\n\n", "empty config file"),
 ])
 def test_unreadable_config_files_name_the_file(tmp_path, capsys, content, expected):
     path = tmp_path / "bad.yaml"
@@ -79,6 +81,23 @@ def test_unreadable_config_files_name_the_file(tmp_path, capsys, content, expect
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and expected in err[0]
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--config", "{fifo}.yaml"],
+    ["sweep", "{fifo}.yaml"],
+    ["eval", "--run", "{run}", "--dataset", "world"],
+])
+def test_a_pipe_where_a_file_is_read_is_one_line_not_a_hang(tmp_path, capsys, command):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(f"{fifo}.yaml")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "result.json")  # opened for reading, a FIFO without a writer blocks forever
+    argv = [a.format(fifo=fifo, run=run) for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
 
 
 def test_the_default_dataset_is_registered():
@@ -102,6 +121,13 @@ def test_results_are_readable_by_colleagues(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o644
+
+
+def test_descriptions_no_objective_reads_are_named_as_ignored(base_overrides, tmp_path, caplog):
+    path = tmp_path / "descriptions.json"
+    path.write_text("{}")
+    execute_run(resolve_config("coop", base_overrides + SHORT + [f"data.descriptions={path}"]), BackboneCache())
+    assert any("data.descriptions is set" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
 
 
 def test_reusing_a_runs_ids_records_that_runs_tau(base_overrides, tmp_path):

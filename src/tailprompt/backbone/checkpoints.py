@@ -208,6 +208,17 @@ def normalise_state_dict(raw: object, path: Path) -> tuple[dict[str, torch.Tenso
     return sd, has_int_entries or has_fp16_mix(sd)
 
 
+def check_clip_layout(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a state dict that is not a CLIP's: both towers' keys (``visual.*`` and the token embedding, at the
+    top level or under ``text.``) must be there, whatever the architecture."""
+    text = any(k in sd for k in ("token_embedding.weight", "text.token_embedding.weight"))
+    visual = any(k.startswith("visual.") for k in sd)
+    if not (text and visual):
+        lacks = " and ".join(w for w, ok in (("visual.*", visual), ("token_embedding.weight", text)) if not ok)
+        raise BackboneError(f"weights file {path} is not a CLIP checkpoint: no {lacks} keys (found e.g. "
+                            f"{', '.join(sorted(sd)[:3])})")
+
+
 def has_fp16_mix(sd: dict[str, torch.Tensor]) -> bool:
     """OpenAI's convert_weights casts only linear/conv/attention weights to fp16: a mix is its signature."""
     dtypes = {v.dtype for v in sd.values() if v.is_floating_point()}

@@ -54,10 +54,11 @@ def convert_weights(
 
     Raises:
         UserError: TorchScript input without `trust_torchscript`, an output not ending in .safetensors, or any
-            unreadable input (as `BackboneError`, a `UserError`).
+            unreadable input or one that is not a CLIP's state dict (as `BackboneError`, a `UserError`).
     """
     from tailprompt.backbone.checkpoints import (
         SAFETENSORS_QUICK_GELU_KEY,
+        check_clip_layout,
         file_format,
         normalise_state_dict,
         read_checkpoint,
@@ -82,6 +83,7 @@ def convert_weights(
     else:
         ckpt = read_checkpoint(src)
         state_dict, layout, natural = ckpt.state_dict, ckpt.layout, ckpt.quick_gelu
+    check_clip_layout(state_dict, src)
     qg = override if override is not None else bool(natural)
     metadata = {
         SAFETENSORS_QUICK_GELU_KEY: str(qg).lower(),

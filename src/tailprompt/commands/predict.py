@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
 def image_paths(target: Path) -> list[Path]:
     """`target` itself, or the image files under the folder `target` (recursively, sorted)."""
+    from tailprompt.data.files import image_files_below
+
     if target.is_file():
         return [target]
     if not target.is_dir():
-        raise UserError(f"{target}: no such image or folder")
-    found = sorted(Path(folder) / name for folder, dirs, files in os.walk(target) for name in files
-                   if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        odd = target.exists()  # a pipe, socket or device
+        raise UserError(f"{target}: " + ("not an image file or a folder" if odd else "no such image or folder"))
+    found = [target / rel for rel in image_files_below(target)]  # regular files: a FIFO blocks
     if not found:
         raise UserError(f"{target}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return found

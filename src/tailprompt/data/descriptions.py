@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tailprompt.files import FileReadError, read_text
 from tailprompt.schema import ConfigError
 
 # Classes listed in an error message before "... and N more".
@@ -78,12 +79,12 @@ def read_descriptions(path: str | Path) -> dict[str, list[str]]:
     """
     path = Path(path)
     where = f"data.descriptions: {path}"
+    if not path.exists():
+        raise ConfigError(f"{where}: descriptions file not found")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: descriptions file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{where}: cannot read the file ({e})") from None
+        text = read_text(path, "descriptions file")
+    except FileReadError as e:
+        raise ConfigError(f"data.descriptions: {e}") from None
     try:
         data: Any = json.loads(text)
     except json.JSONDecodeError as e:

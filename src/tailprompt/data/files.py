@@ -37,6 +37,8 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         if path.is_dir():
             raise DatasetError(f"{path}: expected a file ({what}), found a folder")
+        if path.exists():  # a FIFO would block the read forever
+            raise DatasetError(f"{path}: expected a file ({what}), found a pipe, socket or device")
         raise DatasetError(f"{path}: missing file ({what})")
     return path
 

@@ -48,6 +48,9 @@ def config_source(file_or_preset: str, _chain: tuple[str, ...] = ()) -> tuple[di
     path = Path(file_or_preset)
     if names_a_file(file_or_preset):
         data = load_yaml(path)
+        if not data:  # an empty or truncated file would silently train the defaults
+            raise ConfigError(f"{path}: empty config file; expected settings, e.g. `preset: coop` and the keys "
+                              f"to change (or leave out --config to train the defaults)")
         base_name = _preset_key(data, path)
         if base_name is not None:
             chain = (*_chain, _identity(path))

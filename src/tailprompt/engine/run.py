@@ -257,6 +257,9 @@ def prepare_run(cfg: RunConfig, backbone: FrozenVLM) -> RunSetup:
     if "description_text_feats" in reads:
         path = cfg.data.descriptions and str(descriptions_file(cfg.data.descriptions, cfg.data.name))
         descriptions = description_features(backbone, train_ds, path)
+    elif cfg.data.descriptions:
+        log.warning("data.descriptions is set (%s) but no configured objective reads class descriptions; "
+                    "it is ignored", cfg.data.descriptions)
     use_cache = cfg.data.cache and not learner.uses_image_tower
     cache = FeatureCache(cache_root, num_workers=cfg.data.num_workers) if use_cache else None
     augment = resolve_augment(cfg.data.augment, train_ds.augment)

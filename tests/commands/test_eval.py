@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -51,8 +54,56 @@ def test_a_reference_checkpoint_scores_like_the_run_it_came_from(coop_run, data_
     assert json.loads(out.read_text())["per_class_accuracy"]
 
 
+class _RunsCode:
+    """A pickled object whose unpickling would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_real_dassl_checkpoint_loads_without_running_its_pickled_objects(coop_run, data_root, tiny_weights,
+                                                                          tmp_path, capsys, monkeypatch):
+    """Dassl's `save_model` pickles its warm-up scheduler, whose state holds the successor scheduler and the
+    optimiser as objects; the scheduler's class (`dassl.optim.lr_scheduler`) is not importable here."""
+    ctx = open_run(coop_run).prompts["ctx"]
+    marker = tmp_path / "ran"
+    with monkeypatch.context() as m:
+        dassl = types.ModuleType("dassl.optim.lr_scheduler")
+
+        class ConstantWarmupScheduler(torch.optim.lr_scheduler.LRScheduler):
+            def __init__(self, optimizer, successor):
+                self.successor = successor
+                super().__init__(optimizer)
+
+            def get_lr(self):
+                return [1e-5 for _ in self.base_lrs]
+
+        ConstantWarmupScheduler.__module__ = dassl.__name__
+        dassl.ConstantWarmupScheduler = ConstantWarmupScheduler
+        for name in ("dassl", "dassl.optim", "dassl.optim.lr_scheduler"):
+            m.setitem(sys.modules, name, dassl)
+        param = torch.nn.Parameter(ctx.clone())
+        optim = torch.optim.SGD([param], lr=0.002, momentum=0.9)
+        sched = ConstantWarmupScheduler(optim, torch.optim.lr_scheduler.CosineAnnealingLR(optim, 50))
+        path = dassl_checkpoint(tmp_path / "model.pth.tar-50", {"ctx": ctx})
+        data = torch.load(path, weights_only=True)
+        data |= {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "args": _RunsCode(marker)}
+        torch.save(data, path)
+    argv = ["eval", "--prompts", str(path), "--learner", "coop", "--dataset", "eurosat", "--classes", "new",
+            "--root", str(data_root), "--set", "backbone.name=tiny-vit", "--set", f"backbone.weights={tiny_weights}",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(argv) == 0
+    from_ckpt = _eval_json(capsys)
+    assert main(["eval", "--run", str(coop_run), "--dataset", "eurosat", "--classes", "new"]) == 0
+    assert from_ckpt["accuracy"] == _eval_json(capsys)["accuracy"]
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("case, message", [
-    ("pickled_object", "holds Python objects beyond tensors"),
+    ("not_a_dict", "expected a checkpoint dict"),
     ("truncated", "truncated or not a torch.save checkpoint"),
     ("missing", "prompt checkpoint not found"),
     ("wrong_shape", "shape mismatches"),
@@ -61,8 +112,8 @@ def test_a_reference_checkpoint_scores_like_the_run_it_came_from(coop_run, data_
 def test_bad_checkpoints_are_one_line(coop_run, data_root, tmp_path, capsys, case, message):
     ctx = open_run(coop_run).prompts["ctx"]
     path = tmp_path / "model.pth.tar-50"
-    if case == "pickled_object":
-        dassl_checkpoint(path, {"ctx": ctx}, extra=argparse.Namespace(lr=0.002))
+    if case == "not_a_dict":
+        torch.save(argparse.Namespace(lr=0.002), path)  # an object, read as an inert stand-in: not a dict
     elif case == "truncated":
         data = dassl_checkpoint(path, {"ctx": ctx}).read_bytes()
         path.write_bytes(data[: len(data) // 3])

@@ -53,6 +53,29 @@ def test_stage2_trains_from_the_stage1_run_and_keeps_its_prompts_for_new_classes
     assert base2["accuracy"] == pytest.approx(r2["splits"]["base"]["accuracy"])
 
 
+def test_eval_of_released_dpc_prompts_needs_the_first_stage_and_scores_as_the_run(overrides, backbones, capsys):
+    from tailprompt.cli import main
+
+    weighted = overrides + ["learner.weight_for_new=0.3"]  # new classes mix both stages' prompts
+    stage1 = execute_run(resolve_config("coop", overrides), backbones)
+    stage2 = execute_run(resolve_config("dpc_coop", weighted + [f"init.from_run={stage1.run_dir}"]), backbones)
+    root = resolve_config("coop", overrides).data.root
+    sets = [a for o in weighted if o.split("=")[0].startswith(("backbone.", "data.cache", "learner."))
+            for a in ("--set", o)]
+    argv = ["eval", "--prompts", str(stage2.run_dir / "prompts.safetensors"), "--learner", "dpc", "--config",
+            "dpc_coop", "--dataset", "eurosat", "--root", str(root), *sets]
+    assert main([*argv, "--classes", "new"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--stage1 FILE" in err[0]
+    for classes in ("base", "new"):
+        assert main([*argv, "--classes", classes, "--stage1", str(stage1.run_dir / "prompts.safetensors")]) == 0
+        released = json.loads(capsys.readouterr().out)
+        of_run = evaluate_run(stage2.run_dir, "eurosat", root, classes)
+        assert released["accuracy"] == of_run["accuracy"]
+        assert released["nll"] == pytest.approx(of_run["nll"], abs=1e-6)
+        assert of_run["accuracy"] == pytest.approx(stage2.result["splits"][classes]["accuracy"])
+
+
 def test_stage2_refuses_a_run_of_another_learner_dataset_or_backbone(overrides, backbones, eurosat_root, tmp_path):
     maple = execute_run(resolve_config("maple", overrides), backbones)
     with pytest.raises(ConfigError, match=r"learner 'maple' \(this run starts from a 'coop' run\)") as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import types
 
 import pytest
@@ -27,20 +28,17 @@ def reference_hard_negatives(similarity, label, topk_sum, class_count, randint):
             for i in range(similarity.shape[0])]
 
 
-def torch_randint(generator):
-    return lambda a, b: int(torch.randint(a, b + 1, (1,), generator=generator))
-
-
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize(("num_classes", "batch", "top_k"), [(12, 4, 8), (5, 4, 5), (40, 4, 8), (9, 8, 3)])
+@pytest.mark.parametrize(("num_classes", "batch", "top_k"),
+                         [(12, 4, 8), (5, 4, 5), (40, 4, 8), (9, 8, 3), (9, 3, 1), (12, 2, 2)])
 def test_hard_negatives_equal_the_reference_selection(seed, num_classes, batch, top_k):
     g = torch.Generator().manual_seed(seed)
     feats = torch.nn.functional.normalize(torch.randn(batch + num_classes, 16, generator=g), dim=-1)
     labels = torch.randperm(num_classes, generator=g)[:batch]
     scores = stage1_class_scores(feats[:batch], feats[batch:])
-    draws = torch_randint(torch.Generator().manual_seed(7))
-    expected = reference_hard_negatives(scores, labels, top_k, num_classes, draws)
-    got = hard_negative_classes(scores, labels, top_k, torch.Generator().manual_seed(7))
+    random.seed(7)  # the reference draws from the global `random`
+    expected = reference_hard_negatives(scores, labels, top_k, num_classes, random.randint)
+    got = hard_negative_classes(scores, labels, top_k, random.Random(7))
     assert got == expected
     flat = labels.tolist() + [c for negs in got for c in negs]
     assert len(flat) == len(set(flat))  # non-repeat: every class once in the grown batch
@@ -52,7 +50,7 @@ def test_hard_negatives_by_hand():
         [0.40, 0.01, 0.01, 0.30, 0.01, 0.15, 0.10, 0.02],
         [0.01, 0.30, 0.05, 0.45, 0.01, 0.01, 0.01, 0.16],
     ])
-    got = hard_negative_classes(scores, torch.tensor([0, 1]), 4, torch.Generator().manual_seed(0))
+    got = hard_negative_classes(scores, torch.tensor([0, 1]), 4, random.Random(0))
     assert got == [[3, 5, 6], [7, 2]]
 
 
@@ -63,14 +61,14 @@ def test_random_top_up_draws_unused_classes_from_one_to_k_minus_two(seed):
         [0.40, 0.01, 0.01, 0.30, 0.01, 0.15, 0.10, 0.02],
         [0.30, 0.25, 0.01, 0.40, 0.01, 0.01, 0.01, 0.01],
     ])
-    got = hard_negative_classes(scores, torch.tensor([0, 1]), 3, torch.Generator().manual_seed(seed))
+    got = hard_negative_classes(scores, torch.tensor([0, 1]), 3, random.Random(seed))
     assert got[0] == [3, 5]
     assert len(got[1]) <= 2 and set(got[1]) <= {2, 4, 6} and len(set(got[1])) == len(got[1])
 
 
 def test_top_k_is_clamped_to_the_label_space():
     scores = torch.softmax(torch.randn(2, 3, generator=torch.Generator().manual_seed(1)), -1)
-    got = hard_negative_classes(scores, torch.tensor([0, 2]), 8, torch.Generator().manual_seed(0))
+    got = hard_negative_classes(scores, torch.tensor([0, 2]), 8, random.Random(0))
     assert got == [[1], []]  # only class 1 is left; K - 2 = 1 draw of class 1 finds nothing new
 
 
@@ -84,7 +82,7 @@ def test_images_are_drawn_from_the_class_pool():
     labels = [0, 1, 1, 2, 1, 0]
     pools = class_image_pools(labels, 4)
     assert pools == [[0, 5], [1, 2, 4], [3], []]
-    g = torch.Generator().manual_seed(0)
+    g = random.Random(0)
     draws = [pick_class_images([1, 2, 0], pools, g) for _ in range(200)]
     assert all(labels[a] == 1 and labels[b] == 2 and labels[c] == 0 for a, b, c in draws)
     assert {d[0] for d in draws} == {1, 2, 4}  # uniform over the pool: every image gets drawn
@@ -119,22 +117,21 @@ def test_symmetric_contrastive_loss_matches_the_formula():
 
 
 def reference_dpc_step(stage1_img, stage1_txt, label, item_feats, item_labels, image_feats, text_feats, scale,
-                       topk_sum, generator):
+                       topk_sum):
     """`parse_sple_batch_train` + `forward_backward` of `sple_coop.py` on features: per image, select its
     hard negatives, then draw one image of each (`random.choice` over the class's list), then the next image."""
-    randint = torch_randint(generator)
     similarity = (100.0 * stage1_img @ stage1_txt.T).softmax(dim=-1)
     class_count = stage1_txt.shape[0]
     objects_in_batch = label.tolist()
     rows, labels = [], []
     for sample_id in range(label.shape[0]):
         chosen = reference_hard_negatives_for(similarity[sample_id], label[sample_id], topk_sum, class_count,
-                                              objects_in_batch, randint)
+                                              objects_in_batch, random.randint)
         rows.append(image_feats[sample_id])
         labels.append(int(label[sample_id]))
         for obj_id in chosen:
             pic_list = [i for i in range(len(item_labels)) if item_labels[i] == obj_id]
-            rows.append(item_feats[pic_list[int(torch.randint(len(pic_list), (1,), generator=generator))]])
+            rows.append(item_feats[random.choice(pic_list)])
             labels.append(obj_id)
     img = torch.stack(rows)
     txt = text_feats[labels]
@@ -185,9 +182,10 @@ def test_dpc_step_loss_equals_the_reference_step(seed):
         aux={"dpc_stage1_text_feats": stage1_text}, encode_training_images=lambda idx: item_feats[idx],
     )
     pools = class_image_pools(item_labels, k)
-    got = hard_negative_contrastive_loss(state, 8, pools, torch.Generator().manual_seed(seed + 10))
+    got = hard_negative_contrastive_loss(state, 8, pools, random.Random(seed + 10))
+    random.seed(seed + 10)  # the reference draws from the global `random`
     expected = reference_dpc_step(item_feats[batch_items], stage1_text, labels, item_feats, item_labels,
-                                  item_feats[batch_items], text, 100.0, 8, torch.Generator().manual_seed(seed + 10))
+                                  item_feats[batch_items], text, 100.0, 8)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
     grad_got, = torch.autograd.grad(got, text)
     grad_ref, = torch.autograd.grad(expected, text)
@@ -207,7 +205,7 @@ def test_image_prompting_learners_rank_with_their_stage1_image_features():
         logit_scale=10.0, aux={"dpc_stage1_text_feats": stage1_text, "dpc_stage1_image_feats": stage1_img},
         encode_training_images=lambda idx: seen.append(idx.tolist()) or own.new_zeros(len(idx), d) + 1.0,
     )
-    hard_negative_contrastive_loss(state, 2, class_image_pools(list(range(k)), k), torch.Generator().manual_seed(0))
+    hard_negative_contrastive_loss(state, 2, class_image_pools(list(range(k)), k), random.Random(0))
     assert seen[0][0] == 3 and 4 in seen[0]  # image 0's first negative is class 3 (item c is of class c)
 
 

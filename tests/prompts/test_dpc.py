@@ -49,11 +49,29 @@ def reference_coop_text(backbone, names, ctx):
     return unit(backbone.encode_text_from_embeddings(prompts, tokens.argmax(-1)))
 
 
-def reference_stack_forward(stored, pretuned, weight, mode):
-    """`PromptLearner.forward` of `sple_coop.py`: converse recovers the stack prompt on every call."""
-    if "converse" in mode:
-        return (stored - (1 - weight) * pretuned) * (1 / weight)
-    return stored
+class ReferenceStackPrompt:
+    """The prompt state of `sple_coop.py`'s `PromptLearner` in stack mode, with its storage as it is.
+
+    With `SPLE_INIT` the parameter wraps the stage-1 tensor itself (`nn.Parameter(self.pretuned_ctx)`), so
+    optimiser steps and `load_state_dict` (an in-place copy) change `pretuned_ctx` too; without it the mix is
+    a tensor of its own.
+    """
+
+    def __init__(self, pretuned, weight, mode, sple_init=True, fresh=None):
+        self.weight, self.mode = weight, mode
+        self.pretuned_ctx = pretuned.clone()
+        mixed = self.pretuned_ctx if sple_init else weight * fresh + (1 - weight) * self.pretuned_ctx
+        self.ctx = torch.nn.Parameter(mixed)
+
+    def load(self, ctx):
+        with torch.no_grad():
+            self.ctx.copy_(ctx)
+        return self
+
+    def forward(self):
+        if "converse" in self.mode:
+            return (self.ctx - (1 - self.weight) * self.pretuned_ctx) * (1 / self.weight)
+        return self.ctx
 
 
 def reference_new_class_ctx(stored, pretuned, weight, weight_for_new, mode):
@@ -67,8 +85,11 @@ def reference_new_class_ctx(stored, pretuned, weight, weight_for_new, mode):
 
 @pytest.mark.parametrize("mode", ["converse", "simple"])
 @pytest.mark.parametrize(("weight", "weight_for_new"), [(0.5, 0.0), (0.2, 0.2), (0.5, 0.2)])
-def test_coop_dpc_equals_the_reference_on_base_and_new_classes(backbone, mode, weight, weight_for_new):
-    learner = make_dpc(backbone, weight=weight, weight_for_new=weight_for_new, mode=mode)
+@pytest.mark.parametrize("init_from_stage1", [True, False])
+def test_coop_dpc_equals_the_reference_on_base_and_new_classes(backbone, mode, weight, weight_for_new,
+                                                               init_from_stage1):
+    learner = make_dpc(backbone, weight=weight, weight_for_new=weight_for_new, mode=mode,
+                       init_from_stage1=init_from_stage1)
     w = backbone.text_width
     pretuned = random_like(torch.zeros(4, w), 1)  # stage-1 ctx
     stored = random_like(pretuned, 2)  # the stage-2 parameter after some training
@@ -76,19 +97,61 @@ def test_coop_dpc_equals_the_reference_on_base_and_new_classes(backbone, mode, w
     learner.load_initial_state(dassl_checkpoint(pretuned, prefix, suffix))
     learner.load_prompt_state(dassl_checkpoint(stored, prefix, suffix))
     assert torch.equal(learner.ctx.detach(), stored)
+
+    def reference(loaded):  # a fresh reference process: build from the stage-1 file, then load_model
+        return ReferenceStackPrompt(pretuned, weight, mode, init_from_stage1, fresh=pretuned).load(loaded).forward()
+
     with torch.no_grad():
-        base_ctx = reference_stack_forward(stored, pretuned, weight, mode)
+        base_ctx = reference(stored)
         torch.testing.assert_close(learner.text_features(), reference_coop_text(backbone, NAMES, base_ctx),
                                    atol=1e-6, rtol=0)
         learner.set_classnames(OTHER_CLASSNAMES, TEMPLATE, seen=False)
-        new_ctx = reference_stack_forward(
-            reference_new_class_ctx(stored, pretuned, weight, weight_for_new, mode), pretuned, weight, mode
-        )
+        new_ctx = reference(reference_new_class_ctx(stored, pretuned, weight, weight_for_new, mode))
         torch.testing.assert_close(learner.text_features(), reference_coop_text(backbone, NEW_NAMES, new_ctx),
                                    atol=1e-6, rtol=0)
         learner.set_classnames(CLASSNAMES, TEMPLATE, seen=True)
         torch.testing.assert_close(learner.text_features(), reference_coop_text(backbone, NAMES, base_ctx),
                                    atol=1e-6, rtol=0)
+    if mode == "converse" and init_from_stage1:  # the shared storage: the stored tensor is P' itself
+        torch.testing.assert_close(base_ctx, stored, atol=1e-7, rtol=0)
+
+
+def test_frozen_stage1_keeps_p_at_the_stage1_values(backbone):
+    weight = 0.5
+    learner = make_dpc(backbone, weight=weight, frozen_stage1=True)
+    pretuned = random_like(torch.zeros(4, backbone.text_width), 1)
+    stored = random_like(pretuned, 2)
+    learner.load_initial_state({"ctx": pretuned})
+    learner.load_prompt_state({"ctx": stored})
+    with torch.no_grad():
+        expected = reference_coop_text(backbone, NAMES, (stored - (1 - weight) * pretuned) * (1 / weight))
+        torch.testing.assert_close(learner.text_features(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("frozen_stage1", [False, True])
+def test_training_moves_the_references_shared_stage1_tensor_with_the_parameter(backbone, frozen_stage1):
+    weight = 0.5
+    learner = make_dpc(backbone, weight=weight, frozen_stage1=frozen_stage1)
+    pretuned = random_like(learner.ctx.detach(), 7)
+    learner.load_initial_state({"ctx": pretuned})
+    reference = ReferenceStackPrompt(pretuned, weight, "converse")
+    probe = torch.randn(len(NAMES), backbone.embed_dim, generator=torch.Generator().manual_seed(0))
+    ours = torch.optim.SGD([learner.ctx], lr=0.5, momentum=0.9, weight_decay=5e-4)
+    theirs = torch.optim.SGD([reference.ctx], lr=0.5, momentum=0.9, weight_decay=5e-4)
+    for _ in range(3):
+        for opt, feats in ((ours, learner.text_features),
+                           (theirs, lambda: reference_coop_text(backbone, NAMES, reference.forward()))):
+            opt.zero_grad()
+            (feats() * probe).sum().backward()
+            opt.step()
+    assert torch.equal(reference.pretuned_ctx, reference.ctx.detach())  # P followed every step
+    assert not torch.allclose(reference.ctx.detach(), pretuned)
+    # CoOp encodes the shared prefix once (gradients summed in another order): ~1e-5 apart after 3 steps;
+    # a P kept at the stage-1 values (the paper's reading) moves the prompt twice as far per step.
+    with torch.no_grad():
+        apart = (learner.effective_parameters()["ctx"] - reference.forward()).abs().max().item()
+    assert apart > 1e-2 if frozen_stage1 else apart < 1e-4, apart
+    torch.testing.assert_close(learner.stage1.get("ctx"), pretuned)  # the hard negatives' model stays stage 1
 
 
 def test_converse_new_classes_with_zero_weight_are_the_stage1_prompts(backbone):
@@ -115,13 +178,13 @@ def test_stage2_starts_at_the_stage1_prompt_and_trains_through_the_parallel_prom
                                    atol=1e-6, rtol=0)
     probe = torch.randn(len(NAMES), backbone.embed_dim, generator=torch.Generator().manual_seed(0))
     (learner.text_features() * probe).sum().backward()
-    # Reference: the stored parameter feeds the tower through (M - (1 - w) P) / w.
-    stored = pretuned.clone().requires_grad_(True)
-    ref = reference_coop_text(backbone, NAMES, reference_stack_forward(stored, pretuned, weight, "converse"))
+    # Reference: the parameter feeds the tower through (ctx - (1 - w) P) / w, with P its own storage.
+    reference = ReferenceStackPrompt(pretuned, weight, "converse")
+    ref = reference_coop_text(backbone, NAMES, reference.forward())
     (ref * probe).sum().backward()
     # CoOp encodes the shared prefix once (same features, gradients summed in another order): ~1e-5 apart.
-    torch.testing.assert_close(learner.ctx.grad, stored.grad, atol=1e-4, rtol=1e-3)
-    assert not torch.allclose(learner.ctx.grad, stored.grad * weight, atol=1e-4, rtol=1e-3)  # the 1 / w
+    torch.testing.assert_close(learner.ctx.grad, reference.ctx.grad, atol=1e-4, rtol=1e-3)
+    assert not torch.allclose(learner.ctx.grad, reference.ctx.grad * weight, atol=1e-4, rtol=1e-3)  # the 1 / w
     assert learner.stage1.get("ctx").grad is None and not learner.stage1.get("ctx").requires_grad
 
 
@@ -174,8 +237,9 @@ def test_stage1_features_for_the_hard_negative_objective(backbone, images):
     assert not learner.uses_image_tower
 
 
-def test_maple_dpc_runs_maple_with_the_recovered_prompts(backbone, images):
-    learner = make_dpc(backbone, base={"name": "maple", "prompt_depth": 3}, weight=0.5)
+@pytest.mark.parametrize("frozen_stage1", [False, True])
+def test_maple_dpc_runs_maple_with_the_recovered_prompts(backbone, images, frozen_stage1):
+    learner = make_dpc(backbone, base={"name": "maple", "prompt_depth": 3}, weight=0.5, frozen_stage1=frozen_stage1)
     assert learner.uses_image_tower
     stage1 = build("maple", backbone, seed=1, prompt_depth=3)
     with torch.no_grad():
@@ -187,9 +251,11 @@ def test_maple_dpc_runs_maple_with_the_recovered_prompts(backbone, images):
     with torch.no_grad():
         for p in learner.parameters():
             p.copy_(random_like(p, 12))
-    parallel = build("maple", backbone, seed=2, prompt_depth=3)  # MaPLe run with P' = 2M - P
+    # A MaPLe run with P': the stored tensors themselves (P shares their storage), or 2M - P with P frozen.
+    parallel = build("maple", backbone, seed=2, prompt_depth=3)
     stored = {n: p.detach() for n, p in learner.named_parameters()}
-    parallel.load_prompt_state({n: (stored[n] - 0.5 * stage1.prompt_state()[n]) * 2 for n in names})
+    anchor = stage1.prompt_state() if frozen_stage1 else stored
+    parallel.load_prompt_state({n: (stored[n] - 0.5 * anchor[n]) * 2 for n in names})
     learner.train()
     with torch.no_grad():
         torch.testing.assert_close(learner.text_features(), parallel.text_features(), atol=1e-5, rtol=0)
@@ -212,7 +278,8 @@ def test_stacked_subset_leaves_the_other_tensors_as_they_are(backbone, images):
         learner.ctx.add_(0.1)
         params = learner.effective_parameters()
     assert torch.equal(params["proj.weight"], learner.proj.weight)  # used as stored
-    torch.testing.assert_close(params["ctx"], stage1.ctx.detach() + 0.2, atol=1e-6, rtol=0)  # (M - P/2) * 2
+    # (M - P/2) * 2 with P sharing M's storage: the stored tensor itself
+    torch.testing.assert_close(params["ctx"], stage1.ctx.detach() + 0.1, atol=1e-6, rtol=0)
 
 
 def test_dpc_refuses_what_it_cannot_wrap(backbone):
@@ -274,7 +341,7 @@ def test_promptsrc_dpc_runs_promptsrc_with_the_recovered_prompts(backbone, image
     stored, before = learner.prompt_state(), stage1.prompt_state()
     assert set(stored) == set(before)
     parallel = build("promptsrc", backbone, seed=2, **options)
-    parallel.load_prompt_state({n: (stored[n] - 0.8 * before[n]) * (1 / 0.2) for n in stored})
+    parallel.load_prompt_state({n: (stored[n] - 0.8 * stored[n]) * (1 / 0.2) for n in stored})  # P shares M's storage
     with torch.no_grad():
         torch.testing.assert_close(learner.text_features(), parallel.text_features(), atol=1e-5, rtol=0)
         torch.testing.assert_close(learner.image_features(images), parallel.image_features(images),

@@ -39,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="folder holding the dataset folders (default: the config's data.root)")
     p.add_argument("--classes", default="all", choices=["all", "base", "new"])
     p.add_argument("--out", default=None, help="with --prompts: also write the metrics to this JSON file")
+    p.add_argument("--stage1", metavar="FILE", default=None,
+                   help="with --prompts and a second-stage learner (dpc): the first stage's prompt checkpoint "
+                        "(e.g. the reference's stage-1 CoOp model.pth.tar-N); --classes base then evaluates the "
+                        "trained prompts, all and new the new-class mix (all on imagenet: the trained prompts), "
+                        "as the reference's load_model")
     p.set_defaults(func=run)
 
 
@@ -48,9 +53,9 @@ LONG_FIELDS = ("per_class_accuracy", "reliability", "classnames")  # kept in the
 def run(args: argparse.Namespace) -> int:
     with user_errors():
         if args.run is not None:
-            if args.learner or args.config or args.overrides or args.out:
-                raise UserError("--learner, --config, --set and --out go with --prompts; a run brings its own config "
-                                "and saves its metrics in its folder")
+            if args.learner or args.config or args.overrides or args.out or args.stage1:
+                raise UserError("--learner, --config, --set, --out and --stage1 go with --prompts; a run brings its "
+                                "own config and first stage, and saves its metrics in its folder")
             metrics = evaluate_run(Path(args.run), args.dataset, args.root, args.classes)
         else:
             if not args.learner:
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
                 check_output_file(args.out, "--out", (".json",))  # before the evaluation, not after it
             metrics = evaluate_prompts_file(Path(args.prompts), args.learner, args.config, args.overrides,
-                                            args.dataset, args.root, args.classes)
+                                            args.dataset, args.root, args.classes, args.stage1)
             if args.out:
                 from tailprompt.utils import write_json_atomic
 
@@ -88,21 +93,34 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
 
 
 def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, overrides: list[str], dataset: str,
-                          root: str | None, classes: str) -> dict[str, Any]:
-    """Metrics of a released checkpoint's prompts with the learner and backbone the config describes."""
+                          root: str | None, classes: str, stage1: str | None = None) -> dict[str, Any]:
+    """Metrics of a released checkpoint's prompts with the learner and backbone the config describes; a
+    second stage's (`stage1`) first-stage prompts are loaded before its own."""
     from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import BackboneCache
     from tailprompt.engine.saved import load_prompts, read_prompt_checkpoint
-    from tailprompt.prompts import build_learner
+    from tailprompt.prompts import LEARNERS, build_learner
     from tailprompt.utils import configure_threads
 
     state = read_prompt_checkpoint(path)
     cfg = resolve_config(config, [f"learner.name={learner_name}", *overrides])
+    second_stage = LEARNERS.get(cfg.learner.name).needs_initial_state
+    if second_stage and stage1 is None:
+        raise UserError(f"--learner {learner_name} is a second stage: give its first stage's prompts with "
+                        f"--stage1 FILE (e.g. the stage-1 model.pth.tar-N its training started from)")
+    if stage1 is not None and not second_stage:
+        raise UserError(f"--stage1 is for second-stage learners (dpc); {learner_name} has no first stage")
     configure_threads()
     backbone = BackboneCache().get(cfg.backbone)
     ds = _dataset(cfg, dataset, root, classes)
     learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
+    if stage1 is not None:
+        load_prompts(learner, read_prompt_checkpoint(stage1), stage1, initial=True)
     load_prompts(learner, state, path)
+    # The reference's load_model: the trained prompts on base classes (and on all of ImageNet), else the
+    # new-class mix.
+    learner.set_classnames(list(ds.classnames), ds.template,
+                           seen=classes == "base" or (classes == "all" and dataset == "imagenet"))
     return {"prompts": str(path), "learner": learner_name, "backbone": backbone.identity, "dataset": dataset,
             "classes": classes, **_metrics(cfg, learner, ds)}
 

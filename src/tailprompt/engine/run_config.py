@@ -249,7 +249,7 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 # Learner and objective options are checked by name: counts and sizes must be >= 1, other integers >= 0.
 _COUNT_PREFIXES = ("n_", "num_")
-_COUNT_SUFFIXES = ("_size", "_depth", "_per_call")
+_COUNT_SUFFIXES = ("_size", "_depth")
 
 
 def validate_ranges(cfg: RunConfig) -> None:

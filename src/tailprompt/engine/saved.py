@@ -156,26 +156,28 @@ def run_learner(saved: SavedRun, backbone: FrozenVLM, classnames: list[str] | No
 
         learner.load_initial_state(initial_prompts(cfg, backbone, learner))
     load_prompts(learner, saved.prompts, saved.run_dir / "prompts.safetensors")
+    if names != saved.classnames:  # a label space the prompts were not trained on (DPC mixes differently there)
+        learner.set_classnames(names, template or saved.template, seen=False)
     learner.eval()
     return learner
 
 
-def load_prompts(learner: PromptLearner, state: dict[str, Any], path: str | Path) -> None:
-    """`learner.load_prompt_state(state)`; a state that does not fit (other learner, shapes, values) is an error
-    naming `path`, the file it came from."""
+def load_prompts(learner: PromptLearner, state: dict[str, Any], path: str | Path, initial: bool = False) -> None:
+    """`learner.load_prompt_state(state)` (`load_initial_state` for a second stage's first-stage prompts); a
+    state that does not fit (other learner, shapes, values) is an error naming `path`, the file it came from."""
     from tailprompt.prompts.common import PromptStateError
 
     try:
-        learner.load_prompt_state(state)
+        (learner.load_initial_state if initial else learner.load_prompt_state)(state)
     except PromptStateError as e:
         raise PromptStateError(f"{path}: {e}") from None
 
 
 def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
     """A prompt state from a file: a reference (Dassl) checkpoint `model.pth.tar-N` saved with `torch.save`
-    (`{"state_dict": ..., "epoch": ..., "optimizer": ...}`), a bare state dict, or a `.safetensors` file (a
-    run's prompts or an export). `torch.save` files are read with `weights_only=True`: a file that needs
-    arbitrary Python objects to load is refused, with the one-line conversion that keeps its tensors."""
+    (`{"state_dict": ..., "epoch": ..., "optimizer": ..., "scheduler": ...}`), a bare state dict, or a
+    `.safetensors` file (a run's prompts or an export). `torch.save` files are read with `weights_only=True`;
+    Python objects beyond that (Dassl's pickled schedulers) load as inert stand-ins, never run."""
     import pickle
     import warnings
 
@@ -197,17 +199,62 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
             if "Unsupported global" not in str(e):
                 raise FileReadError(f"{path}: not a torch.save checkpoint of tensors (a plain pickle or another "
                                     f"format; {error_summary(e)})") from None
-            raise FileReadError(
-                f"{path}: holds Python objects beyond tensors and plain containers, which loading would have to "
-                f"execute; if you trust the file, keep only its tensors with: python -c \"import torch; "
-                f"torch.save({{'state_dict': torch.load('{path}', weights_only=False)['state_dict']}}, "
-                f"'{path.name}.tensors')\" and pass that file"
-            ) from None
+            try:
+                data = _tensors_beside_inert_objects(path)
+            except Exception as e2:  # an unpicklable stream past the allow-list check: anything can raise
+                raise FileReadError(f"{path}: could not read the checkpoint's tensors ({error_summary(e2)})") from None
         except (IsADirectoryError, PermissionError):
             raise  # `reading` names these
         except Exception as e:  # a cut zip archive is OSError(EINVAL); text or other formats raise anything
             raise FileReadError(f"{path}: truncated or not a torch.save checkpoint ({error_summary(e)})") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or isinstance(data, _Inert):
         raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
                             f"got {type(data).__name__}")
     return data
+
+
+class _Inert(dict):
+    """Stands in for any class or function a checkpoint pickles beyond torch's weights-only allow-list: built,
+    filled and called, it does nothing (a dict, so a pickled dict subclass such as `defaultdict` fills it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Inert:
+        return _Inert()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+def _tensors_beside_inert_objects(path: Path) -> Any:
+    """`torch.load` of a checkpoint whose extra state pickles Python objects: Dassl's `save_model` stores its
+    warm-up scheduler, whose state holds the successor scheduler and the optimiser as objects. Every global
+    outside torch's weights-only allow-list is unpickled as an `_Inert` stand-in, so no code from the file
+    runs; the tensors (`state_dict`) come back as `weights_only=True` would give them."""
+    import pickle
+    import types
+    import warnings
+
+    import torch
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = _get_allowed_globals()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return allowed.get(f"{module}.{name}", _Inert)
+
+    inert_pickle = types.ModuleType("tailprompt_inert_pickle")
+    inert_pickle.Unpickler = Unpickler  # type: ignore[attr-defined]
+    inert_pickle.load = pickle.load  # type: ignore[attr-defined]
+    inert_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=inert_pickle)

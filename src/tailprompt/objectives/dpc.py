@@ -9,10 +9,12 @@ JREion/DPC `trainers/sple_coop.py` (`parse_sple_batch_train`, `forward_backward`
 2. Hard negatives of image i: those top-k classes except its ground truth, in rank order, keeping only
    classes not yet in the grown batch (the ground truths of the whole batch and the negatives already
    chosen for earlier images: the reference's non-repeat rule; its `INFER_NONREPEAT` flag is never read,
-   so the rule always applies). When fewer than 2 remain, random classes are drawn from `1 .. K-2`
-   (the reference's `random.randint(1, K - 2)`, at most K-2 draws, including one draw past the second
-   hit) until 2 new ones are found.
-3. One training image of each hard-negative class, drawn uniformly from that class's images. The
+   so the rule always applies). With `top_k = 1` no ranked class is taken (the reference's test
+   `len(hn_labels) < top_k - 1` is then never true). When fewer than 2 remain, random classes are drawn
+   from `1 .. K-2` (the reference's `random.randint(1, K - 2)`, at most K-2 draws, including one draw past
+   the second hit) until 2 new ones are found.
+3. One training image of each hard-negative class, drawn uniformly from that class's images
+   (`random.choice`). The
    reference reads them from a per-dataset list it downloads (`SPLE_<Dataset>.json`, the training split);
    here the list is built from the run's own training items (`image_pool: training_items`, default: no
    image beyond the few-shot budget is seen) or from every image of the training split in the training
@@ -25,10 +27,16 @@ JREion/DPC `trainers/sple_coop.py` (`parse_sple_batch_train`, `forward_backward`
 
 `top_k` is clamped to the number of classes (the reference's `topk(8)` fails on fewer than 8 classes,
 e.g. EuroSAT's 5 base classes).
+
+The random draws are Python `random.Random` calls in the reference's order (`randint(1, K - 2)` for the
+top-up, then `choice(pool)` per negative), so a given `Random` state draws what the reference draws from
+its global `random` in that state. The reference's global state runs through its whole process; here each
+step seeds its own `Random` from the run's torch generator, which a resumed run restores.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -54,14 +62,14 @@ def stage1_class_scores(image_feats: Tensor, stage1_text_feats: Tensor) -> Tenso
         return (STAGE1_SCORE_SCALE * image_feats.float() @ stage1_text_feats.float().t()).softmax(dim=-1)
 
 
-def random_fill(num_classes: int, chosen: list[int], taken: list[int], generator: torch.Generator) -> None:
+def random_fill(num_classes: int, chosen: list[int], taken: list[int], rng: random.Random) -> None:
     """Top `chosen` up to 2 classes with random ones from `1 .. K-2` not in `taken` (both lists grow).
 
     The reference makes at most K-2 draws and draws once more after the list is full before it stops;
     the same number of draws is made here so the generator stays in step with that loop.
     """
     for _ in range(num_classes - 2):
-        candidate = int(torch.randint(1, num_classes - 1, (1,), generator=generator))
+        candidate = rng.randint(1, num_classes - 2)
         if len(chosen) >= MIN_NEGATIVES:
             break
         if candidate not in taken:
@@ -69,45 +77,42 @@ def random_fill(num_classes: int, chosen: list[int], taken: list[int], generator
             taken.append(candidate)
 
 
-def image_negatives(
-    scores: Tensor, label: int, top_k: int, taken: list[int], generator: torch.Generator
-) -> list[int]:
+def image_negatives(scores: Tensor, label: int, top_k: int, taken: list[int], rng: random.Random) -> list[int]:
     """Hard-negative classes of one image: `scores [K]`, its `label`; `taken` (classes already in the grown
     batch) grows with the result."""
     num_classes = scores.shape[0]
     chosen = []
     # Row by row as the reference: underflowed scores tie at 0, and a batched topk may break those ties
     # differently.
-    for c in scores.topk(min(top_k, num_classes)).indices.tolist():
+    ranked = scores.topk(min(top_k, num_classes)).indices.tolist() if top_k >= 2 else []
+    for c in ranked:
         if c != label and c not in taken:
             chosen.append(c)
             taken.append(c)
     if len(chosen) < MIN_NEGATIVES:
-        random_fill(num_classes, chosen, taken, generator)
+        random_fill(num_classes, chosen, taken, rng)
     return chosen
 
 
-def hard_negative_classes(
-    scores: Tensor, labels: Tensor, top_k: int, generator: torch.Generator
-) -> list[list[int]]:
+def hard_negative_classes(scores: Tensor, labels: Tensor, top_k: int, rng: random.Random) -> list[list[int]]:
     """Hard-negative classes of every image under the non-repeat rule.
 
     Args:
         scores: `[B, K]` stage-1 class scores (`stage1_class_scores`).
         labels: `[B]` ground-truth classes.
         top_k: classes ranked per image (clamped to K); the ground truth among them is skipped.
-        generator: drives the random top-up when an image keeps fewer than 2 negatives.
+        rng: draws the random top-up when an image keeps fewer than 2 negatives.
 
     Returns:
         B lists of distinct class ids; no class appears twice across the lists or equals a batch label.
     """
     truth = labels.tolist()
     taken = list(truth)
-    return [image_negatives(scores[i], label, top_k, taken, generator) for i, label in enumerate(truth)]
+    return [image_negatives(scores[i], label, top_k, taken, rng) for i, label in enumerate(truth)]
 
 
 def hard_negative_batch(
-    scores: Tensor, labels: Tensor, top_k: int, pools: Sequence[Sequence[int]], generator: torch.Generator
+    scores: Tensor, labels: Tensor, top_k: int, pools: Sequence[Sequence[int]], rng: random.Random
 ) -> tuple[list[list[int]], list[int]]:
     """(hard-negative classes per image, one drawn image index per negative, flat in batch order).
 
@@ -119,8 +124,8 @@ def hard_negative_batch(
     negatives: list[list[int]] = []
     picked: list[int] = []
     for i, label in enumerate(truth):
-        negatives.append(image_negatives(scores[i], label, top_k, taken, generator))
-        picked += pick_class_images(negatives[-1], pools, generator)
+        negatives.append(image_negatives(scores[i], label, top_k, taken, rng))
+        picked += pick_class_images(negatives[-1], pools, rng)
     return negatives, picked
 
 
@@ -132,9 +137,7 @@ def class_image_pools(labels: Sequence[int], num_classes: int) -> list[list[int]
     return pools
 
 
-def pick_class_images(
-    classes: Sequence[int], pools: Sequence[Sequence[int]], generator: torch.Generator
-) -> list[int]:
+def pick_class_images(classes: Sequence[int], pools: Sequence[Sequence[int]], rng: random.Random) -> list[int]:
     """One image index per class, uniform over the class's pool (the reference's `random.choice`).
 
     Raises:
@@ -145,7 +148,7 @@ def pick_class_images(
         pool = pools[c]
         if not pool:
             raise ValueError(f"dpc: class {c} has no training image to draw a hard negative from")
-        picked.append(pool[int(torch.randint(len(pool), (1,), generator=generator))])
+        picked.append(rng.choice(pool))
     return picked
 
 
@@ -181,7 +184,7 @@ def symmetric_contrastive_loss(image_feats: Tensor, text_feats: Tensor, logit_sc
 
 
 def hard_negative_contrastive_loss(
-    state: StepState, top_k: int, pools: Sequence[Sequence[int]], generator: torch.Generator
+    state: StepState, top_k: int, pools: Sequence[Sequence[int]], rng: random.Random
 ) -> Tensor:
     """DPC's loss for one step: grow the batch with hard negatives and contrast it (module docstring).
 
@@ -195,7 +198,7 @@ def hard_negative_contrastive_loss(
     stage1_text = state.aux[STAGE1_TEXT]
     stage1_image = state.aux.get(STAGE1_IMAGE, state.image_feats)
     scores = stage1_class_scores(stage1_image, stage1_text)
-    negatives, extra = hard_negative_batch(scores, state.labels, top_k, pools, generator)
+    negatives, extra = hard_negative_batch(scores, state.labels, top_k, pools, rng)
     if extra:
         extra_feats = state.encode_training_images(torch.tensor(extra, dtype=torch.long))
     else:
@@ -229,7 +232,8 @@ def build_dpc(cfg: DPCObjectiveConfig, context: ObjectiveContext):
     def terms(state: StepState) -> dict[str, Tensor]:
         if state.generator is None:
             raise ValueError("dpc: the hard-negative draws need the run's generator (StepState.generator)")
-        return {"contrastive": hard_negative_contrastive_loss(state, cfg.top_k, pools, state.generator)}
+        rng = random.Random(int(torch.randint(2**62, (1,), generator=state.generator)))  # module docstring
+        return {"contrastive": hard_negative_contrastive_loss(state, cfg.top_k, pools, rng)}
 
     return terms
 

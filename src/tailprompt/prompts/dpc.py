@@ -9,19 +9,27 @@ trains a parallel prompt `P'`.
 
 What is stored and trained, with `w_b = weight` and `w_n = weight_for_new`:
 
-- The trainable parameter of every base prompt tensor is the mix `M = w_b P' + (1 - w_b) P`, under the
-  base learner's own (reference) names, e.g. `ctx` for CoOp. With `init_from_stage1` (the reference's
-  `SPLE_INIT`, default) it starts at `M = P`; otherwise at `w_b * fresh + (1 - w_b) * P` with `fresh` the
-  base learner's own initialisation.
-- `mode: converse` (the reference's stage-2 configs): the forward pass recovers
-  `P' = (M - (1 - w_b) P) / w_b` and runs the base learner with it, so gradients reach `M` through `P'`.
-  The reference's forward does this at evaluation too, so on the trained label space (`seen=True`) the
-  prompts are `P'`. On other label spaces (`seen=False`: new classes, other datasets) its `load_model`
-  first replaces the stored tensor by `w_n M + (1 - w_n) P` and the same forward then gives
-  `(w_n M + (1 - w_n) P - (1 - w_b) P) / w_b` (`P` itself when `w_n = 0`, the CoOp config).
-- `mode: simple` (the reference's other stack mode): the forward pass uses `M` as it is; on other label
-  spaces the stored tensor becomes `w_n P' + (1 - w_n) P` with `P'` recovered from `M`. These are the
-  mixing rules the paper describes.
+- The trainable parameter of every base prompt tensor is stored under the base learner's own (reference)
+  names, e.g. `ctx` for CoOp. With `init_from_stage1` (the reference's `SPLE_INIT`, default) it starts
+  at `P`; otherwise at the mix `M = w_b * fresh + (1 - w_b) * P`, with `fresh` the base learner's own
+  initialisation.
+- `mode: converse` (the reference's stage-2 configs): the forward pass recovers the parallel prompt as
+  `(stored - (1 - w_b) P) * (1 / w_b)` and runs the base learner with it.
+  - With `init_from_stage1`, the reference's parameter wraps the stage-1 tensor itself
+    (`nn.Parameter(self.pretuned_ctx)`: one storage), so its `P` takes every optimiser step and every
+    loaded state with the parameter. The recovery then returns the stored tensor itself, `P'`, and only
+    scales its gradient by `1 / w_b`; the reference's `load_model` says as much ("in converse mode the
+    saved ctx is the stack prompt"). This is the default here: the `P` of the recovery is the stored
+    tensor's value (`frozen_stage1: false`). `frozen_stage1: true` keeps `P` at the stage-1 values
+    instead, as the paper describes it; the stored tensor is then the mix `M`.
+  - Without `init_from_stage1` the reference's `P` is a tensor of its own, as with `frozen_stage1`.
+  - On other label spaces (`seen=False`: new classes, other datasets) the reference's `load_model` first
+    replaces the stored tensor by `w_n stored + (1 - w_n) P` (with the stage-1 `P`, read again from its
+    file) and the same forward pass follows: `w_n P' + (1 - w_n) P` by default (`P` itself when
+    `w_n = 0`, the CoOp config).
+- `mode: simple` (the reference's other stack mode): the forward pass uses the stored `M` as it is; on
+  other label spaces the stored tensor becomes `w_n P' + (1 - w_n) P` with `P' = (M - (1 - w_b) P) / w_b`.
+  These are the mixing rules the paper describes.
 
 `stacked` selects which of the base learner's prompt tensors get the dual-prompt treatment (names or
 prefixes ending in "."); `None` (default) means all of them. The reference's CoOp variant stacks its only
@@ -33,8 +41,8 @@ The learner also exposes the frozen stage-1 model for the hard-negative objectiv
 and, when the base learner prompts the image tower, `dpc_stage1_image_feats` (`[B, D]`, the stage-1
 image features of the last `image_features` batch).
 
-`prompt_state()` and `state_dict()` hold `M` only, under the base learner's names, as the reference's
-stage-2 checkpoint does; `P` is loaded with `load_initial_state` (the engine does it from `init.from_run`,
+`prompt_state()` and `state_dict()` hold the stored tensors only, under the base learner's names, as the
+reference's stage-2 checkpoint does; `P` is loaded with `load_initial_state` (the engine does it from `init.from_run`,
 or from the run `init.from_preset` names; `tailprompt eval` reloads it the same way), as the reference
 reloads its stage-1 checkpoint before the stage-2 one.
 """
@@ -71,6 +79,9 @@ class DPCConfig:
     weight_for_new: float = 0.0  # w_n (STACK.WEIGHT_FOR_NEW; train.py's default is 0.2)
     mode: DPCMode = "converse"  # STACK.MODE
     init_from_stage1: bool = True  # SPLE_INIT: the parallel prompt starts as the stage-1 prompt
+    # converse with init_from_stage1: keep P at the stage-1 values (the paper); false follows the reference,
+    # whose P shares the trained parameter's storage (module docstring)
+    frozen_stage1: bool = False
     stacked: list[str] | None = None  # prompt tensors that get a parallel copy; None = all
 
     def __post_init__(self) -> None:
@@ -84,15 +95,19 @@ class DPCConfig:
 
 
 def dual_prompt(
-    stored: Tensor, stage1: Tensor, weight: float, weight_for_new: float, mode: DPCMode, seen: bool
+    stored: Tensor, stage1: Tensor, weight: float, weight_for_new: float, mode: DPCMode, seen: bool,
+    shared_storage: bool = False,
 ) -> Tensor:
-    """The prompt tensor the base learner runs with, from the stored mix `M` and the frozen stage-1 `P`.
+    """The prompt tensor the base learner runs with, from the stored tensor and the stage-1 `P`.
 
-    Operation order follows the reference (`(ctx - (1 - w) * P) * (1 / w)`), so fp32 results are equal.
+    `shared_storage`: the reference's converse recovery subtracts a `P` that holds the parameter's own
+    values (module docstring): its value, without gradient, stands in for `P` there. Operation order
+    follows the reference (`(ctx - (1 - w) * P) * (1 / w)`), so fp32 results are equal.
     """
     if mode == "converse":
         mixed = stored if seen else weight_for_new * stored + (1 - weight_for_new) * stage1
-        return (mixed - (1 - weight) * stage1) * (1 / weight)
+        anchor = mixed.detach() if shared_storage else stage1
+        return (mixed - (1 - weight) * anchor) * (1 / weight)
     if seen:
         return stored
     parallel = (stored - (1 - weight) * stage1) * (1 / weight)
@@ -148,6 +163,7 @@ class DPC(PromptLearner):
     name = "dpc"
     config_cls = DPCConfig
     provides: ClassVar[frozenset[str]] = frozenset({STAGE1_TEXT, STAGE1_IMAGE})
+    needs_initial_state: ClassVar[bool] = True
     base_class: ClassVar[type[PromptLearner] | None] = None  # set on the per-base subclasses
 
     def __new__(cls, config: DPCConfig | None = None, *args: Any, **kwargs: Any) -> DPC:
@@ -209,8 +225,9 @@ class DPC(PromptLearner):
     def effective_parameters(self) -> dict[str, Tensor]:
         """The prompt tensors the base learner runs with on the current label space (differentiable in `M`)."""
         c = self.dpc_config
+        shared = c.init_from_stage1 and not c.frozen_stage1
         return {
-            n: dual_prompt(p, self.stage1.get(n), c.weight, c.weight_for_new, c.mode, self.seen)
+            n: dual_prompt(p, self.stage1.get(n), c.weight, c.weight_for_new, c.mode, self.seen, shared)
             if n in self.stacked else p
             for n, p in self._trainable().items()
         }

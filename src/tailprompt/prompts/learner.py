@@ -59,6 +59,8 @@ class PromptLearner(nn.Module):
     # Keys of the reference's prompt learner that never train there (KgCoOp's `bias_vectors`): dropped on load.
     ignored_reference_keys: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[frozenset[str]] = frozenset()  # names `aux_outputs()` fills for objectives
+    # A second stage (DPC): its own prompts mean nothing without the first stage's (`load_initial_state`).
+    needs_initial_state: ClassVar[bool] = False
 
     def __init__(self, config: Any, backbone: FrozenVLM) -> None:
         super().__init__()

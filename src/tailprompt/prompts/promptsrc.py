@@ -221,6 +221,13 @@ class PromptSRC(PromptLearner):
         deep = [self._entering(p).to(dtype) for p in self.deep_vision_prompts]
         return unit(self.backbone.encode_image_with_prompts(images.to(dtype), shallow, deep or None))
 
+    def prompt_state(self) -> dict[str, Tensor]:
+        """The trainable prompts under the reference's `CustomCLIP` names (`prompt_learner.ctx`,
+        `image_encoder.VPT`, `{image,text}_encoder.transformer.resblocks.<b>.VPT_shallow`), the keys its
+        checkpoints hold, so files written from this state load into the reference model."""
+        reference = {own: ref for ref, own in reference_key_map(self.depth_text, self.depth_vision).items()}
+        return {reference.get(k, k): v for k, v in super().prompt_state().items()}
+
     def load_prompt_state(self, state_dict: Mapping[str, Any]) -> None:
         """Load our `prompt_state`, or a reference checkpoint (`CustomCLIP.state_dict()`, a Dassl
         checkpoint around it, or its trainable parameters only): reference names are mapped."""

@@ -147,7 +147,7 @@ def _bytes(data: bytes):
 
 
 def _with_object(path: Path, ctx) -> Path:
-    torch.save({"state_dict": {"ctx": ctx}, "args": argparse.Namespace()}, path)
+    torch.save({"state_dict": argparse.Namespace(ctx=ctx)}, path)  # read as an inert stand-in, not run
     return path
 
 
@@ -161,7 +161,8 @@ PROMPT_FILES = {
     "random bytes": (_bytes(bytes(range(256)) * 4), "not a torch.save checkpoint"),
     "an empty file": (_bytes(b""), "(empty or cut short)"),
     "a plain pickle": (_plain_pickle, "not a torch.save checkpoint of tensors"),
-    "a pickled object": (_with_object, "holds Python objects beyond tensors"),
+    "a pickled object": (_with_object, "state_dict holds a pickled argparse.Namespace object"),
+    "a pickled value": (lambda p, ctx: _dassl(p, {"ctx": argparse.Namespace()}), "ctx is a Namespace, expected a"),
     "integer keys": (lambda p, ctx: _dassl(p, {1: ctx}), "keys must be parameter names (strings), got [1]"),
     "a string value": (lambda p, ctx: _dassl(p, {"ctx": "text"}), "ctx is a str, expected a tensor"),
     "a null value": (lambda p, ctx: _dassl(p, {"ctx": None}), "ctx is a NoneType, expected a tensor"),

@@ -103,7 +103,7 @@ def test_a_real_dassl_checkpoint_loads_without_running_its_pickled_objects(coop_
 
 
 @pytest.mark.parametrize("case, message", [
-    ("not_a_dict", "expected a checkpoint dict"),
+    ("not_a_dict", "the file holds a pickled argparse.Namespace object"),
     ("truncated", "truncated or not a torch.save checkpoint"),
     ("missing", "prompt checkpoint not found"),
     ("wrong_shape", "shape mismatches"),

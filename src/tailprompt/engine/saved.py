@@ -207,7 +207,12 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
             raise  # `reading` names these
         except Exception as e:  # a cut zip archive is OSError(EINVAL); text or other formats raise anything
             raise FileReadError(f"{path}: truncated or not a torch.save checkpoint ({error_summary(e)})") from None
-    if not isinstance(data, dict) or isinstance(data, _Inert):
+    inner = data.get("state_dict") if isinstance(data, dict) else None
+    if isinstance(data, _Inert) or isinstance(inner, _Inert):
+        where, stand_in = ("state_dict", inner) if isinstance(inner, _Inert) else ("the file", data)
+        raise FileReadError(f"{path}: {where} holds a pickled {stand_in.pickled} object, expected a dict of "
+                            f"tensors (Dassl's {{'state_dict': ...}} or a state dict)")
+    if not isinstance(data, dict):
         raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
                             f"got {type(data).__name__}")
     return data
@@ -216,6 +221,8 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
 class _Inert(dict):
     """Stands in for any class or function a checkpoint pickles beyond torch's weights-only allow-list: built,
     filled and called, it does nothing (a dict, so a pickled dict subclass such as `defaultdict` fills it)."""
+
+    pickled = "an object"  # `module.name` of the global it stands for, on the per-global subclasses
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -249,7 +256,8 @@ def _tensors_beside_inert_objects(path: Path) -> Any:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            return allowed.get(f"{module}.{name}", _Inert)
+            # a stand-in class per global, so a message can say what was pickled where a tensor belongs
+            return allowed.get(f"{module}.{name}") or type(name, (_Inert,), {"pickled": f"{module}.{name}"})
 
     inert_pickle = types.ModuleType("tailprompt_inert_pickle")
     inert_pickle.Unpickler = Unpickler  # type: ignore[attr-defined]

@@ -183,3 +183,20 @@ def test_threshold_groups_for_user_long_tail_data(base_overrides):
     assert r["groups"]["many"] is None and r["groups"]["medium"] is None and "head" not in r["groups"]
     with pytest.raises(ConfigError, match="eval.groups"):
         resolve_config("coop", base_overrides + ["eval.groups=quartiles"])
+
+
+def test_a_training_class_without_test_images_is_left_out_of_its_group(tmp_path):
+    from tailprompt.testing.trees import write_image
+
+    for label, (name, n) in enumerate([("cat", 10), ("dog", 10), ("fox", 1)]):  # fox: one image, train only
+        for i in range(n):
+            write_image(tmp_path / "data" / "mine" / name / f"{name}_{i}.jpg", label, i)
+    cfg = resolve_config("coop", [
+        "backbone.name=tiny-vit", "data.name=imagefolder", f"data.root={tmp_path / 'data'}",
+        "data.options.folder=mine", "protocol.name=all_classes", "optim.max_steps=2", "optim.epochs=1",
+        f"output_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "eval.fit_temperature=false",
+    ])
+    result = execute_run(cfg, BackboneCache()).result
+    assert result["splits"]["all"]["per_class_accuracy"]["fox"] is None
+    measured = [g for g, classes in result["groups"]["classes"].items() if classes != ["fox"]]
+    assert all(result["groups"][g] is not None for g in measured)

@@ -167,18 +167,36 @@ def test_split_metrics_block():
         split_metrics(logits, labels, ["a", "b"])
 
 
-def test_adaptive_ece_bins_match_sklearn_quantile_discretizer():
-    """TCPT's evaluator bins confidences with KBinsDiscretizer(strategy="quantile") (linear quantiles)."""
+def _saturated_two_class(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """15 % of the samples at confidence 1.0 (80 % right), the rest under-confident: the top two quantile
+    edges tie, and the bins they would split have gaps of opposite sign."""
+    gen = torch.Generator().manual_seed(seed)
+    low = 0.5 + 0.495 * torch.rand(850, generator=gen, dtype=torch.float64)
+    conf = torch.cat([low, torch.ones(150, dtype=torch.float64)]).float()
+    right = torch.rand(1000, generator=gen, dtype=torch.float64) < torch.where(conf == 1.0, 0.8, conf + 0.05)
+    return torch.stack([conf, 1 - conf], dim=1), torch.where(right, 0, 1)
+
+
+@pytest.mark.parametrize("case", ["random", "saturated"])
+def test_adaptive_ece_bins_match_sklearn_quantile_discretizer(case):
+    """TCPT's evaluator bins confidences with KBinsDiscretizer(strategy="quantile") (linear quantiles; edges
+    at most 1e-8 above the previous one dropped, so tied top confidences share one bin)."""
+    import warnings
+
     import numpy as np
     from sklearn.preprocessing import KBinsDiscretizer
 
     gen = torch.Generator().manual_seed(0)
     probs = torch.softmax(3 * torch.randn(500, 7, generator=gen), dim=-1)
     labels = torch.randint(0, 7, (500,), generator=gen)
+    if case == "saturated":
+        probs, labels = _saturated_two_class(0)
     conf, pred = probs.max(dim=1)
     kwargs = {"quantile_method": "linear"} if "quantile_method" in KBinsDiscretizer().get_params() else {}
     disc = KBinsDiscretizer(n_bins=10, encode="ordinal", strategy="quantile", **kwargs)
-    bins = disc.fit_transform(conf.double().numpy()[:, None])[:, 0].astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's note that it merged bins
+        bins = disc.fit_transform(conf.double().numpy()[:, None])[:, 0].astype(int)
     correct = (pred == labels).double().numpy()
     c = conf.double().numpy()
     expected = sum(

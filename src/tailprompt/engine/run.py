@@ -365,7 +365,8 @@ def run_record(
     """The result.json record of a finished run (schema: docs/results.md)."""
     train_ds, training = setup.plan.train, setup.training
     train_split = evaluation.train_split
-    per_class = torch.tensor([train_split["per_class_accuracy"][c] for c in train_ds.classnames])
+    accuracy = train_split["per_class_accuracy"]  # None for a class without test images: NaN, skipped by groups
+    per_class = torch.tensor([float("nan") if accuracy[c] is None else accuracy[c] for c in train_ds.classnames])
     groups_idx = class_groups(list(training.counts.values()), cfg.eval.groups)  # label order
     groups = group_accuracy(per_class, groups_idx)
     groups["classes"] = {g: [train_ds.classnames[i] for i in idx] for g, idx in groups_idx.items()}

@@ -100,16 +100,25 @@ def adaptive_ece(probs: Tensor, labels: Tensor, n_bins: int = 10) -> float:
     """Adaptive (equal-mass) ECE x100.
 
     Bin edges are the confidence quantiles at 0, 1/n, ..., 1 (linear interpolation, like the
-    `KBinsDiscretizer(strategy="quantile")` of TCPT's evaluator); a sample on an inner edge goes to the
-    upper bin, so tied confidences share a bin and bins can be uneven or empty. Then
-    `Σ_j (n_j / N) |acc_j - conf_j|`.
+    `KBinsDiscretizer(strategy="quantile")` of TCPT's evaluator), and, as there, an edge at most 1e-8
+    above the one before it is dropped (its bin merges with the next: tied top confidences, e.g. many
+    samples at 1.0); a sample on an inner edge goes to the upper bin, so tied confidences share a bin.
+    Then `Σ_j (n_j / N) |acc_j - conf_j|`.
     """
     conf, correct = _top_label(probs, labels)
     conf64 = conf.to(torch.float64)
     edges = torch.quantile(conf64, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=conf.device))
-    bins = torch.searchsorted(edges[1:-1].contiguous(), conf64, right=True).clamp(0, n_bins - 1)
-    counts, acc, mean_conf = _bin_stats(conf64, correct, bins, n_bins)
+    edges = _distinct_edges(edges)
+    n_kept = len(edges) - 1
+    bins = torch.searchsorted(edges[1:-1].contiguous(), conf64, right=True).clamp(0, max(n_kept - 1, 0))
+    counts, acc, mean_conf = _bin_stats(conf64, correct, bins, max(n_kept, 1))
     return float(((counts / counts.sum()) * (acc - mean_conf).abs()).sum().item() * 100.0)
+
+
+def _distinct_edges(edges: Tensor, gap: float = 1e-8) -> Tensor:
+    """`edges` without each one at most `gap` above its predecessor (sklearn's quantile binning)."""
+    keep = torch.cat([edges.new_ones(1, dtype=torch.bool), torch.diff(edges) > gap])
+    return edges[keep]
 
 
 def negative_log_likelihood(logits: Tensor, labels: Tensor) -> float:

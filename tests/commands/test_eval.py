@@ -186,3 +186,11 @@ def test_a_run_folder_that_cannot_take_the_metrics_is_named_before_evaluating(co
     assert main(["eval", "--run", str(run), "--dataset", "eurosat", "--classes", "new"]) == 2
     err = capsys.readouterr().err
     assert "eval_eurosat_new.json: is a folder" in err and "Traceback" not in err
+
+
+def test_a_released_checkpoint_gets_its_datasets_row_of_the_presets_table():
+    from tailprompt.commands.eval import released_config
+
+    cfg = released_config("coprompt", "coprompt", "caltech101", [])
+    assert (cfg.learner.options.prompt_depth, cfg.learner.options.n_ctx) == (12, 4)  # CoPrompt's Caltech101 row
+    assert released_config("coprompt", "coprompt", "caltech101", ["learner.n_ctx=2"]).learner.options.n_ctx == 2

@@ -19,7 +19,7 @@ CLASSNAMES = ["Annual_Crop_Land", "Forest", "sea or lake"]
 GOOD = {
     "Annual Crop Land": ["rows of crops seen from above.", "a patchwork of fields."],
     "Forest": ["dense green tree canopy.", "a dark green texture of trees."],
-    "sea or lake": ["a flat blue water surface.", "dark water with no texture."],
+    "sea or lake": ["a flat blue water surface.", "dark_water with no texture."],  # `_` kept, as the reference
 }
 
 

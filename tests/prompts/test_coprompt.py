@@ -132,17 +132,17 @@ def test_initialisation_follows_the_reference_order(backbone):
         expected[f"adapter_{tower}.fc.2.weight"] = torch.nn.Linear(d // 4, d, bias=False).weight
     state = learner.prompt_state()
     for k, v in maple.prompt_state().items():
-        assert torch.equal(state[k], v)
+        assert torch.equal(state[f"prompt_learner.{k}"], v)
     for k, v in expected.items():
         assert torch.equal(state[k], v.detach()), k
-    assert set(state) == set(maple.prompt_state()) | set(expected)
+    assert set(state) == {f"prompt_learner.{k}" for k in maple.prompt_state()} | set(expected)
 
 
 def reference_whole_model_state(learner):
     """What the reference saves: `CustomCLIP.state_dict()` in a Dassl checkpoint (frozen copies included)."""
     g = torch.Generator().manual_seed(5)
     own = {k: torch.randn(v.shape, generator=g).half() for k, v in learner.prompt_state().items()}
-    state = {(k if k.startswith("adapter_") else f"prompt_learner.{k}"): v for k, v in own.items()}
+    state = dict(own)  # prompt_state already holds the reference's names
     state.update({
         "prompt_learner.token_prefix": torch.zeros(3, 1, 64),
         "prompt_learner.token_suffix": torch.zeros(3, 74, 64),
@@ -158,7 +158,8 @@ def reference_whole_model_state(learner):
 def test_loads_a_reference_whole_model_checkpoint(backbone):
     learner = build("coprompt", backbone, prompt_depth=3)
     own, checkpoint = reference_whole_model_state(learner)
-    assert {"adapter_image.fc.0.weight", "adapter_text.fc.2.weight", "ctx", "proj.weight"} <= set(own)
+    assert {"adapter_image.fc.0.weight", "adapter_text.fc.2.weight", "prompt_learner.ctx",
+            "prompt_learner.proj.weight"} <= set(own)
     learner.load_prompt_state(checkpoint)
     for k, v in learner.prompt_state().items():
         assert v.dtype == torch.float32 and torch.equal(v, own[k].float()), k
@@ -166,6 +167,9 @@ def test_loads_a_reference_whole_model_checkpoint(backbone):
     again.load_prompt_state(learner.prompt_state())  # our own layout round-trips
     for k, v in again.prompt_state().items():
         assert torch.equal(v, own[k].float())
+    bare = {k.removeprefix("prompt_learner."): v for k, v in learner.prompt_state().items()}
+    again.load_prompt_state(bare)  # prompt keys without the prefix (run files written before the prefix)
+    assert all(torch.equal(v, own[k].float()) for k, v in again.prompt_state().items())
 
 
 def test_a_checkpoint_without_adapters_names_them(backbone):

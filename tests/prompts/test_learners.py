@@ -60,8 +60,9 @@ REFERENCE_NAMES = {
         "image_encoder.transformer.resblocks.2.VPT_shallow",
     },
 }
-# CoPrompt = MaPLe's prompt learner + the whole model's top-level adapters (`CustomCLIP.adapter_*`).
-REFERENCE_NAMES["coprompt"] = REFERENCE_NAMES["maple"] | {
+# CoPrompt's reference saves its whole `CustomCLIP`: MaPLe's prompt learner under `prompt_learner.` and the
+# top-level adapters.
+REFERENCE_NAMES["coprompt"] = {f"prompt_learner.{k}" for k in REFERENCE_NAMES["maple"]} | {
     f"adapter_{tower}.fc.{i}.weight" for tower in ("image", "text") for i in (0, 2)
 }
 

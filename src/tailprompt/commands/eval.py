@@ -96,14 +96,13 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
                           root: str | None, classes: str, stage1: str | None = None) -> dict[str, Any]:
     """Metrics of a released checkpoint's prompts with the learner and backbone the config describes; a
     second stage's (`stage1`) first-stage prompts are loaded before its own."""
-    from tailprompt.engine.resolve import resolve_config
     from tailprompt.engine.run import BackboneCache
     from tailprompt.engine.saved import load_prompts, read_prompt_checkpoint
     from tailprompt.prompts import LEARNERS, build_learner
     from tailprompt.utils import configure_threads
 
     state = read_prompt_checkpoint(path)
-    cfg = resolve_config(config, [f"learner.name={learner_name}", *overrides])
+    cfg = released_config(config, learner_name, dataset, overrides)
     second_stage = LEARNERS.get(cfg.learner.name).needs_initial_state
     if second_stage and stage1 is None:
         raise UserError(f"--learner {learner_name} is a second stage: give its first stage's prompts with "
@@ -123,6 +122,14 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
                            seen=classes == "base" or (classes == "all" and dataset == "imagenet"))
     return {"prompts": str(path), "learner": learner_name, "backbone": backbone.identity, "dataset": dataset,
             "classes": classes, **_metrics(cfg, learner, ds)}
+
+
+def released_config(config: str | None, learner_name: str, dataset: str, overrides: list[str]) -> RunConfig:
+    """The config a released checkpoint is evaluated with: `dataset` is set first, so a preset's per-dataset
+    table (CoPrompt's depth and context length, as the reference's eval-only runs apply it) follows it."""
+    from tailprompt.engine.resolve import resolve_config
+
+    return resolve_config(config, [f"learner.name={learner_name}", f"data.name={dataset}", *overrides])
 
 
 def _dataset(cfg: RunConfig, dataset: str, root: str | None, classes: str) -> DatasetSplits:

@@ -337,7 +337,9 @@ def description_features(backbone: FrozenVLM, ds: DatasetSplits, path: str | Non
     sentences = class_descriptions(by_class, ds.classnames, where)
     n = max(len(s) for s in sentences)
     try:
-        feats = [template_text_features(backbone, [s[i % len(s)] for s in sentences], ["{}"]) for i in range(n)]
+        # Sentences as written: CoPrompt's gpt_clip_classifier cleans only the class-name key it looks up.
+        feats = [template_text_features(backbone, [s[i % len(s)] for s in sentences], ["{}"], clean=False)
+                 for i in range(n)]
     except ValueError as e:  # a sentence longer than the text tower's context
         raise ConfigError(f"{where}: {e}") from None
     return torch.stack(feats)

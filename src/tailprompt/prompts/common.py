@@ -220,12 +220,14 @@ def image_chunks(n_images: int, n_classes: int, max_sequences: int) -> list[slic
     return [slice(start, start + step) for start in range(0, n_images, max(1, step))]
 
 
-def template_text_features(backbone: FrozenVLM, classnames: list[str], templates: list[str]) -> Tensor:
+def template_text_features(backbone: FrozenVLM, classnames: list[str], templates: list[str],
+                           clean: bool = True) -> Tensor:
     """Mean of the normalised `encode_text(template.format(name))` over templates, renormalised -> `[K, D]`.
 
-    With one template this is the plain normalised feature (ZeroshotCLIP).
+    With one template this is the plain normalised feature (ZeroshotCLIP). `clean`: class names have `_`
+    written as spaces (`clean_classnames`); sentences (class descriptions) are encoded as written.
     """
-    names = clean_classnames(classnames)
+    names = clean_classnames(classnames) if clean else list(classnames)
     with torch.no_grad():
         per_template = []
         for template in templates:

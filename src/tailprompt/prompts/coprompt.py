@@ -11,9 +11,9 @@ ShuvenduRoy/CoPrompt `trainers/coprompt.py` (`MultiModalPromptLearner`, `Adapter
   trains every parameter whose name holds `prompt_learner` or `adapter`).
 - Keys: the reference saves the whole `CustomCLIP`; its prompts are `prompt_learner.*` and its adapters
   the top-level `adapter_image.fc.{0,2}.weight` and `adapter_text.fc.{0,2}.weight`. `prompt_state()`
-  holds the prompt keys without the prefix plus the adapter keys unchanged, so a reference checkpoint
-  loads once its frozen CLIP copies (`image_encoder.`, `text_encoder.`, `logit_scale`, and the
-  distillation teacher `model_distill.`) are dropped.
+  holds those same keys, so its files load into the reference model; a reference checkpoint loads once
+  its frozen CLIP copies (`image_encoder.`, `text_encoder.`, `logit_scale`, and the distillation teacher
+  `model_distill.`) are dropped, and a state with the prompt keys bare loads too.
 - Construction order (and so the global-RNG draws) as the reference: MaPLe's prompts, then the image
   adapter, then the text adapter.
 
@@ -115,6 +115,12 @@ class CoPrompt(MaPLe):
         """Normalised adapted prompted image features `[B, D]` of images `[B, 3, H, W]`."""
         raw = self.unnormalised_image_features(images)
         return unit(residual_adapt(raw, self.adapter_image, self.image_adapter_ratio))
+
+    def prompt_state(self) -> dict[str, Tensor]:
+        """The trainable tensors under the reference `CustomCLIP`'s names: `prompt_learner.*` and the
+        top-level adapters."""
+        return {k if k.startswith(ADAPTER_PREFIXES) else f"prompt_learner.{k}": v
+                for k, v in super().prompt_state().items()}
 
     def load_prompt_state(self, state_dict: Mapping[str, Any]) -> None:
         """Load our `prompt_state`, or a reference `CustomCLIP` state dict (Dassl checkpoint or bare):

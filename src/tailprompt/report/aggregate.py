@@ -1,9 +1,10 @@
 """Seed statistics: per-run metrics, then mean ± std over seeds.
 
 Derived numbers (HM, the average over target datasets, the average over evaluated datasets) are
-computed per seed first and only then averaged, as the papers' tables do: the mean of HMs is not the
-HM of mean accuracies. The average over datasets takes each dataset's own per-seed HM ("HM per
-dataset, then averaged over datasets", design.md §8), never the HM of averaged base / new accuracy.
+computed per seed first and only then averaged, so that every cell has a spread over seeds. The average
+over datasets takes each dataset's own HM ("HM per dataset, then averaged over datasets", design.md §8),
+never the HM of averaged base / new accuracy. The papers' layouts (`layouts.py`) print the papers' own
+per-dataset HM instead, the HM of the seed-mean accuracies (`papers_hm_cell`), with the same spread.
 The spread is the population standard deviation over seeds (numpy's default, `ddof=0`), the
 convention of the reference's `parse_test_res.py` (Dassl) that CoOp, MaPLe and KgCoOp report with.
 """
@@ -43,6 +44,9 @@ class Cell:
     seeds: tuple[int, ...] = ()
     values: tuple[float, ...] = ()
     datasets: tuple[str, ...] = ()
+    # The cell's number when it is not the mean of `values` (a paper's HM of seed-mean accuracies);
+    # `values` then give the seeds and the spread.
+    headline: float | None = None
 
     @property
     def n(self) -> int:
@@ -50,6 +54,8 @@ class Cell:
 
     @property
     def mean(self) -> float | None:
+        if self.headline is not None:
+            return self.headline
         return float(np.mean(self.values)) if self.values else None
 
     @property
@@ -98,6 +104,27 @@ def dataset_average_cell(records: Sequence[dict[str, Any]], metric: Metric) -> C
     seeds = sorted(set.intersection(*(set(by_seed) for by_seed in per_dataset.values())))
     values = tuple(float(np.mean([per_dataset[d][s] for d in datasets])) for s in seeds)
     return Cell(tuple(seeds), values, tuple(datasets))
+
+
+def papers_hm_cell(records: Sequence[dict[str, Any]]) -> Cell:
+    """The base-to-new HM of the papers' tables: per dataset the HM of the seed-mean base and new accuracies
+    (CoCoOp's, MaPLe's and CPT's per-dataset H reproduce from their printed means), then the mean over
+    datasets. The seeds and the spread are those of the per-seed dataset-average HMs
+    (`dataset_average_cell` of `base_new_hm`), whose seeds the headline averages over.
+    """
+    spread = dataset_average_cell(records, base_new_hm)
+    if not spread.values:
+        return spread
+    per_dataset = []
+    for dataset in spread.datasets:
+        runs = [r for r in records if r["dataset"] == dataset and r["seed"] in spread.seeds]
+        pairs = [(split_value(p[0], "accuracy")(r), split_value(p[1], "accuracy")(r))
+                 for r in runs if (p := harmonic_pair(r)) is not None]
+        pairs = [(b, n) for b, n in pairs if b is not None and n is not None]
+        if len(pairs) != len(runs):  # a run whose HM is recorded without its accuracies
+            return spread
+        per_dataset.append(harmonic_mean(float(np.mean([b for b, _ in pairs])), float(np.mean([n for _, n in pairs]))))
+    return Cell(spread.seeds, spread.values, spread.datasets, headline=float(np.mean(per_dataset)))
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -250,5 +277,5 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-__all__ = ["Cell", "base_new_hm", "dataset_average_cell", "harmonic_mean", "harmonic_pair", "record_metrics",
-           "record_value", "seed_cell", "seed_statistics", "split_value", "target_average"]
+__all__ = ["Cell", "base_new_hm", "dataset_average_cell", "harmonic_mean", "harmonic_pair", "papers_hm_cell",
+           "record_metrics", "record_value", "seed_cell", "seed_statistics", "split_value", "target_average"]

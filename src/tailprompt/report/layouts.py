@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from tailprompt.report.aggregate import Cell, Metric, base_new_hm, dataset_average_cell, split_value
+from tailprompt.report.aggregate import (
+    Cell,
+    Metric,
+    base_new_hm,
+    dataset_average_cell,
+    papers_hm_cell,
+    split_value,
+)
 from tailprompt.report.results import (
     LEGACY_PROTOCOL_LABELS,
     ReportError,
@@ -119,7 +126,8 @@ def _by_setting(records: Sequence[dict[str, Any]], methods: set[str]) -> dict[Se
 
 
 def _cell(records: Sequence[dict[str, Any]], method: str, tau: float, metric: Metric) -> Cell:
-    return dataset_average_cell([r for r in records if r["method"] == method and tau_key(r["tau"]) == tau], metric)
+    chosen = [r for r in records if r["method"] == method and tau_key(r["tau"]) == tau]
+    return papers_hm_cell(chosen) if metric is base_new_hm else dataset_average_cell(chosen, metric)
 
 
 def cpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, str] | None = None) -> list[PaperTable]:
@@ -130,7 +138,8 @@ def cpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, st
     for setting, recs in _by_setting(records, {m for _, m in columns}).items():
         layout = experiment_layout(recs)  # the split roles the runs declare, not the protocol's name
         if layout.harmonic:
-            metric, what = base_new_hm, "harmonic mean of base and new accuracy (HM per dataset and seed)"
+            metric, what = base_new_hm, ("harmonic mean of base and new accuracy (per dataset the HM of the "
+                                         "seed-mean accuracies; ± the spread of per-seed HMs)")
         elif layout.targets:
             metric, what = target_mean_accuracy, "accuracy averaged over the target datasets"
         else:

@@ -63,18 +63,20 @@ def test_collapsed_images_on_their_text_features(etf):
     assert geo["modality_gap"] == pytest.approx(0.0, abs=1e-12)  # balanced, so the centres coincide
 
 
-def test_image_geometry_against_direct_formulas():
+@pytest.mark.parametrize("global_mean", ["samples", "class_means"])
+def test_image_geometry_against_direct_formulas(global_mean):
     gen = torch.Generator().manual_seed(0)
     text = torch.randn(3, 5, generator=gen, dtype=torch.float64)
-    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])  # imbalanced: the two global means differ
     images = text[labels] + 0.5 * torch.randn(9, 5, generator=gen, dtype=torch.float64)
-    geo = image_geometry(images, labels, text)
+    geo = image_geometry(images, labels, text, global_mean)
     h = (images / images.norm(dim=1, keepdim=True)).numpy()
     g = (text / text.norm(dim=1, keepdim=True)).numpy()
     y = labels.numpy()
     assert geo["mid"] == pytest.approx(np.mean(1 - (h * g[y]).sum(1)))
     means = np.stack([h[y == c].mean(0) for c in range(3)])
-    centre = means.mean(0)
+    # tding1's validate_NC.py: muG = mean of all features
+    centre = h.mean(0) if global_mean == "samples" else means.mean(0)
     sw = sum(np.outer(h[i] - means[y[i]], h[i] - means[y[i]]) for i in range(9)) / 9
     sb = sum(np.outer(m - centre, m - centre) for m in means) / 3
     assert geo["nc1"] == pytest.approx(np.trace(sw @ np.linalg.pinv(sb)) / 3, rel=1e-6)

@@ -380,7 +380,7 @@ def run_record(
         geometry = {
             "learned": text_geometry(learned_text, clusters),
             "frozen": text_geometry(setup.frozen_text, clusters),
-            "image": image_geometry(test_out.image_feats, test_out.labels, learned_text),
+            "image": image_geometry(test_out.image_feats, test_out.labels, learned_text, cfg.eval.nc1_global_mean),
         }
     hm = None
     if setup.plan.harmonic_of:

@@ -84,6 +84,8 @@ class EvalConfig:
     dac_k: int = 5
     ece_bins: int = 10
     geometry: bool = True
+    # NC1's global mean: over all test features (the reference implementations) or over the class means
+    nc1_global_mean: Literal["samples", "class_means"] = "samples"
     # head / medium / tail: "thirds" sorts the classes by shots and cuts them in 3 (the papers);
     # "thresholds" uses the long-tail benchmarks' > 100 / 20-100 / < 20 training images
     groups: Literal["thirds", "thresholds"] = "thirds"

@@ -27,8 +27,9 @@ Image side, for normalised image features h with labels y (computed on a test sp
   (NPT's Def. 3 writes the signed `cos - 1`, always <= 0).
 * `nc1` — Papyan's variability collapse `tr(Σ_W Σ_B⁺) / C` over the C classes present, with
   `Σ_W = 1/N Σ_i (h_i - μ_{y_i})(h_i - μ_{y_i})ᵀ`, `Σ_B = 1/C Σ_c (μ_c - μ_G)(μ_c - μ_G)ᵀ`, and the global
-  mean `μ_G` taken as the mean of the class means (equal to the sample mean on a balanced test split,
-  and not dominated by large classes otherwise).
+  mean `μ_G` the mean of all N features, as the reference implementations (tding1/Neural-Collapse
+  `validate_NC.py`, nc-toolbox) take it; `global_mean="class_means"` (`eval.nc1_global_mean`) takes the
+  mean of the class means instead, not dominated by large classes (the two are equal on a balanced split).
 * `cdnv` — class-distance-normalised variance (Galanti et al. 2022), mean over class pairs of
   `(σ_c² + σ_c'²) / (2 ||μ_c - μ_c'||²)`, `σ_c² = mean_{i in c} ||h_i - μ_c||²`.
 * `modality_gap` — `|| mean_i h_i - mean_k g_k ||`: distance between the centre of the image features
@@ -38,6 +39,7 @@ Image side, for normalised image features h with labels y (computed on a test sp
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -116,7 +118,8 @@ def text_geometry(text_feats: Tensor, clusters: Tensor | None = None) -> dict[st
     return out
 
 
-def image_geometry(image_feats: Tensor, labels: Tensor, text_feats: Tensor) -> dict[str, float | None]:
+def image_geometry(image_feats: Tensor, labels: Tensor, text_feats: Tensor,
+                   global_mean: Literal["samples", "class_means"] = "samples") -> dict[str, float | None]:
     """Collapse of image features `[N, D]` (labels `[N]`) and their alignment with class text `[K, D]`.
 
     Returns `mid`, `nc1`, `cdnv`, `modality_gap` (see the module docstring); nc1 and cdnv are None
@@ -143,7 +146,7 @@ def image_geometry(image_feats: Tensor, labels: Tensor, text_feats: Tensor) -> d
     means /= counts[:, None].to(torch.float64)
     within = h - means[inverse]  # [N, D]
     sigma_w = within.T @ within / h.shape[0]
-    between = means - means.mean(0)
+    between = means - (h.mean(0) if global_mean == "samples" else means.mean(0))
     sigma_b = between.T @ between / n_present
     # Σ_B has rank <= C - 1; drop the numerically-zero directions instead of inverting noise
     sigma_b_pinv = torch.linalg.pinv(sigma_b, rtol=1e-10, hermitian=True)

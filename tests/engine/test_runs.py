@@ -200,3 +200,10 @@ def test_a_training_class_without_test_images_is_left_out_of_its_group(tmp_path)
     assert result["splits"]["all"]["per_class_accuracy"]["fox"] is None
     measured = [g for g, classes in result["groups"]["classes"].items() if classes != ["fox"]]
     assert all(result["groups"][g] is not None for g in measured)
+
+
+def test_the_dac_temperature_recipe_runs_and_says_so(base_overrides):
+    cfg = resolve_config("coop", base_overrides + ["optim.max_steps=2", "eval.temperature_fit=dac_sgd"])
+    base = execute_run(cfg, BackboneCache()).result["splits"]["base"]
+    assert base["temperature"] > 0 and base["temperature_source"].endswith("DAC's SGD recipe")
+    assert base["ece_temperature_scaled"] is not None

@@ -203,3 +203,39 @@ def test_adaptive_ece_bins_match_sklearn_quantile_discretizer(case):
         (bins == b).mean() * abs(correct[bins == b].mean() - c[bins == b].mean()) for b in np.unique(bins)
     ) * 100
     assert adaptive_ece(probs, labels, n_bins=10) == pytest.approx(expected, abs=1e-6)
+
+
+def _dac_repo_temperature_scaling(cos, labels, epochs=20, lr=0.05, batch=100):
+    """The DAC repository's TempScaling on cosines, written out: a learnable log scale from 4.6052 trained with
+    CE by Dassl's SGD (momentum 0.9, weight decay 5e-4), one constant warm-up epoch at 1e-5, then the cosine
+    restarted from its step 0, sequential batches."""
+    import math
+
+    s = torch.nn.Parameter(torch.tensor(4.6052))
+    opt = torch.optim.SGD([s], lr=lr, momentum=0.9, weight_decay=5e-4)
+    for epoch in range(epochs):
+        rate = 1e-5 if epoch == 0 else lr * (1 + math.cos(math.pi * (epoch - 1) / epochs)) / 2
+        for group in opt.param_groups:
+            group["lr"] = rate
+        for start in range(0, cos.shape[0], batch):
+            loss = torch.nn.functional.cross_entropy(s.exp() * cos[start:start + batch], labels[start:start + batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return float(s.detach().exp())
+
+
+def test_the_dac_repos_temperature_recipe_is_reproduced():
+    from tailprompt.engine.optim import lr_at_epoch
+    from tailprompt.engine.run import DAC_TEMPERATURE_OPTIM
+    from tailprompt.metrics import fit_logit_scale_sgd
+
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 10, (250,), generator=gen)
+    cos = 0.2 + 0.05 * torch.randn(250, 10, generator=gen)
+    cos[torch.arange(250), labels] += 0.03  # CLIP-like: small margins, over-confident at scale 100
+    o = DAC_TEMPERATURE_OPTIM
+    got = fit_logit_scale_sgd(cos, labels, [lr_at_epoch(e, o) for e in range(o.epochs)], o.batch_size)
+    assert got == pytest.approx(_dac_repo_temperature_scaling(cos, labels), rel=1e-6)
+    exact = fit_temperature(100 * cos, labels)  # the NLL optimum, as a temperature of scale-100 logits
+    assert 100 / got != pytest.approx(exact, rel=1e-3)  # 20 epochs of SGD stop short of it

@@ -33,8 +33,9 @@ from tailprompt.engine.evaluate import SplitOutputs, split_outputs
 from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.loss import BoundObjective
+from tailprompt.engine.optim import lr_at_epoch
 from tailprompt.engine.resolve import resolve_config, run_id, trains_nothing
-from tailprompt.engine.run_config import BackboneConfig, RunConfig
+from tailprompt.engine.run_config import BackboneConfig, OptimConfig, RunConfig
 from tailprompt.engine.saved import check_result_shape, open_run
 from tailprompt.engine.train import TrainSetup, train_prompts
 from tailprompt.files import FileReadError, check_writable, read_json_object
@@ -43,6 +44,7 @@ from tailprompt.metrics import (
     apply_dac_scaling,
     dac_logit_scaling,
     expected_calibration_error,
+    fit_logit_scale_sgd,
     fit_temperature,
     group_accuracy,
     harmonic_mean,
@@ -432,7 +434,7 @@ def evaluate_plan(cfg: RunConfig, setup: RunSetup) -> PlanEvaluation:
     train_space = next(s for s in evals if s.is_training_space)
     temperature, fitted_on = cfg.eval.temperature, "fixed (eval.temperature)"
     if temperature is None and cfg.eval.fit_temperature:
-        temperature, fitted_on = _fitted_temperature(learner, train_space, setup.training, inputs, cfg.seed)
+        temperature, fitted_on = _fitted_temperature(learner, train_space, setup.training, inputs, cfg)
     elif temperature is None:
         fitted_on = None
     splits: dict[str, dict[str, Any]] = {}
@@ -490,12 +492,22 @@ def calibration_items(
     return list(training.items), "training images (no held-out image available; optimistic)"
 
 
+# The DAC repository's temperature-scaling schedule (configs/calibration/TempScaling/ep20_lr5e-2.yaml).
+DAC_TEMPERATURE_OPTIM = OptimConfig(lr=0.05, epochs=20, batch_size=100, warmup_epochs=1, warmup_lr=1e-5)
+
+
 def _fitted_temperature(
-    learner: PromptLearner, train_space: EvalSplit, training: TrainingSet, inputs: ImageInputs, seed: int
+    learner: PromptLearner, train_space: EvalSplit, training: TrainingSet, inputs: ImageInputs, cfg: RunConfig
 ) -> tuple[float, str]:
-    items, source = calibration_items(train_space.dataset, training, seed)
+    items, source = calibration_items(train_space.dataset, training, cfg.seed)
     out = split_outputs(learner, train_space.dataset, items, inputs)
-    return float(fit_temperature(out.logits, out.labels)), source
+    if cfg.eval.temperature_fit == "lbfgs":
+        return float(fit_temperature(out.logits, out.labels)), source
+    scale = float(inputs.backbone.logit_scale)  # the logits' own: cos = logits / scale
+    o = DAC_TEMPERATURE_OPTIM
+    learned = fit_logit_scale_sgd(out.logits / scale, out.labels, [lr_at_epoch(e, o) for e in range(o.epochs)],
+                                  o.batch_size, momentum=o.momentum, weight_decay=o.weight_decay)
+    return scale / learned, f"{source}, DAC's SGD recipe"
 
 
 def class_groups(counts: list[int], rule: str) -> dict[str, list[int]]:

@@ -80,6 +80,9 @@ class OptimConfig:
 class EvalConfig:
     temperature: float | None = None  # fixed post-hoc temperature (TCPT uses 1.16), None = off
     fit_temperature: bool = True  # fit T on held-out data and report ECE after scaling
+    # how: "lbfgs" the NLL optimum; "dac_sgd" the DAC repository's recipe (a log scale from ln 100, SGD lr 0.05
+    # with Dassl's warm-up + cosine over 20 epochs, batches of 100), which stops short of the optimum
+    temperature_fit: Literal["lbfgs", "dac_sgd"] = "lbfgs"
     dac: bool = True  # DAC on new classes (base_to_new)
     dac_k: int = 5
     ece_bins: int = 10

@@ -151,6 +151,33 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100, max_fac
     return float(torch.exp(bound * torch.tanh(u.detach())).item())
 
 
+def fit_logit_scale_sgd(
+    cos: Tensor, labels: Tensor, epoch_lrs: Sequence[float], batch_size: int = 100, init: float = 4.6052,
+    momentum: float = 0.9, weight_decay: float = 5e-4,
+) -> float:
+    """Temperature scaling as the DAC repository trains it (`trainers/calibration/tempscaling.py`): a log
+    scale `s` (from ln 100) replaces CLIP's, logits `exp(s) * cos`, cross-entropy, SGD with momentum and
+    weight decay over sequential batches of `cos [N, K]` (cosines, in the held-out items' order), one
+    learning rate per epoch (`epoch_lrs`, Dassl's schedule). Returns the learned scale `exp(s)`; the
+    equivalent temperature of logits scaled by CLIP's own scale `c` is `c / exp(s)`. Not the NLL optimum:
+    it stops where 20 epochs of SGD leave it.
+    """
+    s = torch.nn.Parameter(torch.tensor(init, dtype=torch.float32))
+    opt = torch.optim.SGD([s], lr=epoch_lrs[0] if epoch_lrs else 0.0, momentum=momentum, weight_decay=weight_decay)
+    z = cos.detach().to("cpu", torch.float32)
+    y = labels.detach().to("cpu")
+    with torch.enable_grad():
+        for lr in epoch_lrs:
+            for group in opt.param_groups:
+                group["lr"] = lr
+            for start in range(0, z.shape[0], batch_size):
+                loss = F.cross_entropy(s.exp() * z[start : start + batch_size], y[start : start + batch_size])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return float(s.detach().exp().item())
+
+
 def dac_logit_scaling(
     base_zeroshot: Tensor,
     current_zeroshot: Tensor,

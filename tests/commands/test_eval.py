@@ -194,3 +194,32 @@ def test_a_released_checkpoint_gets_its_datasets_row_of_the_presets_table():
     cfg = released_config("coprompt", "coprompt", "caltech101", [])
     assert (cfg.learner.options.prompt_depth, cfg.learner.options.n_ctx) == (12, 4)  # CoPrompt's Caltech101 row
     assert released_config("coprompt", "coprompt", "caltech101", ["learner.n_ctx=2"]).learner.options.n_ctx == 2
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_no_code_runs_from_a_checkpoint_of_either_torch_save_layout(coop_run, tmp_path, layout):
+    """torch.load reads the legacy (non-zip) layout's header records with the pickle module's own `load`:
+    those go through the inert reader too. The file here calls os.system before its magic number."""
+    import io
+    import pickle
+
+    from tailprompt.engine.saved import read_prompt_checkpoint
+
+    ctx = open_run(coop_run).prompts["ctx"]
+    marker = tmp_path / "ran"
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"ctx": ctx}, "args": _RunsCode(marker)}, buf,
+               _use_new_zipfile_serialization=layout == "zip")
+    data = buf.getvalue()
+    if layout == "legacy":
+        header = io.BytesIO(data)
+        magic = pickle.load(header)
+        command = f"touch {marker}".encode()
+        runs = (b"\x80\x02cposix\nsystem\nX" + len(command).to_bytes(4, "little") + command + b"\x85R0"
+                + pickle.dumps(magic, protocol=2)[2:])  # os.system(...), POP, then the real magic number
+        data = runs + data[header.tell():]
+    path = tmp_path / "model.pth.tar-5"
+    path.write_bytes(data)
+    state = read_prompt_checkpoint(path)
+    assert torch.equal(state["state_dict"]["ctx"], ctx)
+    assert not marker.exists()

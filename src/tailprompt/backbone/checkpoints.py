@@ -242,5 +242,5 @@ def error_summary(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     if isinstance(e, EOFError) or not lines:
         return "empty or cut short"
-    said = next((line for line in lines if line.startswith("Unsupported")), lines[0])
+    said = next((line for line in lines if "unsupported" in line.lower()), lines[0])
     return f"{type(e).__name__}: {said[:200]}"

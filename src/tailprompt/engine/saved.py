@@ -195,14 +195,12 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
             with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
                 warnings.simplefilter("ignore")
                 data = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            if "Unsupported global" not in str(e):
-                raise FileReadError(f"{path}: not a torch.save checkpoint of tensors (a plain pickle or another "
-                                    f"format; {error_summary(e)})") from None
+        except pickle.UnpicklingError:  # globals beyond the allow-list (or no torch.save file at all)
             try:
                 data = _tensors_beside_inert_objects(path)
-            except Exception as e2:  # an unpicklable stream past the allow-list check: anything can raise
-                raise FileReadError(f"{path}: could not read the checkpoint's tensors ({error_summary(e2)})") from None
+            except Exception as e2:  # a stream the inert reader cannot follow either: anything can raise
+                raise FileReadError(f"{path}: not a torch.save checkpoint of tensors (a plain pickle or another "
+                                    f"format; {error_summary(e2)})") from None
         except (IsADirectoryError, PermissionError):
             raise  # `reading` names these
         except Exception as e:  # a cut zip archive is OSError(EINVAL); text or other formats raise anything
@@ -259,9 +257,12 @@ def _tensors_beside_inert_objects(path: Path) -> Any:
             # a stand-in class per global, so a message can say what was pickled where a tensor belongs
             return allowed.get(f"{module}.{name}") or type(name, (_Inert,), {"pickled": f"{module}.{name}"})
 
+    def load(file: Any, **kwargs: Any) -> Any:  # the legacy (non-zip) format's header records go through here
+        return Unpickler(file, **kwargs).load()
+
     inert_pickle = types.ModuleType("tailprompt_inert_pickle")
     inert_pickle.Unpickler = Unpickler  # type: ignore[attr-defined]
-    inert_pickle.load = pickle.load  # type: ignore[attr-defined]
+    inert_pickle.load = load  # type: ignore[attr-defined]
     inert_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

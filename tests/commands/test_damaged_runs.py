@@ -168,6 +168,7 @@ PROMPT_FILES = {
     "a null value": (lambda p, ctx: _dassl(p, {"ctx": None}), "ctx is a NoneType, expected a tensor"),
     "a nested dict value": (lambda p, ctx: _dassl(p, {"ctx": {"a": ctx}}), "ctx is a dict, expected a tensor"),
     "infinite values": (lambda p, ctx: _dassl(p, {"ctx": torch.full_like(ctx, float("inf"))}), "NaN or infinite"),
+    "overflowing values": (lambda p, ctx: _dassl(p, {"ctx": torch.full_like(ctx, 3e38)}), "non-finite logits"),
     "a folder": (_folder, "is a folder, expected a prompt checkpoint"),
 }
 

@@ -26,6 +26,7 @@ SHORT = ["optim.epochs=1", "optim.max_steps=2", "optim.batch_size=4", "eval.fit_
     ("data.tau=0", "data.tau"),
     ("data.tau=1.5", "data.tau"),
     ("data.tau=.nan", "data.tau"),
+    ("eval.temperature=1.0e-300", "eval.temperature"),  # 0 in float32: NaN ECE
     ("data.n_views=0", "data.n_views"),
     ("data.batch_size_eval=0", "data.batch_size_eval"),
     ("data.num_workers=-1", "data.num_workers"),

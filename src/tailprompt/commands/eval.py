@@ -87,7 +87,7 @@ def evaluate_run(run_dir: Path, dataset: str, root: str | None, classes: str) ->
     cfg = saved.config
     ds = _dataset(cfg, dataset, root, classes)
     learner = run_learner(saved, backbone, list(ds.classnames), ds.template)
-    metrics = {"dataset": dataset, "classes": classes, **_metrics(cfg, learner, ds)}
+    metrics = {"dataset": dataset, "classes": classes, **_metrics(cfg, learner, ds, saved.run_dir)}
     write_json_atomic(out, metrics)
     return metrics
 
@@ -121,7 +121,7 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
     learner.set_classnames(list(ds.classnames), ds.template,
                            seen=classes == "base" or (classes == "all" and dataset == "imagenet"))
     return {"prompts": str(path), "learner": learner_name, "backbone": backbone.identity, "dataset": dataset,
-            "classes": classes, **_metrics(cfg, learner, ds)}
+            "classes": classes, **_metrics(cfg, learner, ds, path)}
 
 
 def released_config(config: str | None, learner_name: str, dataset: str, overrides: list[str]) -> RunConfig:
@@ -141,7 +141,11 @@ def _dataset(cfg: RunConfig, dataset: str, root: str | None, classes: str) -> Da
     return select_classes(load_dataset(dataset, root if root is not None else cfg.data.root, options), classes)
 
 
-def _metrics(cfg: RunConfig, learner: PromptLearner, ds: DatasetSplits) -> dict[str, Any]:
+def _metrics(cfg: RunConfig, learner: PromptLearner, ds: DatasetSplits, source: str | Path) -> dict[str, Any]:
+    """Metrics of the learner on `ds`'s test split; prompts (from `source`) that give non-finite logits are a
+    `UserError`, not a result of NaNs."""
+    import torch
+
     from tailprompt.data.features import FeatureCache
     from tailprompt.engine.evaluate import split_outputs
     from tailprompt.engine.inputs import ImageInputs
@@ -152,4 +156,7 @@ def _metrics(cfg: RunConfig, learner: PromptLearner, ds: DatasetSplits) -> dict[
     cache = FeatureCache(cfg.data.cache_dir, cfg.data.num_workers) if use_cache else None
     inputs = ImageInputs(backbone, cache, backbone.device, cfg.data.batch_size_eval, cfg.data.num_workers)
     out = split_outputs(learner, ds, ds.test, inputs)
+    if not torch.isfinite(out.logits).all():
+        raise UserError(f"{source}: these prompts give non-finite logits on {ds.name} (overflowing or NaN prompt "
+                        f"values?); no metrics written")
     return split_metrics(out.logits, out.labels, list(ds.classnames), n_bins=cfg.eval.ece_bins)

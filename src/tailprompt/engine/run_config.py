@@ -243,7 +243,8 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.warmup_lr", lambda v: v >= 0, "a number >= 0"),
     ("optim.max_steps", lambda v: v >= 1, "an integer >= 1 or null"),
     ("optim.checkpoint_every_s", lambda v: v >= 0, "a number >= 0 or null"),
-    ("eval.temperature", lambda v: v > 0, "a number > 0 or null"),
+    # a tiny T underflows to 0 in float32 (NaN ECE); real temperatures are near 1
+    ("eval.temperature", lambda v: 1e-6 <= v <= 1e6, "a number in [1e-6, 1e6] or null"),
     ("eval.dac_k", lambda v: v >= 1, "an integer >= 1"),
     ("eval.ece_bins", lambda v: v >= 1, "an integer >= 1"),
     ("seed", lambda v: 0 <= v < 2**63, "an integer in 0..2**63-1"),

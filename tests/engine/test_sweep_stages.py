@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tailprompt.engine.resolve import resolve_config
 from tailprompt.engine.run import BackboneCache, run_directory
 from tailprompt.engine.sweep import SweepSpec, expand, read_sweep, run_all
 from tailprompt.schema import ConfigError
@@ -40,3 +41,16 @@ def test_init_from_needs_the_first_stage_listed_before(tmp_path):
     with pytest.raises(ConfigError, match="needs both in 'methods'"):
         read_sweep(write(tmp_path, {"methods": ["dpc_coop"], "init_from": {"dpc_coop": "coop"}}))
     assert read_sweep(write(tmp_path, {"methods": ["coop", "dpc_coop"], "init_from": {"dpc_coop": "coop"}})).init_from
+
+
+def test_a_first_stage_of_another_learner_is_refused_before_anything_trains(base_overrides, tmp_path):
+    from tailprompt.engine.run import execute_run
+
+    spec = SweepSpec(["maple", "dpc_coop"], {}, init_from={"dpc_coop": "maple"}, source="sweep.yaml")
+    with pytest.raises(ConfigError, match="init_from dpc_coop: maple: 'maple' trains learner 'maple', but this run "
+                                          "starts from a 'coop' run"):
+        expand(spec, base_overrides + SHORT)
+    cfg = resolve_config("dpc_coop", base_overrides + SHORT + ["init.from_preset=maple"])
+    with pytest.raises(ConfigError, match="init.from_preset: 'maple' trains learner 'maple'"):
+        execute_run(cfg, BackboneCache())
+    assert not list((tmp_path / "runs").glob("*/result.json"))  # the maple stage was not trained

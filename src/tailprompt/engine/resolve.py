@@ -200,3 +200,14 @@ def trains_nothing(cfg: RunConfig, backbone: Any) -> bool:
 
 def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
     return dataclasses.replace(cfg, **changes)
+
+
+def check_first_stage(second: RunConfig, first: RunConfig, where: str) -> None:
+    """A run that starts from another method's run (DPC's second stage) needs a run of the learner it builds
+    on: a `ConfigError` naming `where` (the setting that chose `first`) before anything trains."""
+    from tailprompt.prompts import LEARNERS
+
+    wanted = LEARNERS.get(second.learner.name).first_stage_learner(second.learner.options)
+    if first.learner.name != wanted:
+        raise ConfigError(f"{where}: {first.method or first.learner.name!r} trains learner {first.learner.name!r}, "
+                          f"but this run starts from a {wanted!r} run")

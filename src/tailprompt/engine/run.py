@@ -34,7 +34,7 @@ from tailprompt.engine.finite import require_finite
 from tailprompt.engine.inputs import ImageInputs
 from tailprompt.engine.loss import BoundObjective
 from tailprompt.engine.optim import lr_at_epoch
-from tailprompt.engine.resolve import resolve_config, run_id, trains_nothing
+from tailprompt.engine.resolve import check_first_stage, resolve_config, run_id, trains_nothing
 from tailprompt.engine.run_config import BackboneConfig, OptimConfig, RunConfig
 from tailprompt.engine.saved import check_result_shape, open_run
 from tailprompt.engine.train import TrainSetup, train_prompts
@@ -218,6 +218,7 @@ def stage_one_config(cfg: RunConfig) -> RunConfig:
     first = resolve_config(str(cfg.init.from_preset))
     if cfg.method and first.method == cfg.method:
         raise ConfigError(f"init.from_preset: {cfg.init.from_preset!r} is this run's own method; name its first stage")
+    check_first_stage(cfg, first, "init.from_preset")
     return dataclasses.replace(first, backbone=cfg.backbone, data=cfg.data, protocol=cfg.protocol, eval=cfg.eval,
                                seed=cfg.seed, output_dir=cfg.output_dir,
                                optim=dataclasses.replace(first.optim, max_steps=cfg.optim.max_steps))

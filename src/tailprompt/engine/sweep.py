@@ -38,7 +38,7 @@ import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tailprompt.engine.resolve import resolve_config
+from tailprompt.engine.resolve import check_first_stage, resolve_config
 from tailprompt.engine.run import CHECKPOINT, BackboneCache, execute_run, is_finished, run_directory
 from tailprompt.engine.run_config import RunConfig
 from tailprompt.files import FileReadError
@@ -140,7 +140,10 @@ def expand(spec: SweepSpec, extra: Sequence[str] = (), backbones: BackboneCache 
                     first = resolve_config(spec.init_from[method], overrides)
                     first_dir = run_directory(first, backbones.get(first.backbone))
                     overrides = [*overrides, *override_strings({"init.from_run": str(first_dir)})]
-                configs.append(resolve_config(method, overrides))
+                cfg = resolve_config(method, overrides)
+                if method in spec.init_from:
+                    check_first_stage(cfg, first, f"init_from {method}: {spec.init_from[method]}")
+                configs.append(cfg)
             except ConfigError as e:
                 if not spec.source:
                     raise

@@ -199,6 +199,11 @@ class DPC(PromptLearner):
         self._stage1_text: Tensor | None = None
         self._last_images: Tensor | None = None
 
+    @classmethod
+    def first_stage_learner(cls, config: DPCConfig) -> str:
+        """Stage 2 starts from a run of the learner it wraps."""
+        return config.base.name
+
     @property
     def base_name(self) -> str:
         """The wrapped learner's name: `init.from_run` must point at a run of that learner."""

@@ -101,6 +101,11 @@ class PromptLearner(nn.Module):
         """Load our `prompt_state` or a reference checkpoint's prompt-learner state, strictly."""
         load_prompt_state_into(self, state_dict, self.name, self.ignored_reference_keys)
 
+    @classmethod
+    def first_stage_learner(cls, config: Any) -> str:
+        """The learner whose runs a run of this learner (with `config`) may start from: itself."""
+        return cls.name
+
     @property
     def base_name(self) -> str:
         """The learner whose finished runs `init.from_run` may start from (itself; a wrapper's base)."""

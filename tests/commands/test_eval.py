@@ -223,3 +223,11 @@ def test_no_code_runs_from_a_checkpoint_of_either_torch_save_layout(coop_run, tm
     state = read_prompt_checkpoint(path)
     assert torch.equal(state["state_dict"]["ctx"], ctx)
     assert not marker.exists()
+
+
+def test_a_learner_set_twice_is_refused():
+    from tailprompt.cli import UserError
+    from tailprompt.commands.eval import released_config
+
+    with pytest.raises(UserError, match="--set learner.name=kgcoop contradicts --learner coop"):
+        released_config(None, "coop", "eurosat", ["learner.name=kgcoop"])

@@ -58,7 +58,7 @@ def test_predict_a_folder_writes_top_k_with_the_runs_probabilities(coop_run, tmp
 def test_predict_other_classes_and_json(coop_run, tmp_path, capsys):
     (path,) = _images(tmp_path / "one", 1)
     classes = tmp_path / "classes.txt"
-    classes.write_text("river\nforest\nhighway\n")
+    classes.write_text("# rivers, woods and roads\nriver\nforest\nhighway\n")  # a comment line is skipped
     out = tmp_path / "preds.json"
     assert main(["predict", "--run", str(coop_run), str(path), "--classes", str(classes), "--out", str(out)]) == 0
     (pred,) = json.loads(out.read_text())

@@ -73,6 +73,7 @@ def test_a_device_this_machine_lacks_is_a_config_error(device, capsys):
     (b"\xff\xfe\x00garbage", "not UTF-8"),
     (b"learner: {name: coop\n", "not valid YAML"),
     (b"- just\n- a list\n", "expected a mapping"),
+    (b"learner: {name: coop}\noptim: {lr: 0.1}\nlearner: {name: maple}\n", "key 'learner' appears twice"),
     (b"", "empty config file"),
     (b"# only a comment\n\n", "empty config file"),
 ])
@@ -184,6 +185,7 @@ def test_config_files_that_refer_to_themselves_are_one_line(tmp_path, capsys, fi
     ("seed=99999999999999999999999", "seed: expected an integer in 0..2**63-1"),
     ("optim.lr=1e-3", "optim.lr: expected a number, got '1e-3' (text: YAML reads exponent notation"),
     ("backbone.quick_gelu=maybe", "backbone.quick_gelu: expected one of ['auto'] or true/false, got 'maybe'"),
+    ("optim={lr: 0.1, lr: 0.2}", "key 'lr' appears twice in one mapping"),
 ])
 def test_override_values_of_the_wrong_form_are_one_line_naming_the_key(capsys, override, message):
     assert main(["train", "--config", "coop", "--set", override, "--print-config"]) == 2

@@ -129,7 +129,11 @@ def released_config(config: str | None, learner_name: str, dataset: str, overrid
     table (CoPrompt's depth and context length, as the reference's eval-only runs apply it) follows it."""
     from tailprompt.engine.resolve import resolve_config
 
-    return resolve_config(config, [f"learner.name={learner_name}", f"data.name={dataset}", *overrides])
+    cfg = resolve_config(config, [f"learner.name={learner_name}", f"data.name={dataset}", *overrides])
+    if cfg.learner.name != learner_name:  # a --set learner.name=... would evaluate one learner and report another
+        raise UserError(f"--set learner.name={cfg.learner.name} contradicts --learner {learner_name}; give the "
+                        f"learner once, with --learner")
+    return cfg
 
 
 def _dataset(cfg: RunConfig, dataset: str, root: str | None, classes: str) -> DatasetSplits:

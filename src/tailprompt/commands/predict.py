@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="a finished run folder (OUTPUT_DIR/<run_id>/)")
     p.add_argument("images", metavar="IMAGE_OR_FOLDER", help="an image file or a folder of images")
     p.add_argument("--classes", default=None, metavar="FILE",
-                   help="text file, one class name per line (default: the classes the run trained on)")
+                   help="text file, one class name per line, # lines skipped (default: the classes the run trained "
+                        "on)")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
     p.add_argument("--out", default=None, metavar="FILE", help="write predictions to FILE (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
@@ -95,7 +96,7 @@ def read_classes(path: str) -> list[str]:
     names, seen = [], Duplicates("class name")  # two lines of one name would split its probability between them
     for number, line in enumerate(read_text(path, "class list").splitlines(), start=1):
         name = line.strip()
-        if name:
+        if name and not name.startswith("#"):  # comment lines, as in the dataset readers' list files
             seen.add(name, f"{path}:{number}", f"line {number}")  # a DatasetError, a UserError
             names.append(name)
     if not names:

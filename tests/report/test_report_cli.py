@@ -134,6 +134,13 @@ def test_runs_without_features_still_get_the_other_plots(tmp_path: Path):
     ("splits.base.per_class_accuracy", [1], "splits.base.per_class_accuracy should be dict, got [1]"),
     ("splits.base.reliability", "x", "splits.base.reliability should be dict, got 'x'"),
     ("splits.base.classnames", "red", "splits.base.classnames should be list, got 'red'"),
+    ("splits.base.accuracy", float("nan"), "splits.base.accuracy should be a percentage in [0, 100], got nan"),
+    ("splits.new.accuracy", 250.0, "splits.new.accuracy should be a percentage in [0, 100], got 250.0"),
+    ("splits.new.ece", "5", "splits.new.ece should be a percentage in [0, 100], got '5'"),
+    ("tau", 0.0, "field 'tau' should be an imbalance ratio in (0, 1], got 0.0"),
+    ("tau", -1.0, "field 'tau' should be an imbalance ratio in (0, 1], got -1.0"),
+    ("splits", {}, "field 'splits' is empty"),
+    ("splits.new", None, "splits.new.accuracy should be a number"),
 ])
 def test_a_record_field_of_the_wrong_type_is_one_line_and_nothing_is_written(runs_dir: Path, tmp_path: Path,
                                                                                capsys, field, value, message):

@@ -8,7 +8,6 @@ tables need is an error naming the file, because silently dropping it would bias
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,8 @@ _LEGACY_TYPES: dict[str, tuple[type, ...]] = {"backbone": (str,)}  # older recor
 # Per-split blocks the plots read (result.json `splits.<name>`), when present.
 _SPLIT_FIELDS: dict[str, tuple[type, ...]] = {"classnames": (list,), "per_class_accuracy": (dict,),
                                               "reliability": (dict,)}
+# Per-split numbers the tables average, each x100 (null where a metric does not apply).
+_PERCENTAGES = ("accuracy", "ece", "mce", "aece", "ece_temperature_scaled", "ece_dac")
 
 
 class ReportError(UserError, ValueError):
@@ -105,18 +106,33 @@ def validate_record(record: dict[str, Any], where: str) -> None:
         if not isinstance(value, types) or isinstance(value, bool):
             expected = " or ".join(t.__name__ for t in types)
             raise ReportError(f"{where}: field {key!r} should be {expected}, got {value!r}")
-    if not math.isfinite(float(record["tau"])):
-        raise ReportError(f"{where}: field 'tau' should be a finite number, got {record['tau']!r}")
+    if not 0.0 < float(record["tau"]) <= 1.0:  # NaN fails too
+        raise ReportError(f"{where}: field 'tau' should be an imbalance ratio in (0, 1], got {record['tau']!r}")
+    if not record["splits"]:
+        raise ReportError(f"{where}: field 'splits' is empty (a run evaluates at least one split)")
     for key, types in _OPTIONAL.items():
         if key in record and not _fits(record[key], types + _LEGACY_TYPES.get(key, ())):
             raise ReportError(f"{where}: field {key!r} should be {_type_names(types)}, got {short_repr(record[key])}")
     for name, split in record["splits"].items():
         if not isinstance(split, dict) or not _fits(split.get("accuracy"), (int, float)):
             raise ReportError(f"{where}: splits.{name}.accuracy should be a number")
+        for key in _PERCENTAGES:  # a NaN or out-of-range value would shift a mean over seeds unseen
+            value = split.get(key)
+            if value is not None and not (_fits(value, (int, float)) and 0.0 <= value <= 100.0):
+                raise ReportError(f"{where}: splits.{name}.{key} should be a percentage in [0, 100], got "
+                                  f"{short_repr(value)}")
         for key, types in _SPLIT_FIELDS.items():
             if split.get(key) is not None and not _fits(split[key], types):
                 raise ReportError(f"{where}: splits.{name}.{key} should be {_type_names(types)}, got "
                                   f"{short_repr(split[key])}")
+    roles = record.get("split_roles")
+    missing = [n for n in roles if n not in record["splits"]] if isinstance(roles, dict) else []
+    if missing:
+        raise ReportError(f"{where}: splits.{missing[0]} is missing, though split_roles names it")
+    paired = [n for n, role in split_roles(record).items() if role.harmonic_mean]
+    if len(paired) == 1:  # its partner (base-to-new's new split) is gone: the run would drop out of HM cells
+        raise ReportError(f"{where}: split {paired[0]!r} has the harmonic-mean role, but no second split has it "
+                          f"(missing from 'splits', or given another role in 'split_roles')")
     counts = (record.get("sampling") or {}).get("counts")
     if counts is not None and not isinstance(counts, dict):
         raise ReportError(f"{where}: sampling.counts should be dict, got {short_repr(counts)}")

@@ -173,6 +173,22 @@ def test_report_cli_layout_errors_are_one_line(cpt_records, tmp_path, capsys):
     assert "expected PRESET=OTHER" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--layout", "cpt_table", "--use", "foo=bar"], "cpt_table reads no preset 'foo'"),
+    (["--layout", "cpt_table", "--use", "dpc_coop=dpc_maple", "--use", "dpc_coop=dpc_promptsrc"],
+     "dpc_coop is already replaced by dpc_maple"),
+    (["--use", "dpc_coop=dpc_maple"], "--use goes with --layout"),
+    (["--layout", "cpt_table", "--html"], "--html and --methods go with the standard report"),
+    (["--layout", "tcpt_table", "--methods", "coop"], "--html and --methods go with the standard report"),
+])
+def test_report_options_that_do_not_apply_are_refused(cpt_records, tmp_path, capsys, argv, message):
+    runs = write_runs(tmp_path / "runs", cpt_records)
+    assert main(["report", str(runs), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (runs / "report").exists()
+
+
 def test_sweep_files_run_the_presets_their_layouts_read():
     cpt = read_sweep("cpt_table")  # packaged sweeps are found by name
     assert [m for m in cpt.methods if m != "coop"] == [m for _, m in CPT_COLUMNS]

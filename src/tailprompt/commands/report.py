@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.layout != "standard":
         return run_layout(args)
+    if args.use:
+        raise UserError(f"--use goes with --layout ({', '.join(LAYOUTS)}); the standard report reads every run")
     order = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     try:
         paths = write_report(args.runs_dir, args.out, fmt=args.fmt, plots=not args.no_plots, order=order,
@@ -68,14 +70,23 @@ def run(args: argparse.Namespace) -> int:
 def run_layout(args: argparse.Namespace) -> int:
     """`--layout NAME`: the paper's table(s) only, printed (md) and written to OUT/<layout>.<suffix>."""
     from tailprompt.report import ReportError
-    from tailprompt.report.layouts import write_layout
+    from tailprompt.report.layouts import layout_presets, write_layout
 
+    if args.html or args.methods:
+        raise UserError("--html and --methods go with the standard report; --layout writes its one table file")
+    presets = layout_presets(args.layout)
     substitutions = {}
     for pair in args.use:
         old, sep, new = pair.partition("=")
-        if not sep or not old.strip() or not new.strip():
+        old, new = old.strip(), new.strip()
+        if not sep or not old or not new:
             raise UserError(f"--use {pair!r}: expected PRESET=OTHER, e.g. dpc_coop=dpc_maple")
-        substitutions[old.strip()] = new.strip()
+        if old not in presets:
+            raise UserError(f"--use {pair!r}: {args.layout} reads no preset {old!r}; its presets: "
+                            f"{', '.join(sorted(presets))}")
+        if old in substitutions:
+            raise UserError(f"--use {pair!r}: {old} is already replaced by {substitutions[old]}")
+        substitutions[old] = new
     try:
         path = write_layout(args.runs_dir, args.layout, args.out, fmt=args.fmt, substitutions=substitutions)
     except ReportError as e:

@@ -206,6 +206,13 @@ LAYOUTS: dict[str, Callable[[Sequence[dict[str, Any]], Mapping[str, str] | None]
 }
 
 
+def layout_presets(layout: str) -> frozenset[str]:
+    """The presets whose runs `layout` reads (what `--use PRESET=OTHER` may replace)."""
+    if layout == "cpt_table":
+        return frozenset(preset for _, preset in CPT_COLUMNS)
+    return frozenset(preset for _, alone, ours in TCPT_ROWS for preset in (alone, ours))
+
+
 def layout_tables(records: Sequence[dict[str, Any]], layout: str,
                   substitutions: Mapping[str, str] | None = None) -> list[PaperTable]:
     """The tables of `layout` from run records (one record per method, tau, seed and dataset is kept)."""

@@ -136,6 +136,16 @@ def test_checkpoint_of_another_architecture_names_key_and_shapes(tmp_path):
     assert "positional_embedding has shape (77, 32) in the file but (77, 64)" in message
 
 
+def test_integer_weights_are_refused_naming_the_tensor(tmp_path):
+    model = build_model(architecture("tiny-vit"), quick_gelu=False, seed=0)
+    state = {k: (v * 100).to(torch.int32) if k == "positional_embedding" else v for k, v in model.state_dict().items()}
+    path = tmp_path / "ints.pt"
+    torch.save(state, path)
+    with pytest.raises(BackboneError, match=f"{path}: positional_embedding holds int32 values where tiny-vit has "
+                                            f"float32 ones"):
+        load_backbone("tiny-vit", weights=path)
+
+
 def test_checkpoint_with_other_layer_names(tmp_path):
     conv = build_model(architecture("embedded"), quick_gelu=False, seed=0)
     path = tmp_path / "conv.pt"

@@ -161,6 +161,11 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path,
     rebuilt = {name for name, _ in model.named_buffers()} - set(expected)
     state_dict = {k: v for k, v in state_dict.items() if k not in rebuilt}
     for key, value in state_dict.items():
+        if key in expected and value.is_floating_point() != expected[key].is_floating_point():
+            raise BackboneError(  # a cast would turn integer weights into a model of rounded numbers silently
+                f"weights file {path}: {key} holds {str(value.dtype).removeprefix('torch.')} values where "
+                f"{arch_name} has {str(expected[key].dtype).removeprefix('torch.')} ones"
+            )
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise BackboneError(
                 f"weights file {path} does not fit architecture {arch_name!r}: {key} has shape "

@@ -96,7 +96,8 @@ def test_a_result_path_taken_by_a_folder_fails_before_training(base_overrides, m
 @pytest.mark.parametrize("content", [b'{"method": "coop", ', b"\xff\xfe", b"[1, 2]", b"{}", b'{"splits": []}'])
 def test_a_corrupt_result_met_by_sweep_is_one_line_naming_it(base_overrides, tmp_path, capsys, content):
     sweep = tmp_path / "sweep.yaml"
-    sets = "\n".join(f"  {o.split('=', 1)[0]}: {o.split('=', 1)[1]}" for o in base_overrides + SHORT)
+    values = dict(o.split("=", 1) for o in base_overrides + SHORT)  # SHORT's settings win, once each
+    sets = "\n".join(f"  {key}: {value}" for key, value in values.items())
     sweep.write_text(f"methods: [coop]\nset:\n{sets}\n")
     assert main(["sweep", str(sweep)]) == 0
     result = next((tmp_path / "runs").glob("*/result.json"))

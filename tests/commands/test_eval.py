@@ -231,3 +231,26 @@ def test_a_learner_set_twice_is_refused():
 
     with pytest.raises(UserError, match="--set learner.name=kgcoop contradicts --learner coop"):
         released_config(None, "coop", "eurosat", ["learner.name=kgcoop"])
+
+
+def test_a_checkpoint_cannot_set_attributes_of_a_class(tmp_path):
+    """BUILD on a class (here torch.Tensor, from the allow-list) would monkeypatch it for the whole process."""
+    import io
+    import pickle
+
+    from tailprompt.engine.saved import read_prompt_checkpoint
+    from tailprompt.files import FileReadError
+
+    buf = io.BytesIO()
+    torch.save({}, buf, _use_new_zipfile_serialization=False)
+    data = io.BytesIO(buf.getvalue())
+    for _ in range(3):  # magic number, protocol version, system info
+        pickle.load(data)
+    start = data.tell()
+    pickle.load(data)  # the saved object, replaced below
+    sets_attribute = b"\x80\x02ctorch\nTensor\nN}X\x03\x00\x00\x00fooK\x01s\x86b."  # setattr(torch.Tensor, "foo", 1)
+    path = tmp_path / "model.pth.tar-1"
+    path.write_bytes(buf.getvalue()[:start] + sets_attribute + buf.getvalue()[data.tell():])
+    with pytest.raises(FileReadError, match="sets attributes of a class or function"):
+        read_prompt_checkpoint(path)
+    assert not hasattr(torch.Tensor, "foo")

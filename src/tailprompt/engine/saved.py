@@ -252,10 +252,20 @@ def _tensors_beside_inert_objects(path: Path) -> Any:
 
     allowed = _get_allowed_globals()
 
-    class Unpickler(pickle.Unpickler):
+    class Unpickler(pickle._Unpickler):  # the Python unpickler: its opcode table can be narrowed
+        dispatch = dict(pickle._Unpickler.dispatch)
+
         def find_class(self, module: str, name: str) -> Any:
             # a stand-in class per global, so a message can say what was pickled where a tensor belongs
             return allowed.get(f"{module}.{name}") or type(name, (_Inert,), {"pickled": f"{module}.{name}"})
+
+        def load_build(self) -> None:
+            target = self.stack[-2]  # the state is on top, the object it would update below it
+            if isinstance(target, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
+                raise pickle.UnpicklingError("the file sets attributes of a class or function (BUILD on it)")
+            super().load_build()
+
+        dispatch[pickle.BUILD[0]] = load_build
 
     def load(file: Any, **kwargs: Any) -> Any:  # the legacy (non-zip) format's header records go through here
         return Unpickler(file, **kwargs).load()

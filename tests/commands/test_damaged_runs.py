@@ -166,6 +166,7 @@ PROMPT_FILES = {
     "integer keys": (lambda p, ctx: _dassl(p, {1: ctx}), "keys must be parameter names (strings), got [1]"),
     "a string value": (lambda p, ctx: _dassl(p, {"ctx": "text"}), "ctx is a str, expected a tensor"),
     "a null value": (lambda p, ctx: _dassl(p, {"ctx": None}), "ctx is a NoneType, expected a tensor"),
+    "a null state dict": (lambda p, ctx: _dassl(p, None), "state_dict is None, expected a dict of tensors"),
     "a nested dict value": (lambda p, ctx: _dassl(p, {"ctx": {"a": ctx}}), "ctx is a dict, expected a tensor"),
     "infinite values": (lambda p, ctx: _dassl(p, {"ctx": torch.full_like(ctx, float("inf"))}), "NaN or infinite"),
     "overflowing values": (lambda p, ctx: _dassl(p, {"ctx": torch.full_like(ctx, 3e38)}), "non-finite logits"),

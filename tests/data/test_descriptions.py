@@ -78,6 +78,12 @@ def test_a_pipe_is_refused_without_reading_it(tmp_path):
         read_descriptions(tmp_path / "pipe.json")
 
 
+def test_a_gpt_file_folder_whose_dataset_entry_is_a_folder_says_so(tmp_path):
+    (tmp_path / "gpt_file" / "eurosat_prompt.json").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="eurosat_prompt.json: is a folder, expected a descriptions file"):
+        read_descriptions(descriptions_file(tmp_path / "gpt_file", "eurosat"))
+
+
 def test_a_gpt_file_folder_gives_each_dataset_its_file(tmp_path):
     folder = tmp_path / "gpt_file"
     folder.mkdir()

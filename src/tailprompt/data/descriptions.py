@@ -62,6 +62,8 @@ def descriptions_file(path: str | Path, dataset: str) -> Path:
     if not path.is_dir():
         return path
     found = path / f"{GPT_FILE_STEMS.get(dataset, dataset)}_prompt.json"
+    if found.exists() and not found.is_file():  # a folder or pipe of that name: said as such by the reader
+        return found
     if not found.is_file():
         raise ConfigError(
             f"data.descriptions: {path} is a folder without {found.name} for dataset {dataset!r}; "

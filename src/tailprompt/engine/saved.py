@@ -213,6 +213,8 @@ def read_prompt_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FileReadError(f"{path}: expected a checkpoint dict (Dassl's {{'state_dict': ...}} or a state dict), "
                             f"got {type(data).__name__}")
+    if "state_dict" in data and not isinstance(inner, dict):
+        raise FileReadError(f"{path}: state_dict is {short_repr(inner, 40)}, expected a dict of tensors")
     return data
 
 

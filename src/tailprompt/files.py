@@ -84,9 +84,8 @@ def read_text(path: str | Path, what: str = "file") -> str:
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    with reading(path, what):
-        require_file(Path(path))
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+    with reading(path, what):  # for the JSON errors; read_text names the file's own
+        return json.loads(read_text(path, what))
 
 
 def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:

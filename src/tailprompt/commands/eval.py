@@ -109,17 +109,18 @@ def evaluate_prompts_file(path: Path, learner_name: str, config: str | None, ove
                         f"--stage1 FILE (e.g. the stage-1 model.pth.tar-N its training started from)")
     if stage1 is not None and not second_stage:
         raise UserError(f"--stage1 is for second-stage learners (dpc); {learner_name} has no first stage")
+    first = read_prompt_checkpoint(stage1) if stage1 is not None else None  # a bad file said before any work
     configure_threads()
     backbone = BackboneCache().get(cfg.backbone)
     ds = _dataset(cfg, dataset, root, classes)
     learner = build_learner(cfg.learner.name, cfg.learner.options, backbone, list(ds.classnames), ds.template)
-    if stage1 is not None:
-        load_prompts(learner, read_prompt_checkpoint(stage1), stage1, initial=True)
+    if first is not None:
+        load_prompts(learner, first, stage1, initial=True)
     load_prompts(learner, state, path)
     # The reference's load_model: the trained prompts on base classes (and on all of ImageNet), else the
-    # new-class mix.
-    learner.set_classnames(list(ds.classnames), ds.template,
-                           seen=classes == "base" or (classes == "all" and dataset == "imagenet"))
+    # new-class mix. Built as seen; only an unseen label space is set again.
+    if not (classes == "base" or (classes == "all" and dataset == "imagenet")):
+        learner.set_classnames(list(ds.classnames), ds.template, seen=False)
     return {"prompts": str(path), "learner": learner_name, "backbone": backbone.identity, "dataset": dataset,
             "classes": classes, **_metrics(cfg, learner, ds, path)}
 

@@ -81,8 +81,6 @@ def read_descriptions(path: str | Path) -> dict[str, list[str]]:
     """
     path = Path(path)
     where = f"data.descriptions: {path}"
-    if not path.exists():
-        raise ConfigError(f"{where}: descriptions file not found")
     try:
         text = read_text(path, "descriptions file")
     except FileReadError as e:

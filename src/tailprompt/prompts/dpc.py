@@ -228,7 +228,8 @@ class DPC(PromptLearner):
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def effective_parameters(self) -> dict[str, Tensor]:
-        """The prompt tensors the base learner runs with on the current label space (differentiable in `M`)."""
+        """The prompt tensors the base learner runs with on the current label space (differentiable in the
+        stored tensors)."""
         c = self.dpc_config
         shared = c.init_from_stage1 and not c.frozen_stage1
         return {

@@ -19,6 +19,7 @@ presets behind each column are the sweep files' (`configs/sweeps/cpt_table.yaml`
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,14 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from tailprompt.report.aggregate import (
-    Cell,
-    Metric,
-    base_new_hm,
-    dataset_average_cell,
-    papers_hm_cell,
-    split_value,
-)
+from tailprompt.report.aggregate import Cell, Metric, dataset_average_cell, papers_hm_cell, split_value
 from tailprompt.report.results import (
     LEGACY_PROTOCOL_LABELS,
     ReportError,
@@ -125,9 +119,16 @@ def _by_setting(records: Sequence[dict[str, Any]], methods: set[str]) -> dict[Se
     return dict(sorted(groups.items(), key=lambda kv: (kv[0].protocol, kv[0].backbone, kv[0].shots)))
 
 
-def _cell(records: Sequence[dict[str, Any]], method: str, tau: float, metric: Metric) -> Cell:
-    chosen = [r for r in records if r["method"] == method and tau_key(r["tau"]) == tau]
-    return papers_hm_cell(chosen) if metric is base_new_hm else dataset_average_cell(chosen, metric)
+CellOf = Callable[[Sequence[dict[str, Any]]], Cell]  # the runs of one method at one tau -> their table cell
+
+
+def dataset_average_of(metric: Metric) -> CellOf:
+    """Cells that average `metric` over datasets per seed (`dataset_average_cell`)."""
+    return functools.partial(dataset_average_cell, metric=metric)
+
+
+def _cell(records: Sequence[dict[str, Any]], method: str, tau: float, cell_of: CellOf) -> Cell:
+    return cell_of([r for r in records if r["method"] == method and tau_key(r["tau"]) == tau])
 
 
 def cpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, str] | None = None) -> list[PaperTable]:
@@ -138,14 +139,14 @@ def cpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, st
     for setting, recs in _by_setting(records, {m for _, m in columns}).items():
         layout = experiment_layout(recs)  # the split roles the runs declare, not the protocol's name
         if layout.harmonic:
-            metric, what = base_new_hm, ("harmonic mean of base and new accuracy (per dataset the HM of the "
-                                         "seed-mean accuracies; ± the spread of per-seed HMs)")
+            cell_of, what = papers_hm_cell, ("harmonic mean of base and new accuracy (per dataset the HM of the "
+                                             "seed-mean accuracies; ± the spread of per-seed HMs)")
         elif layout.targets:
-            metric, what = target_mean_accuracy, "accuracy averaged over the target datasets"
+            cell_of, what = dataset_average_of(target_mean_accuracy), "accuracy averaged over the target datasets"
         else:
             continue
         taus = sorted({tau_key(r["tau"]) for r in recs}, reverse=True)
-        rows = [(f"τ={tau:g}", [_cell(recs, m, tau, metric) for _, m in columns]) for tau in taus]
+        rows = [(f"τ={tau:g}", [_cell(recs, m, tau, cell_of) for _, m in columns]) for tau in taus]
         datasets = sorted({r["dataset"] for r in recs})
         tables.append(PaperTable(
             key=f"cpt_table__{setting.slug()}",
@@ -179,7 +180,7 @@ def tcpt_tables(records: Sequence[dict[str, Any]], substitutions: Mapping[str, s
                     ("ece", "ECE", "Expected calibration error (%, 10 bins, lower is better)", False),
                     ("accuracy", "Acc", "Top-1 accuracy (%)", True)):
                 field_ = kind
-                base, new = split_value(pair[0], field_), split_value(pair[1], field_)
+                base, new = (dataset_average_of(split_value(split, field_)) for split in pair)
                 rows = [(label, [_cell(recs, alone, tau, base), _cell(recs, ours, tau, base),
                                  _cell(recs, alone, tau, new), _cell(recs, ours, tau, new)])
                         for label, alone, ours in rows_spec]

@@ -108,6 +108,8 @@ def test_a_real_dassl_checkpoint_loads_without_running_its_pickled_objects(coop_
     ("missing", "prompt checkpoint not found"),
     ("wrong_shape", "shape mismatches"),
     ("no_learner", "--prompts needs --learner"),
+    ("stage1_for_coop", "--stage1 is for second-stage learners (dpc); coop has no first stage"),
+    ("missing_stage1", "stage1.pth: prompt checkpoint not found"),
 ])
 def test_bad_checkpoints_are_one_line(coop_run, data_root, tmp_path, capsys, case, message):
     ctx = open_run(coop_run).prompts["ctx"]
@@ -124,7 +126,9 @@ def test_bad_checkpoints_are_one_line(coop_run, data_root, tmp_path, capsys, cas
     argv = ["eval", "--prompts", str(path), "--dataset", "eurosat", "--root", str(data_root),
             "--set", "backbone.name=tiny-vit"]
     if case != "no_learner":
-        argv += ["--learner", "coop"]
+        argv += ["--learner", "dpc" if case == "missing_stage1" else "coop"]
+    if case in ("stage1_for_coop", "missing_stage1"):
+        argv += ["--stage1", str(path if case == "stage1_for_coop" else tmp_path / "stage1.pth")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]

@@ -186,10 +186,17 @@ def test_config_files_that_refer_to_themselves_are_one_line(tmp_path, capsys, fi
     ("optim.lr=1e-3", "optim.lr: expected a number, got '1e-3' (text: YAML reads exponent notation"),
     ("backbone.quick_gelu=maybe", "backbone.quick_gelu: expected one of ['auto'] or true/false, got 'maybe'"),
     ("optim={lr: 0.1, lr: 0.2}", "key 'lr' appears twice in one mapping"),
+    ("eval.temperature_fit=adam", "eval.temperature_fit"),
+    ("eval.nc1_global_mean=median", "eval.nc1_global_mean"),
 ])
 def test_override_values_of_the_wrong_form_are_one_line_naming_the_key(capsys, override, message):
     assert main(["train", "--config", "coop", "--set", override, "--print-config"]) == 2
     assert message in _one_error_line(capsys)
+
+
+def test_a_dpc_option_of_the_wrong_type_is_one_line(capsys):
+    assert main(["train", "--config", "dpc_coop", "--set", "learner.frozen_stage1=maybe", "--print-config"]) == 2
+    assert "learner.frozen_stage1" in _one_error_line(capsys)
 
 
 def test_a_cache_folder_under_a_file_fails_before_training(base_overrides, tmp_path, capsys):
